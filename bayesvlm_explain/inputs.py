@@ -1,0 +1,99 @@
+"""Validation of user inputs: images (PIL, files, tensors) and prompts, with clear errors."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs well before PIL's own hard limit
+MAX_PROMPT_CHARS = 2_000
+
+
+class InputError(ValueError):
+    """An input that cannot be used; the message says which one and why."""
+
+
+def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image from a path, raw bytes or a PIL image and return it as RGB.
+
+    Raises :class:`InputError` for missing, corrupt, non-image or over-large files (the pixel count is
+    checked from the header, before decoding).
+    """
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        try:
+            fp: Any = io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source)
+            img = Image.open(fp)
+        except FileNotFoundError as err:
+            raise InputError(f"image file not found: {source}") from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"not a readable image: {_short(source)}") from err
+    w, h = img.size
+    if w * h > max_pixels or w <= 0 or h <= 0:
+        raise InputError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+        raise InputError(f"image could not be decoded ({err.__class__.__name__}: {err})") from err
+
+
+def _short(source: Any) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, bytes | bytearray) else str(source)
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """Return the prompts as a list; refuse an empty list, non-strings and blank or huge prompts."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise InputError("prompts must be a non-empty list of strings")
+    out = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InputError(f"prompt {i} is a {type(p).__name__}, not a string")
+        if not p.strip():
+            raise InputError(f"prompt {i} is empty")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise InputError(f"prompt {i} has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
+        out.append(p)
+    return out
+
+
+def image_batch(images: Any, preprocess: Any, image_size: tuple[int, int] | None) -> torch.Tensor:
+    """Turn PIL images, paths, bytes or a [N, 3, H, W] / [3, H, W] tensor into a float batch."""
+    if isinstance(images, torch.Tensor):
+        x = images[None] if images.ndim == 3 else images
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise InputError(f"an image tensor must be [N, 3, H, W] (preprocessed), got {tuple(images.shape)}")
+        if not x.is_floating_point():
+            raise InputError(f"an image tensor must be floating point (preprocessed), got {x.dtype}")
+        if x.shape[0] == 0:
+            raise InputError("the image tensor holds no images")
+        if image_size is not None and tuple(x.shape[-2:]) != tuple(image_size):
+            raise InputError(f"image tensor is {tuple(x.shape[-2:])} pixels; the model expects {image_size}"
+                             " (pass PIL images to have them preprocessed)")
+        if not torch.isfinite(x).all():
+            raise InputError("the image tensor has non-finite values")
+        return x
+    if isinstance(images, Image.Image | str | Path | bytes):
+        images = [images]
+    if not isinstance(images, Sequence) or len(images) == 0:
+        raise InputError("images must be a non-empty list of PIL images (or paths), or a [N, 3, H, W] tensor")
+    batch = []
+    for i, im in enumerate(images):
+        if not isinstance(im, Image.Image | str | Path | bytes):
+            raise InputError(f"images[{i}] is a {type(im).__name__}; expected a PIL image, a path or bytes")
+        try:
+            batch.append(preprocess(load_image(im)))
+        except InputError as err:
+            raise InputError(f"images[{i}]: {err}") from err
+    return torch.stack(batch)

@@ -1,0 +1,292 @@
+"""``BayesVLM``: a post-hoc Laplace head over any supported open_clip model (the library's entry point)."""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters import Features, OpenCLIPAdapter
+from .inputs import InputError, check_prompts, image_batch
+from .posterior import META_FILE, REFERENCE_JSON, Posterior, PosteriorError
+from .predictive import PREDICTIVE_METHODS, Link, Prediction, PredictiveMethod
+from .probcos import cosine_moments
+
+ALGEBRA_DTYPE = torch.float64  # posterior algebra runs on the CPU in float64 (method.md §9: fp64 inverses)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class BayesVLM:
+    """A CLIP-style model whose (image, prompt) logits carry a mean and a variance.
+
+    Args:
+        model: a built open_clip model (``CLIP``, ``CustomTextCLIP``; ViT or SigLIP towers).
+        tokenizer: the matching open_clip tokenizer.
+        preprocess: the eval image transform (PIL image -> [3, H, W] tensor).
+        posterior: a :class:`Posterior` (or a path to one); may be set later via ``vlm.posterior``.
+        device: where the encoders run (default: CUDA if available, else CPU). On CUDA the encoders run
+            under float16 autocast; the posterior algebra always runs in float64 on the CPU.
+        batch_size: images/prompts per encoder call.
+        prompt_cache_size: how many prompt encodings to keep (LRU).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        preprocess: Any,
+        posterior: Posterior | str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        name: str | None = None,
+        batch_size: int = 64,
+        prompt_cache_size: int = 4096,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.adapter = OpenCLIPAdapter(self.model)
+        self.name = name or self.adapter.architecture
+        self.batch_size = batch_size
+        self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._prompt_cache_size = prompt_cache_size
+        self._posterior: Posterior | None = None
+        if posterior is not None:
+            self.posterior = posterior
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str = "bundled",
+        pretrained: str | None = None,
+        posterior: Posterior | str | Path | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> BayesVLM:
+        """Build from an open_clip name (``"ViT-B-32"`` + ``pretrained="laion2b_s34b_b79k"``), an
+        ``"hf-hub:…"`` id, a ``"local-dir:…"`` checkpoint, or ``"bundled"`` (the offline model shipped
+        in ``assets/bundled``, with its posterior unless ``posterior`` is given)."""
+        import open_clip
+
+        dev = resolve_device(device)
+        if model_name == "bundled":
+            from .bundled import BUNDLED_DIR, load_bundled
+
+            model, tokenizer, preprocess = load_bundled(device=dev)
+            if posterior is None and (BUNDLED_DIR / "posterior" / META_FILE).is_file():
+                posterior = BUNDLED_DIR / "posterior"
+            return cls(model, tokenizer, preprocess, posterior, device=dev, name="bundled", **kwargs)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
+                                                                     device=dev)
+        tokenizer = open_clip.get_tokenizer(model_name)
+        name = model_name + (f"/{pretrained}" if pretrained else "")
+        return cls(model, tokenizer, preprocess, posterior, device=dev, name=name, **kwargs)
+
+    # -- posterior -------------------------------------------------------------------------------
+    @property
+    def posterior(self) -> Posterior | None:
+        return self._posterior
+
+    @posterior.setter
+    def posterior(self, value: Posterior | str | Path | None) -> None:
+        if value is None:
+            self._posterior = None
+            return
+        if isinstance(value, str | Path):
+            path = Path(value)
+            value = (Posterior.from_reference_dir(path) if (path / REFERENCE_JSON).is_file()
+                     else Posterior.load(path))
+        if not isinstance(value, Posterior):
+            raise TypeError(f"posterior must be a Posterior or a path, not {type(value).__name__}")
+        value.check_compatible(self.projection_dims("image"), self.projection_dims("text"), self.name)
+        made_for = value.metadata.get("model")
+        if made_for and made_for != self.name:
+            warnings.warn(f"posterior was fitted for {made_for!r}, used with {self.name!r}", stacklevel=2)
+        self._posterior = value
+
+    def projection_dims(self, side: str) -> tuple[int, int]:
+        """``(p, D)`` of the image or text projection, ``p`` counting a bias column."""
+        proj = self.adapter.image if side == "image" else self.adapter.text
+        return proj.dim_in, proj.dim_out
+
+    def _require_posterior(self) -> Posterior:
+        if self._posterior is None:
+            raise PosteriorError(
+                "this BayesVLM has no posterior: pass posterior=... (Posterior.load(dir) or "
+                "Posterior.from_reference_dir(dir)) or fit one with vlm.fit(pairs)"
+            )
+        return self._posterior
+
+    # -- encoders --------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        size = getattr(self.model.visual, "image_size", None)
+        if size is None:
+            return None
+        return (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", None) or self.model.context_length)
+
+    def _autocast(self) -> Any:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def preprocess_images(self, images: Any) -> torch.Tensor:
+        """PIL images / paths / bytes / a tensor -> a validated float batch [N, 3, H, W] (CPU)."""
+        return image_batch(images, self.preprocess, self.image_size)
+
+    def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Token ids [C, context]; prompts longer than the context are truncated with a warning."""
+        prompts = check_prompts(prompts)
+        ctx = self.context_length
+        for i, n in enumerate(_token_counts(self.tokenizer, prompts)):
+            if n > ctx:
+                warnings.warn(f"prompt {i} ({prompts[i][:40]!r}...) has {n} tokens; truncated to the "
+                              f"context length {ctx}", stacklevel=3)
+        return self.tokenizer(prompts)
+
+    def encode_images(self, images: Any) -> Features:
+        """Activations [N, p] and mean embeddings [N, D] of the images (float64, CPU)."""
+        x = self.preprocess_images(images)
+        outs = []
+        with torch.inference_mode(), self._autocast():
+            for chunk in x.split(self.batch_size):
+                outs.append(self.adapter.image.features(chunk.to(self.device)).to("cpu", ALGEBRA_DTYPE))
+        return Features(torch.cat([o.activations for o in outs]), torch.cat([o.embeddings for o in outs]))
+
+    def encode_prompts(self, prompts: str | Sequence[str]) -> Features:
+        """Activations [C, p_t] and mean embeddings [C, D] of the prompts (float64, CPU; cached)."""
+        prompts = check_prompts(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start:start + self.batch_size]
+            tokens = self.tokenize(batch).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                feats = self.adapter.text.features(tokens).to("cpu", ALGEBRA_DTYPE)
+            for i, p in enumerate(batch):
+                self._prompt_cache[p] = (feats.activations[i], feats.embeddings[i])
+        rows = []
+        for p in prompts:
+            self._prompt_cache.move_to_end(p)
+            rows.append(self._prompt_cache[p])
+        while len(self._prompt_cache) > self._prompt_cache_size:
+            self._prompt_cache.popitem(last=False)
+        return Features(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+
+    # -- prediction ------------------------------------------------------------------------------
+    def map_logits(self, img: Features, txt: Features) -> torch.Tensor:
+        """Deterministic logits ``τ cos(μ_n, μ_c) + b`` [N, C]."""
+        cos = F.normalize(img.embeddings, dim=-1) @ F.normalize(txt.embeddings, dim=-1).T
+        return self.adapter.logit_scale * cos + self.adapter.logit_bias
+
+    def predict_features(
+        self, img: Features, txt: Features, prompts: list[str], *,
+        predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "exact",
+        link: Link = "softmax", seed: int | None = 0,
+    ) -> Prediction:
+        """:meth:`predict` on already-encoded features (float64, CPU)."""
+        if predictive not in PREDICTIVE_METHODS:
+            raise ValueError(f"unknown predictive {predictive!r}; choose one of {PREDICTIVE_METHODS}")
+        if variance not in ("exact", "diagonal"):
+            raise ValueError(f"variance must be 'exact' or 'diagonal', not {variance!r}")
+        post = self._require_posterior()
+        ai = self.adapter.image.augment(img.activations)
+        gt = self.adapter.text.augment(txt.activations)
+        _, b_inv_i = post.image.covariance_factors()
+        a_inv_t, b_inv_t = post.text.covariance_factors()
+        moments = cosine_moments(
+            img.embeddings, post.image.input_scales(ai), txt.embeddings, gt,
+            b_inv_i, b_inv_t, a_inv_t, self.adapter.logit_scale, self.adapter.logit_bias,
+            diagonal=variance == "diagonal",
+        )
+        return Prediction(moments, self.map_logits(img, txt), list(prompts), method=predictive,
+                          num_samples=num_samples, link=link, seed=seed)
+
+    def predict(
+        self, images: Any, prompts: str | Sequence[str], *,
+        predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "exact",
+        link: Link = "softmax", seed: int | None = 0,
+    ) -> Prediction:
+        """Probabilistic logits and predictive probabilities of ``images`` against ``prompts``.
+
+        Args:
+            images: PIL images (or paths/bytes), or a preprocessed [N, 3, H, W] tensor.
+            prompts: C strings (the classes).
+            predictive: ``"probit"`` (default), ``"mc"`` (full class covariance, ``num_samples``
+                draws) or ``"map"`` (deterministic); ``pred.probs`` follows it, and
+                ``pred.predictive(method)`` gives the others.
+            variance: ``"exact"`` (full ``B̃⁻¹``) or ``"diagonal"`` (the reference's approximation).
+            link: ``"softmax"`` over prompts (zero-shot classification) or ``"sigmoid"`` per pair.
+        Returns:
+            a :class:`Prediction` with ``mean``, ``var``, ``cov`` and the three variance parts.
+        """
+        prompts = check_prompts(prompts)
+        self._require_posterior()
+        return self.predict_features(self.encode_images(images), self.encode_prompts(prompts), prompts,
+                                     predictive=predictive, num_samples=num_samples, variance=variance,
+                                     link=link, seed=seed)
+
+    def sample_logits(
+        self, images: Any, prompts: str | Sequence[str], num_samples: int = 256,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Exact logits ``τ cos(W_img f̃, W_txt g̃) + b`` under projections drawn from the posterior.
+
+        Draws both projection matrices from their matrix-normal posteriors (method.md §3.5) and
+        returns the logits [S, N, C]; a reference for the analytic moments.
+        """
+        prompts = check_prompts(prompts)
+        return self.sample_logits_features(self.encode_images(images), self.encode_prompts(prompts),
+                                           num_samples, generator)
+
+    def sample_logits_features(
+        self, img: Features, txt: Features, num_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`sample_logits` on already-encoded features."""
+        if num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+        post = self._require_posterior()
+        u_draws = post.image.sample_outputs(self.adapter.image.augment(img.activations), img.embeddings,
+                                            num_samples, generator)
+        v_draws = post.text.sample_outputs(self.adapter.text.augment(txt.activations), txt.embeddings,
+                                           num_samples, generator)
+        cos = F.normalize(u_draws, dim=-1) @ F.normalize(v_draws, dim=-1).transpose(1, 2)
+        return self.adapter.logit_scale * cos + self.adapter.logit_bias
+
+    def __repr__(self) -> str:
+        return f"BayesVLM({self.name}, device={self.device}, posterior={self._posterior!r})"
+
+
+def _token_counts(tokenizer: Any, prompts: list[str]) -> list[int]:
+    """Untruncated token counts (with start/end tokens) of each prompt, for overflow warnings."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip SimpleTokenizer
+        return [len(tokenizer.encode(p)) + 2 for p in prompts]
+    if inner is not None and callable(inner):  # HFTokenizer wraps a transformers tokenizer
+        try:
+            return [len(ids) for ids in inner(prompts, truncation=False)["input_ids"]]
+        except (TypeError, KeyError):
+            pass
+    if hasattr(tokenizer, "encode"):
+        return [len(tokenizer.encode(p)) for p in prompts]
+    raise InputError(f"cannot count tokens with a {type(tokenizer).__name__}")

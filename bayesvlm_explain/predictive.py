@@ -1,0 +1,107 @@
+"""Predictive distributions over prompts from Gaussian logits (method.md §4).
+
+* ``"probit"`` (default): ``softmax_c(m_c / sqrt(1 + π/8 · v_c))`` per class, MacKay's scaling.
+* ``"mc"``: the average softmax over Gaussian logit draws with the full class covariance.
+* ``"map"``: the deterministic model, ``softmax(τ·cos_MAP + b)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import torch
+
+from .probcos import CosineMoments
+
+PredictiveMethod = Literal["probit", "mc", "map"]
+Link = Literal["softmax", "sigmoid"]
+PREDICTIVE_METHODS = ("probit", "mc", "map")
+
+
+def _link(logits: torch.Tensor, link: Link) -> torch.Tensor:
+    return torch.softmax(logits, dim=-1) if link == "softmax" else torch.sigmoid(logits)
+
+
+def probit_probs(mean: torch.Tensor, var: torch.Tensor, link: Link = "softmax") -> torch.Tensor:
+    """Probit-approximate predictive [N, C] from logit means and variances [N, C]."""
+    return _link(mean / torch.sqrt(1.0 + (math.pi / 8.0) * var), link)
+
+
+def mc_probs(samples: torch.Tensor, link: Link = "softmax") -> torch.Tensor:
+    """Monte Carlo predictive [N, C] from logit draws [S, N, C]."""
+    return _link(samples, link).mean(0)
+
+
+@dataclass
+class Prediction:
+    """Probabilistic logits of N images against C prompts, with predictives (all tensors on the CPU).
+
+    ``mean``/``var`` are logits (scaled cosines) and their variances; ``var`` is the sum of
+    ``var_image`` (image projection uncertainty), ``var_text`` and ``var_interaction``; ``cov`` is each
+    image's C×C logit covariance (classes share the text projection).
+    """
+
+    moments: CosineMoments
+    map_logits: torch.Tensor  # [N, C] deterministic τ·cos + b
+    prompts: list[str]
+    method: PredictiveMethod = "probit"
+    num_samples: int = 1000
+    link: Link = "softmax"
+    seed: int | None = 0
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.moments.mean
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.moments.var
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.moments.var.sqrt()
+
+    @property
+    def var_image(self) -> torch.Tensor:
+        return self.moments.var_image
+
+    @property
+    def var_text(self) -> torch.Tensor:
+        return self.moments.var_text
+
+    @property
+    def var_interaction(self) -> torch.Tensor:
+        return self.moments.var_interaction
+
+    @property
+    def cov(self) -> torch.Tensor:
+        return self.moments.cov
+
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        """The predictive chosen at ``predict`` time [N, C]."""
+        return self.predictive(self.method)
+
+    @property
+    def map_probs(self) -> torch.Tensor:
+        """Deterministic model's probabilities [N, C]."""
+        return _link(self.map_logits, self.link)
+
+    def predictive(self, method: PredictiveMethod = "probit", num_samples: int | None = None) -> torch.Tensor:
+        """Predictive probabilities [N, C] by ``method`` (``"probit"``, ``"mc"`` or ``"map"``)."""
+        if method == "probit":
+            return probit_probs(self.mean, self.var, self.link)
+        if method == "map":
+            return self.map_probs
+        if method == "mc":
+            s = num_samples or self.num_samples
+            gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+            return mc_probs(self.sample(s, gen), self.link)
+        raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVE_METHODS}")
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Gaussian logit draws with the full class covariance [S, N, C]."""
+        return self.moments.sample(num_samples, generator)
