@@ -1,0 +1,174 @@
+"""Adapters (orientation, SigLIP bias and residual), predictives, and errors on bad input."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import open_clip
+import pytest
+import torch
+from conftest import PROMPTS, TINY_CLIP, build_tiny, random_images
+from PIL import Image
+
+import bayesvlm_explain as bx
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vlm", "tiny_siglip"])
+def test_adapter_reproduces_open_clip_embeddings_and_orientation(fixture, request):
+    vlm = request.getfixturevalue(fixture)
+    x = random_images(vlm, 3)
+    tokens = vlm.tokenize(PROMPTS)
+    with torch.no_grad():
+        ref_img = vlm.model.encode_image(x)
+        ref_txt = vlm.model.encode_text(tokens)
+        img = vlm.adapter.image.features(x)
+        txt = vlm.adapter.text.features(tokens)
+    torch.testing.assert_close(img.embeddings, ref_img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(txt.embeddings, ref_txt, rtol=1e-5, atol=1e-5)
+    # the projection is y = W x̃ with W [D, p(+1)] (open_clip stores [p, D] and multiplies x @ proj)
+    w_txt = vlm.adapter.text.weight_with_bias()
+    torch.testing.assert_close(vlm.adapter.text.augment(txt.activations) @ w_txt.T, ref_txt, rtol=1e-5, atol=1e-5)
+    w_img = vlm.adapter.image.weight_with_bias()
+    proj = vlm.adapter.image.augment(img.activations) @ w_img.T
+    if fixture == "tiny_vlm":
+        assert vlm.adapter.image.weight.shape == (16, 32) and vlm.adapter.image.bias is None
+        torch.testing.assert_close(proj, ref_img, rtol=1e-5, atol=1e-5)
+        assert vlm.projection_dims("image") == (32, 16)
+    else:  # SigLIP: fc2 has a bias (constant-1 column) and the attention output is a residual
+        assert vlm.projection_dims("image") == (vlm.adapter.image.weight.shape[1] + 1, 64)
+        assert vlm.projection_dims("text") == (32 + 1, 64)
+        assert not torch.allclose(proj, ref_img, atol=1e-3)  # the residual is not in W f̃ ...
+        assert vlm.adapter.likelihood == "sigmoid" and vlm.adapter.logit_bias == pytest.approx(-10.0)
+    # the model is left intact (projection restored after the detached forward pass)
+    assert isinstance(vlm.model.visual.proj if fixture == "tiny_vlm" else vlm.model.text.text_projection,
+                      torch.nn.Parameter | torch.nn.Linear)
+
+
+def test_siglip_residual_carries_no_uncertainty(tiny_siglip):
+    """Only fc2's output is random: the spread of sampled embeddings does not depend on the residual."""
+    vlm = tiny_siglip
+    img = vlm.encode_images(random_images(vlm, 2))
+    post = vlm.posterior
+    x = vlm.adapter.image.augment(img.activations)
+    draws = post.image.sample_outputs(x, img.embeddings, 20_000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(draws.mean(0), img.embeddings, rtol=0, atol=0.05)
+    var = draws.var(0).sum(-1)
+    expected = post.image.input_scales(x) * post.image.covariance_factors()[1].trace()
+    torch.testing.assert_close(var, expected, rtol=0.03, atol=0)
+
+
+def test_siglip_mean_includes_logit_bias(tiny_siglip):
+    pred = tiny_siglip.predict(random_images(tiny_siglip, 2), PROMPTS)
+    assert (pred.map_logits < 0).all()  # bias −10 dominates τ·cos with τ = 1/0.07 ... for |cos| < 0.7
+    torch.testing.assert_close(pred.map_probs.sum(-1), torch.ones(2, dtype=torch.float64))
+    sig = tiny_siglip.predict(random_images(tiny_siglip, 2), PROMPTS, link="sigmoid")
+    assert (sig.probs < 0.5).all()
+
+
+def test_predictives_probit_mc_map(tiny_vlm):
+    pred = tiny_vlm.predict(random_images(tiny_vlm, 4), PROMPTS, predictive="mc", num_samples=20_000)
+    probit, mc, det = pred.predictive("probit"), pred.probs, pred.map_probs
+    for p in (probit, mc, det):
+        torch.testing.assert_close(p.sum(-1), torch.ones(4, dtype=torch.float64))
+    # MC with the structured class covariance equals MC from an explicit MultivariateNormal per image
+    mvn = torch.distributions.MultivariateNormal(pred.mean, covariance_matrix=pred.cov + 1e-9 * torch.eye(4))
+    torch.manual_seed(0)
+    ref = torch.softmax(mvn.sample((20_000,)), -1).mean(0)
+    torch.testing.assert_close(mc, ref, rtol=0, atol=0.01)
+    # probit approximates MC with *independent* classes (MacKay's per-class scaling) ...
+    eps = torch.randn(20_000, *pred.mean.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mc_indep = torch.softmax(pred.mean + pred.std * eps, -1).mean(0)
+    assert (probit - mc_indep).abs().max() < 0.04  # logit variances ≈ 6 here: a hard case for probit
+    # ... and ignores the class correlations that the full-covariance MC keeps (broad posterior here)
+    assert (mc - mc_indep).abs().max() > 0.05
+    # uncertainty flattens the predictive relative to the deterministic model's
+    ent = lambda p: -(p * p.log()).sum(-1)  # noqa: E731
+    assert (ent(probit) >= ent(det) - 1e-9).all()
+
+
+def test_probit_formula():
+    from bayesvlm_explain.predictive import probit_probs
+
+    m, v = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 8.0 / math.pi * 3]])
+    torch.testing.assert_close(probit_probs(m, v), torch.softmax(torch.tensor([[1.0, 1.0]]), -1))
+
+
+def test_pil_images_and_paths(tiny_vlm, tmp_path):
+    img = Image.new("RGB", (50, 40), (200, 10, 10))
+    path = tmp_path / "red.png"
+    img.save(path)
+    a = tiny_vlm.predict([img], PROMPTS)
+    b = tiny_vlm.predict([path], PROMPTS)
+    torch.testing.assert_close(a.mean, b.mean)
+    assert a.mean.shape == (1, 4) and a.cov.shape == (1, 4, 4)
+
+
+def test_bad_inputs_get_clear_errors(tiny_vlm, tmp_path):
+    x = random_images(tiny_vlm, 1)
+    with pytest.raises(bx.InputError, match="non-empty list"):
+        tiny_vlm.predict(x, [])
+    with pytest.raises(bx.InputError, match="prompt 1 is empty"):
+        tiny_vlm.predict(x, ["a cat", "   "])
+    with pytest.raises(bx.InputError, match="not a string"):
+        tiny_vlm.predict(x, ["a cat", 3])
+    with pytest.raises(bx.InputError, match=r"\[N, 3, H, W\]"):
+        tiny_vlm.predict(torch.zeros(2, 32, 32), PROMPTS)
+    with pytest.raises(bx.InputError, match="expects"):
+        tiny_vlm.predict(torch.zeros(1, 3, 64, 64), PROMPTS)
+    with pytest.raises(bx.InputError, match="expected a PIL image"):
+        tiny_vlm.predict([42], PROMPTS)
+    with pytest.raises(bx.InputError, match="non-empty list"):
+        tiny_vlm.predict([], PROMPTS)
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello")
+    with pytest.raises(bx.InputError, match="not a readable image"):
+        tiny_vlm.predict([bad], PROMPTS)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    with pytest.raises(bx.InputError, match="readable|decoded"):
+        tiny_vlm.predict([buf.getvalue()[:60]], PROMPTS)  # truncated PNG
+    with pytest.raises(bx.InputError, match="exceeds"):
+        bx.inputs.load_image(Image.new("L", (10, 10)), max_pixels=50)
+    with pytest.raises(ValueError, match="unknown predictive"):
+        tiny_vlm.predict(x, PROMPTS, predictive="laplace-bridge")
+
+
+def test_over_long_prompt_is_truncated_with_a_warning(tiny_vlm):
+    long = "a photo of " + " ".join(["very"] * 40) + " big cat"
+    with pytest.warns(UserWarning, match="truncated to the context length 12"):
+        pred = tiny_vlm.predict(random_images(tiny_vlm, 1), [long, "a cat"])
+    assert torch.isfinite(pred.var).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_vlm.predict(random_images(tiny_vlm, 1), ["a short prompt"])
+
+
+def test_prompt_cache_is_used_and_bounded():
+    vlm = build_tiny(TINY_CLIP)
+    vlm._prompt_cache_size = 3
+    calls = []
+    original = vlm.adapter.text.features
+
+    def counting(tokens):
+        calls.append(tokens.shape[0])
+        return original(tokens)
+
+    vlm.adapter.text.features = counting
+    a = vlm.encode_prompts(["a", "b"])
+    b = vlm.encode_prompts(["b", "a"])
+    assert calls == [2]
+    torch.testing.assert_close(a.embeddings[0], b.embeddings[1])
+    vlm.encode_prompts(["c", "d"])
+    assert len(vlm._prompt_cache) == 3 and calls == [2, 2]
+
+
+def test_unsupported_architecture_is_named():
+    cfg = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=[1, 1, 1, 1], width=16),
+               text_cfg=TINY_CLIP["text_cfg"])
+    model = open_clip.CLIP(**cfg)
+    with pytest.raises(bx.UnsupportedModelError, match="ModifiedResNet"):
+        bx.BayesVLM(model, open_clip.SimpleTokenizer(), None)
+    with pytest.raises(bx.UnsupportedModelError, match="Linear"):
+        bx.BayesVLM(torch.nn.Linear(3, 3), None, None)
