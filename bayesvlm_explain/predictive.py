@@ -99,7 +99,12 @@ class Prediction:
         if method == "mc":
             s = num_samples or self.num_samples
             gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-            return mc_probs(self.sample(s, gen), self.link)
+            chunk = max(1, (1 << 22) // self.mean.numel())  # bounded memory: ~4M logits per chunk
+            total = torch.zeros_like(self.mean)
+            for start in range(0, s, chunk):
+                k = min(chunk, s - start)
+                total += k * mc_probs(self.sample(k, gen), self.link)
+            return total / s
         raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVE_METHODS}")
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
