@@ -1,0 +1,57 @@
+"""The studio serves predictions over HTTP and answers bad input with a message, not a crash."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+
+import pytest
+from PIL import Image
+
+import bayesvlm_explain as bx
+from bayesvlm_explain.ui import TABLE_HEADERS, build_app, parse_prompts, prediction_table
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def test_prediction_table_rows(tiny_vlm, tmp_path):
+    path = tmp_path / "img.png"
+    Image.new("RGB", (40, 40), (0, 120, 255)).save(path)
+    rows = prediction_table(tiny_vlm, str(path), "a cat\n\n a dog \na truck", num_samples=500)
+    assert [len(r) for r in rows] == [len(TABLE_HEADERS)] * 3
+    assert {r[0] for r in rows} == {"a cat", "a dog", "a truck"}
+    assert abs(sum(r[3] for r in rows) - 1) < 1e-3 and abs(sum(r[5] for r in rows) - 1) < 1e-3
+    for r in rows:
+        assert abs(r[6] + r[7] + r[8] - 1) < 0.01  # variance shares add up
+
+
+def test_prediction_table_errors(tiny_vlm, tmp_path):
+    with pytest.raises(bx.InputError, match="upload an image"):
+        prediction_table(tiny_vlm, None, "a cat")
+    with pytest.raises(bx.InputError, match="non-empty"):
+        parse_prompts("  \n ")
+    with pytest.raises(bx.InputError, match="at most"):
+        parse_prompts("\n".join(f"p{i}" for i in range(100)))
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(bx.InputError):
+        prediction_table(tiny_vlm, str(bad), "a cat")
+
+
+def test_studio_serves_and_survives_bad_requests(tiny_vlm, tmp_path):
+    from gradio_client import Client, handle_file
+
+    app = build_app(tiny_vlm)
+    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        url = app.local_url
+        assert urllib.request.urlopen(url, timeout=30).status == 200
+        client = Client(url, verbose=False)
+        path = tmp_path / "img.png"
+        Image.new("RGB", (40, 40), (255, 0, 0)).save(path)
+        with pytest.raises(Exception, match="empty|non-empty"):  # the error message reaches the user
+            client.predict(handle_file(str(path)), "   ", api_name="/predict")
+        out = client.predict(handle_file(str(path)), "a red square\na blue circle", api_name="/predict")
+        assert len(out["data"]) == 2 and out["headers"][0] == "prompt"
+    finally:
+        app.close()
