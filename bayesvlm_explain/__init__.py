@@ -7,6 +7,14 @@
 """
 
 from .adapters import Features, OpenCLIPAdapter, UnsupportedModelError
+from .explain import (
+    AttributionResult,
+    TokenAttribution,
+    TokenAttributionResult,
+    UncertaintyAttribution,
+    UncertaintyDecomposition,
+    decompose_uncertainty,
+)
 from .inputs import InputError
 from .model import BayesVLM
 from .posterior import KronPosterior, Posterior, PosteriorError
@@ -15,6 +23,12 @@ from .predictive import Prediction
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttributionResult",
+    "TokenAttribution",
+    "TokenAttributionResult",
+    "UncertaintyAttribution",
+    "UncertaintyDecomposition",
+    "decompose_uncertainty",
     "BayesVLM",
     "Features",
     "InputError",

@@ -66,20 +66,33 @@ class CosineMoments:
     def _class_roots(self) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(_psd_root(k) for k in self.class_factors)  # type: ignore[return-value]
 
+    def class_noise(self, num_samples: int, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correlated standard draws ``(E₁, E₂)`` [S, C] with ``Cov(E₁) = K_img``, ``Cov(E₂) = K_txt``.
+
+        They depend only on the prompts, so a fixed pair serves as common random numbers for any image.
+        """
+        r_img, r_txt = self._class_roots
+        c = self.mean.shape[1]
+        kw = {"dtype": self.mean.dtype, "generator": generator}
+        e1 = torch.randn(num_samples, c, **kw).to(self.mean.device) @ r_img.T
+        e2 = torch.randn(num_samples, c, **kw).to(self.mean.device) @ r_txt.T
+        return e1, e2
+
+    def draws(self, noise: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Logits ``m + √w_img E₁ + √w_txt E₂`` [S, N, C] for noise from :meth:`class_noise`."""
+        e1, e2 = noise
+        return (self.mean[None]
+                + self.w_img.sqrt()[None, :, None] * e1[:, None, :]
+                + self.w_txt.sqrt()[None, :, None] * e2[:, None, :])
+
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Gaussian logit draws with the full class covariance: [S, N, C].
 
         Draws are exact per image (marginally); the same standard normals are reused across images,
         which is fine for per-image predictives but carries no cross-image correlation.
         """
-        r_img, r_txt = self._class_roots
-        c = self.mean.shape[1]
-        kw = {"dtype": self.mean.dtype, "generator": generator}
-        e1 = torch.randn(num_samples, c, **kw).to(self.mean.device) @ r_img.T  # [S, C]
-        e2 = torch.randn(num_samples, c, **kw).to(self.mean.device) @ r_txt.T
-        return (self.mean[None]
-                + self.w_img.sqrt()[None, :, None] * e1[:, None, :]
-                + self.w_txt.sqrt()[None, :, None] * e2[:, None, :])
+        return self.draws(self.class_noise(num_samples, generator))
 
 
 def _sym(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,335 @@
+"""Pixel attributions of the model's *uncertainty* (not only its similarity), with captum.
+
+The attributed quantity is a differentiable function of the preprocessed image batch ``x`` [B, 3, H, W]:
+the image tower runs with autograd (parameters frozen), the prompts' features are fixed, and the logit
+moments come from the posterior algebra of :mod:`.targets` (float64, the formulas of
+:meth:`BayesVLM.predict_features`). Entropy targets use a fixed set of Gaussian draws (common random
+numbers, the same draws as ``Prediction.predictive("mc")``), so they are deterministic and smooth in ``x``.
+
+Example::
+
+    ua = UncertaintyAttribution(vlm, target="epistemic")
+    res = ua.attribute(images, prompts, method="integrated_gradients", n_steps=32)
+    res.attributions      # [N, 3, H, W], same units as the target (nats here)
+    res.delta             # IG completeness gap per image
+    res.patches()         # [N, H/P, W/P] summed over each ViT patch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..inputs import check_prompts
+from ..predictive import Link
+from .targets import (
+    ENTROPY_TARGETS,
+    MOMENT_TARGETS,
+    CustomTarget,
+    MomentHead,
+    check_grad_mode,
+    evaluate_target,
+    frozen,
+    standard_draws,
+)
+
+PixelTarget = Literal["image_variance", "text_variance", "variance", "mean", "entropy", "aleatoric", "epistemic"]
+PixelMethod = Literal["integrated_gradients", "saliency", "smoothgrad", "occlusion"]
+PIXEL_METHODS: tuple[str, ...] = ("integrated_gradients", "saliency", "smoothgrad", "occlusion")
+
+
+def model_patch_size(model: torch.nn.Module) -> tuple[int, int] | None:
+    """The ViT patch size ``(ph, pw)`` of an open_clip image tower (open_clip or timm ViT), else None."""
+    visual = getattr(model, "visual", None)
+    size = getattr(visual, "patch_size", None)
+    if size is None:
+        embed = getattr(getattr(visual, "trunk", None), "patch_embed", None)
+        size = getattr(embed, "patch_size", None)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def patch_sum(attributions: torch.Tensor, patch_size: int | tuple[int, int]) -> torch.Tensor:
+    """Sum attributions over channels and non-overlapping ``ph × pw`` patches.
+
+    Args:
+        attributions: [N, 3, H, W] (or [N, H, W], already summed over channels).
+        patch_size: ``P`` or ``(ph, pw)``; H and W must be multiples.
+    Returns:
+        [N, H/ph, W/pw]; its total equals the total of ``attributions``.
+    """
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    a = attributions.sum(1) if attributions.ndim == 4 else attributions
+    if a.ndim != 3:
+        raise ValueError(f"attributions must be [N, 3, H, W] or [N, H, W], got {tuple(attributions.shape)}")
+    n, h, w = a.shape
+    if h % ph or w % pw:
+        raise ValueError(f"image {h}x{w} is not a whole number of {ph}x{pw} patches")
+    return a.reshape(n, h // ph, ph, w // pw, pw).sum(dim=(2, 4))
+
+
+@dataclass
+class AttributionResult:
+    """Pixel attributions of one target for N images.
+
+    attributions: [N, 3, H, W] (float32, CPU), in the target's units per input element (e.g. nats for
+        entropy targets, squared logits for variances); for IG they sum to ``target(x) − target(baseline)``.
+    target_values: [N] the target at the input (float64).
+    delta: [N] IG completeness gap ``Σ attributions − (target(x) − target(baseline))``; None otherwise.
+    baseline_values: [N] the target at the baseline (IG only).
+    """
+
+    attributions: torch.Tensor
+    target_values: torch.Tensor
+    delta: torch.Tensor | None
+    baseline_values: torch.Tensor | None
+    target: str
+    method: str
+    prompts: list[str]
+    prompt_index: int | None
+    patch_size: tuple[int, int] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def heatmap(self) -> torch.Tensor:
+        """Channel-summed attribution map [N, H, W]."""
+        return self.attributions.sum(1)
+
+    def patches(self, patch_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+        """Attributions summed over each ``patch_size`` patch (default: the ViT's patch) -> [N, h, w]."""
+        size = patch_size or self.patch_size
+        if size is None:
+            raise ValueError("the model has no known patch size; pass patch_size")
+        return patch_sum(self.attributions, size)
+
+
+class UncertaintyAttribution:
+    """Attribute an uncertainty target of a :class:`BayesVLM` to input pixels.
+
+    Args:
+        vlm: a ``BayesVLM`` with a posterior.
+        target: ``"image_variance"`` (logit variance from the image projection's posterior, prompt
+            ``prompt_index``), ``"text_variance"``, ``"variance"`` (total), ``"mean"`` (the logit, for
+            contrast), ``"entropy"`` (total predictive entropy over all prompts), ``"aleatoric"``
+            (expected entropy), ``"epistemic"`` (mutual information, BALD); or a callable
+            ``CosineMoments -> [B]``.
+        predictive: ``"mc"`` (default) or ``"probit"`` (only for ``"entropy"``).
+        num_samples, seed: Gaussian logit draws of the MC predictive (common random numbers).
+        link: ``"softmax"`` over prompts or ``"sigmoid"`` per prompt.
+        variance: ``"exact"`` or ``"diagonal"`` moments, as in ``BayesVLM.predict``.
+        internal_batch_size: images per forward/backward pass in the attribution methods
+            (default ``vlm.batch_size``).
+    """
+
+    def __init__(
+        self,
+        vlm: Any,
+        target: PixelTarget | CustomTarget = "image_variance",
+        *,
+        predictive: Literal["mc", "probit"] = "mc",
+        num_samples: int = 1000,
+        seed: int | None = 0,
+        link: Link = "softmax",
+        variance: str = "exact",
+        internal_batch_size: int | None = None,
+    ) -> None:
+        if not callable(target) and target not in MOMENT_TARGETS + ENTROPY_TARGETS:
+            raise ValueError(f"unknown target {target!r}; choose one of {MOMENT_TARGETS + ENTROPY_TARGETS}")
+        if predictive not in ("mc", "probit"):
+            raise ValueError(f"predictive must be 'mc' or 'probit', not {predictive!r}")
+        if num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+        self.vlm = vlm
+        self.target = target
+        self.predictive = predictive
+        self.num_samples = num_samples
+        self.seed = seed
+        self.link = link
+        self.variance = variance
+        self.internal_batch_size = internal_batch_size or vlm.batch_size
+
+    @property
+    def target_name(self) -> str:
+        return self.target if isinstance(self.target, str) else getattr(self.target, "__name__", "custom")
+
+    def _uses_prompt_index(self) -> bool:
+        return isinstance(self.target, str) and self.target in MOMENT_TARGETS
+
+    # -- the target as a function of pixels ----------------------------------------------------------
+    def target_function(self, prompts: str | Sequence[str], prompt_index: int = 0) -> Callable[[torch.Tensor],
+                                                                                                 torch.Tensor]:
+        """The target as a differentiable map: preprocessed images [B, 3, H, W] -> values [B] (float64).
+
+        Rows are independent (row b depends only on image b), as the captum methods require.
+        """
+        prompts = check_prompts(prompts)
+        if self._uses_prompt_index() and not 0 <= prompt_index < len(prompts):
+            raise IndexError(f"prompt_index {prompt_index} out of range for {len(prompts)} prompts")
+        vlm = self.vlm
+        head = MomentHead(vlm, vlm.device, variance=self.variance)
+        txt = vlm.encode_prompts(prompts)
+        # clone: the prompt cache holds inference-mode tensors, which autograd may not save
+        txt_mean, txt_act = (t.clone().to(vlm.device) for t in head.text_inputs(txt))
+        noise = None
+        if isinstance(self.target, str) and self.target in ENTROPY_TARGETS and self.predictive == "mc":
+            noise = standard_draws(head, txt_mean, txt_act, self.num_samples, self.seed)
+        image_proj = vlm.adapter.image
+        target, k = self.target, prompt_index if self._uses_prompt_index() else None
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            feats = image_proj.features(x)
+            img_mean, img_scale = head.image_inputs(feats)
+            m = head.moments(img_mean, img_scale, txt_mean, txt_act)
+            out = evaluate_target(target, m, k, noise=noise, predictive=self.predictive, link=self.link)
+            if out.shape != (x.shape[0],):
+                raise ValueError(f"target returned shape {tuple(out.shape)}; expected [{x.shape[0]}]")
+            if torch.is_grad_enabled() and not out.requires_grad:  # image-independent: exact zero gradient
+                out = out + 0.0 * img_mean.sum(-1)
+            return out
+
+        return forward
+
+    # -- attribution ---------------------------------------------------------------------------------
+    def attribute(
+        self,
+        images: Any,
+        prompts: str | Sequence[str],
+        prompt_index: int = 0,
+        method: PixelMethod = "integrated_gradients",
+        n_steps: int = 32,
+        baselines: torch.Tensor | float | None = None,
+        *,
+        internal_batch_size: int | None = None,
+        nt_samples: int = 8,
+        stdevs: float | None = None,
+        noise_seed: int = 0,
+        sliding_window: int | tuple[int, int] | None = None,
+        strides: int | tuple[int, int] | None = None,
+        abs: bool = False,
+    ) -> AttributionResult:
+        """Attribute the target of each image to its preprocessed pixels.
+
+        Args:
+            images: PIL images / paths / bytes, or a preprocessed [N, 3, H, W] tensor.
+            prompts: the C prompts (classes); the prompt features are held fixed.
+            prompt_index: the prompt ``k`` of the moment targets (ignored by entropy targets).
+            method: ``"integrated_gradients"`` (Gauss-Legendre, ``n_steps`` points, batched),
+                ``"saliency"`` (the gradient), ``"smoothgrad"`` (NoiseTunnel over Saliency, ``nt_samples``
+                noisy copies with noise std ``stdevs``, default 15% of the batch's value range) or
+                ``"occlusion"`` (patches of ``sliding_window`` pixels, default the ViT patch, moved by
+                ``strides``, default the window, replaced by the baseline).
+            n_steps: IG integration points.
+            baselines: IG/occlusion reference in preprocessed space: None (zeros, i.e. the normalisation
+                mean colour), a float, or a tensor [N or 1, 3, H, W].
+            abs: absolute gradients for saliency/smoothgrad (default: signed).
+        Returns:
+            an :class:`AttributionResult` with ``attributions`` [N, 3, H, W].
+        """
+        if method not in PIXEL_METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {PIXEL_METHODS}")
+        if n_steps < 1:
+            raise ValueError("n_steps must be at least 1")
+        check_grad_mode()
+        from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+
+        prompts = check_prompts(prompts)
+        vlm = self.vlm
+        param = next(vlm.model.visual.parameters())
+        x = vlm.preprocess_images(images).to(vlm.device, param.dtype).clone()
+        n = x.shape[0]
+        base = self._baselines(baselines, x)
+        ibs = internal_batch_size or self.internal_batch_size
+        per_eval = max(1, ibs // n)
+        patch = model_patch_size(vlm.model)
+        settings: dict[str, Any] = {"n_steps": n_steps} if method == "integrated_gradients" else {}
+        delta = baseline_values = None
+        with frozen(vlm.model), torch.enable_grad():
+            forward = self.target_function(prompts, prompt_index)
+            if method == "integrated_gradients":
+                ig = IntegratedGradients(forward, multiply_by_inputs=True)
+                attr = ig.attribute(x, baselines=base, n_steps=n_steps, method="gausslegendre",
+                                    internal_batch_size=max(ibs, n))
+                with torch.no_grad():
+                    ends = torch.cat([self._batched(forward, x, ibs), self._batched(forward, base, ibs)])
+                target_values, baseline_values = ends[:n], ends[n:]
+                delta = attr.to(ends.dtype).sum(dim=(1, 2, 3)) - (target_values - baseline_values)
+            elif method == "saliency":
+                captured: list[torch.Tensor] = []
+
+                def recording(inp: torch.Tensor) -> torch.Tensor:
+                    out = forward(inp)
+                    captured.append(out.detach())
+                    return out
+
+                attr = Saliency(recording).attribute(x.requires_grad_(), abs=abs)
+                target_values = captured[-1]
+            elif method == "smoothgrad":
+                std = stdevs if stdevs is not None else 0.15 * float(x.max() - x.min())
+                settings.update(nt_samples=nt_samples, stdevs=std, noise_seed=noise_seed)
+                with torch.random.fork_rng(devices=_rng_devices(x.device)):
+                    torch.manual_seed(noise_seed)
+                    attr = NoiseTunnel(Saliency(forward)).attribute(
+                        x.requires_grad_(), nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=per_eval,
+                        stdevs=std, abs=abs)
+                with torch.no_grad():
+                    target_values = self._batched(forward, x, ibs)
+            else:
+                window = _pair(sliding_window) if sliding_window is not None else (patch or (16, 16))
+                stride = _pair(strides) if strides is not None else window
+                settings.update(sliding_window=window, strides=stride)
+                with torch.no_grad():
+                    attr = Occlusion(forward).attribute(
+                        x, sliding_window_shapes=(x.shape[1], *window), strides=(x.shape[1], *stride),
+                        baselines=base, perturbations_per_eval=per_eval)
+                    target_values = self._batched(forward, x, ibs)
+        return AttributionResult(
+            attributions=attr.detach().to("cpu", torch.float32),
+            target_values=target_values.detach().cpu(),
+            delta=None if delta is None else delta.detach().cpu(),
+            baseline_values=None if baseline_values is None else baseline_values.detach().cpu(),
+            target=self.target_name,
+            method=method,
+            prompts=prompts,
+            prompt_index=prompt_index if self._uses_prompt_index() else None,
+            patch_size=patch,
+            settings=settings,
+        )
+
+    def target_values(self, images: Any, prompts: str | Sequence[str], prompt_index: int = 0) -> torch.Tensor:
+        """The target [N] (float64, CPU) at the given images, without attribution."""
+        check_grad_mode()
+        vlm = self.vlm
+        param = next(vlm.model.visual.parameters())
+        x = vlm.preprocess_images(images).to(vlm.device, param.dtype)
+        with frozen(vlm.model), torch.no_grad():
+            return self._batched(self.target_function(prompts, prompt_index), x, self.internal_batch_size).cpu()
+
+    @staticmethod
+    def _batched(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+        return torch.cat([forward(chunk) for chunk in x.split(max(1, size))])
+
+    @staticmethod
+    def _baselines(baselines: torch.Tensor | float | None, x: torch.Tensor) -> torch.Tensor:
+        if baselines is None:
+            return torch.zeros_like(x)
+        if isinstance(baselines, int | float):
+            return torch.full_like(x, float(baselines))
+        b = baselines.to(x.device, x.dtype).clone()
+        if b.ndim == 3:
+            b = b[None]
+        if b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"baselines of shape {tuple(baselines.shape)} do not match inputs {tuple(x.shape)}")
+        return b.expand_as(x).contiguous()
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    if device.type == "cuda":
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return []

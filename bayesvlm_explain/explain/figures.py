@@ -1,0 +1,306 @@
+"""Figures for the studio: every function builds and returns a :class:`matplotlib.figure.Figure`.
+
+Only matplotlib's object API is used (no ``pyplot``), so no global figure state is created and nothing
+needs closing: render with ``fig.savefig(buffer, format="png")`` and drop the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ..predictive import Prediction
+from .attribution import patch_sum
+from .decomposition import UncertaintyDecomposition
+from .tokens import TokenAttributionResult
+
+PART_COLORS = {"image": "#4C72B0", "text": "#DD8452", "interaction": "#8172B3"}
+DIVERGING = "RdBu_r"
+
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _order(values: np.ndarray, top_k: int | None, sort: bool) -> np.ndarray:
+    idx = np.argsort(-values, kind="stable") if sort else np.arange(len(values))
+    return idx[:top_k] if top_k else idx
+
+
+def _height(rows: int) -> float:
+    return 1.6 + 0.32 * rows
+
+
+# -- per-class mean ± std and probabilities ----------------------------------------------------------
+def class_uncertainty_figure(pred: Prediction, image_index: int = 0, *, top_k: int | None = 10,
+                             sort: bool = True, title: str | None = None) -> Figure:
+    """Logit mean ± std per prompt (left) and probit vs deterministic (MAP) probabilities (right).
+
+    Prompts are sorted by probit probability (``sort``) and the ``top_k`` first are shown.
+    """
+    mean, std = _np(pred.mean[image_index]), _np(pred.std[image_index])
+    probit = _np(pred.predictive("probit")[image_index])
+    det = _np(pred.map_probs[image_index])
+    idx = _order(probit, top_k, sort)
+    labels = [_short(pred.prompts[i]) for i in idx]
+    y = np.arange(len(idx))
+    fig = Figure(figsize=(10, _height(len(idx))), layout="constrained")
+    ax_l, ax_p = fig.subplots(1, 2, sharey=True)
+    ax_l.errorbar(mean[idx], y, xerr=2 * std[idx], fmt="none", ecolor="#9ecae1", elinewidth=6, alpha=0.8,
+                  label="± 2 std")
+    ax_l.errorbar(mean[idx], y, xerr=std[idx], fmt="o", color="#08519c", capsize=3, label="mean ± std")
+    ax_l.set_yticks(y, labels)
+    ax_l.invert_yaxis()
+    ax_l.set_xlabel("logit (scaled cosine)")
+    ax_l.set_title("probabilistic logits")
+    ax_l.legend(loc="best", fontsize="small")
+    h = 0.4
+    ax_p.barh(y - h / 2, probit[idx], height=h, color="#3182bd", label="BayesVLM (probit)")
+    ax_p.barh(y + h / 2, det[idx], height=h, color="#bdbdbd", label="deterministic (MAP)")
+    ax_p.set_xlim(0, 1)
+    ax_p.set_xlabel("probability")
+    ax_p.set_title("predictive")
+    ax_p.legend(loc="lower right", fontsize="small")
+    fig.suptitle(title or f"image {image_index}: per-prompt uncertainty")
+    return fig
+
+
+# -- variance decomposition -----------------------------------------------------------------------------
+def decomposition_figure(parts: UncertaintyDecomposition | Prediction, image_index: int = 0, *,
+                         normalize: bool = False, top_k: int | None = None, sort: bool = True,
+                         title: str | None = None) -> Figure:
+    """Stacked bars of each prompt's logit variance: image, text and interaction parts.
+
+    ``normalize`` shows shares (summing to 1) instead of squared logits. With an
+    :class:`UncertaintyDecomposition` the title reports the entropy split (total = aleatoric + epistemic).
+    """
+    vi, vt, vx = (_np(getattr(parts, k)[image_index]) for k in ("var_image", "var_text", "var_interaction"))
+    total = vi + vt + vx
+    idx = _order(total, top_k, sort)
+    if normalize:
+        vi, vt, vx = vi / total, vt / total, vx / total
+    y = np.arange(len(idx))
+    fig = Figure(figsize=(8, _height(len(idx))), layout="constrained")
+    ax = fig.subplots()
+    left = np.zeros(len(idx))
+    for name, v in (("image", vi), ("text", vt), ("interaction", vx)):
+        ax.barh(y, v[idx], left=left, color=PART_COLORS[name], label=name)
+        left = left + v[idx]
+    ax.set_yticks(y, [_short(parts.prompts[i]) for i in idx])
+    ax.invert_yaxis()
+    ax.set_xlabel("share of logit variance" if normalize else "logit variance (squared logits)")
+    ax.legend(loc="lower right", fontsize="small", title="posterior of")
+    heading = title or f"image {image_index}: where the logit variance comes from"
+    if isinstance(parts, UncertaintyDecomposition):
+        heading += (f"\nentropy {float(parts.total_entropy[image_index]):.3f} nats = aleatoric "
+                    f"{float(parts.aleatoric[image_index]):.3f} + epistemic {float(parts.epistemic[image_index]):.3f}")
+    ax.set_title(heading)
+    return fig
+
+
+# -- heatmap overlay ---------------------------------------------------------------------------------------
+def _display_image(image: Any, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+    """An image as [H, W, 3] floats in [0, 1] (a preprocessed tensor is un-normalised or min-max scaled)."""
+    if isinstance(image, torch.Tensor):
+        arr = _np(image[0] if image.ndim == 4 else image)
+        if arr.ndim == 3 and arr.shape[0] in (1, 3):
+            arr = np.moveaxis(arr, 0, -1)
+        if mean is not None and std is not None:
+            arr = arr * np.asarray(std) + np.asarray(mean)
+        else:
+            lo, hi = arr.min(), arr.max()
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    else:
+        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float64)
+        if arr.max() > 1.0:
+            arr = arr / 255.0
+    return np.clip(arr, 0.0, 1.0)
+
+
+def attribution_overlay_figure(image: Any, attributions: Any, *, patch_size: int | tuple[int, int] | None = None,
+                               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                               alpha: float = 0.55, title: str | None = None, label: str = "attribution") -> Figure:
+    """The image (left) and the attribution heatmap over it (right), on a diverging scale centred at 0.
+
+    Args:
+        image: a preprocessed tensor [3, H, W] (shown un-normalised with ``mean``/``std``, else min-max
+            scaled), an [H, W, 3] array, or a PIL image.
+        attributions: [3, H, W] or [H, W] per pixel, or a patch grid [h, w] (stretched over the image).
+        patch_size: sum per-pixel attributions over ViT patches before showing them.
+    """
+    img = _display_image(image, mean, std)
+    att = _np(attributions)
+    if att.ndim == 3:
+        att = att.sum(0)
+    if patch_size is not None and att.shape[:2] == img.shape[:2]:
+        att = _np(patch_sum(torch.as_tensor(att)[None], patch_size)[0])
+    h, w = img.shape[:2]
+    vmax = float(np.abs(att).max()) or 1.0
+    fig = Figure(figsize=(9, 4.4), layout="constrained")
+    ax_i, ax_a = fig.subplots(1, 2)
+    ax_i.imshow(img, extent=(0, w, h, 0))
+    ax_i.set_title("input")
+    ax_a.imshow(img, extent=(0, w, h, 0))
+    ax_a.imshow(img.mean(-1), cmap="gray", extent=(0, w, h, 0), alpha=0.5)
+    im = ax_a.imshow(att, cmap=DIVERGING, vmin=-vmax, vmax=vmax, alpha=alpha, extent=(0, w, h, 0),
+                     interpolation="nearest")
+    ax_a.set_title(title or label)
+    for ax in (ax_i, ax_a):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=ax_a, shrink=0.85, label=label)
+    return fig
+
+
+# -- token strip -------------------------------------------------------------------------------------------
+def token_scores_figure(result: TokenAttributionResult | None = None, *, tokens: Sequence[str] | None = None,
+                        scores: Any = None, special: Sequence[bool] | None = None,
+                        title: str | None = None) -> Figure:
+    """The prompt's tokens in a row, each coloured by its score (diverging, centred at 0).
+
+    Special tokens (start/end) are drawn in grey italics. Pass a :class:`TokenAttributionResult` or
+    ``tokens``/``scores`` (and optionally ``special``).
+    """
+    if result is not None:
+        tokens, scores, special = result.tokens, result.scores, result.special
+        title = title or f"{result.target} of {_short(result.prompt, 60)!r} by token"
+    if tokens is None or scores is None:
+        raise ValueError("pass a TokenAttributionResult or tokens and scores")
+    vals = _np(scores)
+    if len(tokens) != len(vals):
+        raise ValueError(f"{len(tokens)} tokens but {len(vals)} scores")
+    special = list(special) if special is not None else [False] * len(tokens)
+    vmax = float(np.abs(vals).max()) or 1.0
+    norm, cmap = Normalize(-vmax, vmax), matplotlib.colormaps[DIVERGING]
+    widths = np.array([max(2, len(t)) + 1.5 for t in tokens], dtype=float)
+    starts = np.concatenate([[0.0], np.cumsum(widths)[:-1]])
+    total = float(widths.sum())
+    fig = Figure(figsize=(min(16.0, 1.5 + 0.14 * total), 2.2), layout="constrained")
+    ax = fig.subplots()
+    for tok, x0, wd, v, sp in zip(tokens, starts, widths, vals, special, strict=True):
+        color = "#eeeeee" if sp else cmap(norm(v))
+        ax.add_patch(Rectangle((x0 + 0.1, 0.15), wd - 0.2, 0.7, facecolor=color, edgecolor="#999999",
+                               linewidth=0.5))
+        ax.text(x0 + wd / 2, 0.5, tok, ha="center", va="center", fontsize=10,
+                style="italic" if sp else "normal", color="#777777" if sp else "black")
+        ax.text(x0 + wd / 2, -0.05, f"{v:+.2g}", ha="center", va="top", fontsize=7, color="#444444")
+    ax.set_xlim(0, total)
+    ax.set_ylim(-0.35, 1.0)
+    ax.axis("off")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, orientation="vertical", shrink=0.8, label="score")
+    ax.set_title(title or "token attribution")
+    return fig
+
+
+# -- reliability diagram -----------------------------------------------------------------------------------
+def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.ndarray | float]:
+    """Top-label calibration in ``n_bins`` equal-width confidence bins on [0, 1].
+
+    Args:
+        probs: [N, C] predictive probabilities; labels: [N] true class indices.
+    Returns:
+        ``edges`` [B+1], ``confidence``/``accuracy`` [B] (NaN for empty bins), ``count`` [B] and ``ece``
+        (Σ_b count_b/N · |accuracy_b − confidence_b|, the L1 expected calibration error).
+    """
+    p, y = _np(probs), np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(int)
+    if p.ndim != 2 or y.shape != (p.shape[0],):
+        raise ValueError(f"probs must be [N, C] and labels [N]; got {p.shape} and {y.shape}")
+    conf, hit = p.max(1), (p.argmax(1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(which, weights=hit, minlength=n_bins) / count
+        mconf = np.bincount(which, weights=conf, minlength=n_bins) / count
+    filled = count > 0
+    ece = float((count[filled] / count.sum() * np.abs(acc[filled] - mconf[filled])).sum()) if len(y) else 0.0
+    return {"edges": edges, "confidence": mconf, "accuracy": acc, "count": count, "ece": ece}
+
+
+def reliability_diagram(probs: Any | Mapping[str, Any], labels: Any, *, n_bins: int = 15,
+                        title: str | None = None) -> Figure:
+    """Accuracy vs confidence per equal-width bin (top) and the confidence histogram (bottom).
+
+    ``probs`` is one [N, C] array or a mapping ``name -> [N, C]`` (e.g. probit vs MAP) drawn together; each
+    legend entry reports the model's ECE.
+    """
+    sets = dict(probs) if isinstance(probs, Mapping) else {"model": probs}
+    fig = Figure(figsize=(5.6, 6.2), layout="constrained")
+    ax, ax_h = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#777777", linewidth=1, label="perfect calibration")
+    width = 1.0 / n_bins / max(1, len(sets))
+    for j, (name, pr) in enumerate(sets.items()):
+        b = reliability_bins(pr, labels, n_bins)
+        centers = 0.5 * (b["edges"][1:] + b["edges"][:-1])
+        filled = b["count"] > 0
+        line = ax.plot(b["confidence"][filled], b["accuracy"][filled], marker="o",
+                       label=f"{name} (ECE {b['ece']:.3f})")[0]
+        offset = (j - (len(sets) - 1) / 2) * width
+        ax_h.bar(centers + offset, b["count"], width=width, color=line.get_color(), alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(title or f"reliability ({n_bins} equal-width bins, top label)")
+    ax_h.set_xlabel("confidence (top-label probability)")
+    ax_h.set_ylabel("count")
+    return fig
+
+
+# -- prompt comparison -------------------------------------------------------------------------------------
+def prompt_comparison_figure(pred: Prediction, image_index: int = 0, *,
+                             decomposition: UncertaintyDecomposition | None = None, top_k: int | None = 20,
+                             title: str | None = None) -> Figure:
+    """Each prompt as a point: logit mean (x) against logit std (y), sized by probit probability.
+
+    Colour: the prompt's uncertainty-driving score from ``decomposition`` (its ``rank_by``), else the image
+    part's share of the prompt's variance. Shows at a glance which prompts are likely *and* uncertain.
+    """
+    mean, std = _np(pred.mean[image_index]), _np(pred.std[image_index])
+    prob = _np(pred.predictive("probit")[image_index])
+    if decomposition is not None:
+        color, clabel = _np(decomposition.prompt_scores[image_index]), f"score ({decomposition.rank_by})"
+        vmax = float(np.abs(color).max()) or 1.0
+        norm, cmap = Normalize(-vmax, vmax), matplotlib.colormaps[DIVERGING]
+    else:
+        color, clabel = _np(pred.var_image[image_index] / pred.var[image_index]), "image share of variance"
+        norm, cmap = Normalize(0, 1), matplotlib.colormaps["viridis"]
+    idx = _order(prob, top_k, True)
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.subplots()
+    sc = ax.scatter(mean[idx], std[idx], s=40 + 600 * prob[idx], c=color[idx], cmap=cmap, norm=norm,
+                    edgecolors="black", linewidths=0.5, alpha=0.85)
+    for i in idx:
+        ax.annotate(_short(pred.prompts[i], 28), (mean[i], std[i]), xytext=(6, 4), textcoords="offset points",
+                    fontsize=8)
+    ax.set_xlabel("logit mean")
+    ax.set_ylabel("logit std")
+    ax.margins(0.15)
+    fig.colorbar(sc, ax=ax, label=clabel)
+    ax.set_title(title or f"image {image_index}: prompts compared (size = probit probability)")
+    return fig
+
+
+__all__ = [
+    "attribution_overlay_figure",
+    "class_uncertainty_figure",
+    "decomposition_figure",
+    "prompt_comparison_figure",
+    "reliability_bins",
+    "reliability_diagram",
+    "token_scores_figure",
+]

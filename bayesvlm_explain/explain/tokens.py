@@ -1,0 +1,179 @@
+"""Token attributions: which words of a prompt carry its (text-side) uncertainty.
+
+captum's ``LayerIntegratedGradients`` on the text tower's token-embedding layer integrates from a baseline
+prompt to the real one *in embedding space*: the baseline keeps the start and end tokens and the padding
+and replaces every other token by a neutral token (the tokenizer's pad token unless given). The rest of
+the text tower always sees the real token ids (the pooling position and any padding mask stay put), so
+kept positions get exactly zero attribution and the scores sum to ``target(prompt) − target(baseline)``
+up to the integration error (``delta``).
+
+Targets for image ``n`` and the prompt: ``"text_variance"`` (the logit variance from the text
+projection's posterior, ``w_txt[n]·t̂_c``), ``"image_variance"``, ``"variance"`` and ``"mean"`` (the
+logit, for contrast). All depend on the prompt's own features only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..inputs import InputError, check_prompts
+from .targets import MOMENT_TARGETS, MomentHead, check_grad_mode, frozen, moment_values
+
+TokenTarget = Literal["text_variance", "image_variance", "variance", "mean"]
+
+
+@dataclass
+class TokenAttributionResult:
+    """Per-token scores of one prompt (positions up to the end token; padding is dropped).
+
+    scores: [L] float64, in the target's units; special (start/end) tokens score exactly 0.
+    """
+
+    prompt: str
+    tokens: list[str]
+    token_ids: list[int]
+    scores: torch.Tensor
+    special: list[bool]
+    target: str
+    target_value: float
+    baseline_value: float
+    delta: float  # Σ scores − (target_value − baseline_value), IG integration error
+
+    def pairs(self, include_special: bool = False) -> list[tuple[str, float]]:
+        """``(token, score)`` pairs in prompt order."""
+        return [(t, float(s)) for t, s, sp in zip(self.tokens, self.scores, self.special, strict=True)
+                if include_special or not sp]
+
+
+def token_embedding_layer(model: nn.Module) -> nn.Module:
+    """The token-embedding module of an open_clip model's text tower."""
+    if isinstance(getattr(model, "token_embedding", None), nn.Module):  # open_clip.CLIP
+        return model.token_embedding
+    text = getattr(model, "text", None)
+    if isinstance(getattr(text, "token_embedding", None), nn.Module):  # CustomTextCLIP + TextTransformer
+        return text.token_embedding
+    hf = getattr(text, "transformer", None)
+    if hf is not None and hasattr(hf, "get_input_embeddings"):  # HFTextEncoder
+        return hf.get_input_embeddings()
+    raise TypeError(f"cannot find the token embedding of {type(model).__name__}")
+
+
+class _TokenizerInfo:
+    """Pad / special ids and per-id strings for open_clip's SimpleTokenizer or an HF tokenizer wrapper."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        inner = getattr(tokenizer, "tokenizer", None)
+        if hasattr(tokenizer, "sot_token_id") and hasattr(tokenizer, "eot_token_id"):  # SimpleTokenizer
+            self.pad_id = 0
+            self.end_ids = {int(tokenizer.eot_token_id)}
+            self.special = {int(tokenizer.sot_token_id), int(tokenizer.eot_token_id)}
+            self._decode = lambda i: tokenizer.decode([i]).strip()
+        elif inner is not None and hasattr(inner, "all_special_ids"):  # open_clip HFTokenizer
+            self.pad_id = int(inner.pad_token_id if inner.pad_token_id is not None else 0)
+            self.end_ids = {int(i) for i in (inner.sep_token_id, inner.eos_token_id) if i is not None}
+            self.special = {int(i) for i in inner.all_special_ids}
+            self._decode = lambda i: str(inner.convert_ids_to_tokens(int(i)))
+        else:
+            raise TypeError(f"unsupported tokenizer {type(tokenizer).__name__}")
+
+    def decode(self, token_id: int) -> str:
+        return self._decode(int(token_id))
+
+    def length(self, ids: list[int]) -> int:
+        """Positions up to and including the end token (all positions before trailing padding)."""
+        ends = [i for i, t in enumerate(ids) if t in self.end_ids]
+        if ends:
+            return ends[0] + 1
+        non_pad = [i for i, t in enumerate(ids) if t != self.pad_id]
+        return (non_pad[-1] + 1) if non_pad else len(ids)
+
+
+class TokenAttribution:
+    """Attribute a prompt's logit moment against one image to the prompt's tokens.
+
+    Args:
+        vlm: a ``BayesVLM`` with a posterior.
+        target: ``"text_variance"`` (default), ``"image_variance"``, ``"variance"`` or ``"mean"``.
+        variance: ``"exact"`` or ``"diagonal"`` moments.
+    """
+
+    def __init__(self, vlm: Any, target: TokenTarget = "text_variance", *, variance: str = "exact") -> None:
+        if target not in MOMENT_TARGETS:
+            raise ValueError(f"unknown token target {target!r}; choose one of {MOMENT_TARGETS}")
+        self.vlm = vlm
+        self.target = target
+        self.variance = variance
+        self.info = _TokenizerInfo(vlm.tokenizer)
+
+    def attribute(
+        self,
+        image: Any,
+        prompt: str,
+        *,
+        n_steps: int = 32,
+        internal_batch_size: int | None = None,
+        baseline_token_id: int | None = None,
+    ) -> TokenAttributionResult:
+        """Token scores of ``prompt`` for ``image`` (one image: PIL, path, bytes or [1, 3, H, W]).
+
+        Args:
+            n_steps: IG integration points (Gauss-Legendre).
+            internal_batch_size: token sequences per forward/backward pass (default ``vlm.batch_size``).
+            baseline_token_id: the neutral token replacing the content tokens (default: the pad token).
+        """
+        check_grad_mode()
+        from captum.attr import LayerIntegratedGradients
+
+        prompt = check_prompts(prompt)[0]
+        vlm = self.vlm
+        head = MomentHead(vlm, vlm.device, variance=self.variance)
+        img = vlm.encode_images(image)
+        if img.embeddings.shape[0] != 1:
+            raise InputError(f"token attribution takes one image, got {img.embeddings.shape[0]}")
+        img_mean, img_scale = (t.clone().to(vlm.device) for t in head.image_inputs(img))
+        tokens = vlm.tokenize([prompt]).to(vlm.device)
+        ids = tokens[0].tolist()
+        length = self.info.length(ids)
+        special = [t in self.info.special for t in ids[:length]]
+        neutral = self.info.pad_id if baseline_token_id is None else int(baseline_token_id)
+        baseline = tokens.clone()
+        content = torch.tensor([not sp for sp in special] + [False] * (len(ids) - length), device=tokens.device)
+        baseline[0, content] = neutral
+        layer = token_embedding_layer(vlm.model)
+        text_proj, target = vlm.adapter.text, self.target
+
+        def forward(tok: torch.Tensor) -> torch.Tensor:
+            txt_mean, txt_act = head.text_inputs(text_proj.features(tok))
+            m = head.moments(img_mean, img_scale, txt_mean, txt_act)  # 1 image × B prompts
+            return moment_values(m, target)[0]  # [B]
+
+        with frozen(vlm.model), torch.enable_grad():
+            lig = LayerIntegratedGradients(forward, layer, multiply_by_inputs=True)
+            attr = lig.attribute(tokens, baselines=baseline, n_steps=n_steps, method="gausslegendre",
+                                 internal_batch_size=internal_batch_size or vlm.batch_size)
+            with torch.no_grad():
+                value = forward(tokens)
+                base_emb = layer(baseline)
+                handle = layer.register_forward_hook(lambda _m, _i, _o: base_emb)
+                try:
+                    base_value = forward(tokens)  # real ids elsewhere, baseline embeddings: the IG start
+                finally:
+                    handle.remove()
+        scores = attr[0].sum(-1).to(torch.float64).detach().cpu()
+        delta = float(scores.sum() - (value - base_value).sum())
+        return TokenAttributionResult(
+            prompt=prompt,
+            tokens=[self.info.decode(t) for t in ids[:length]],
+            token_ids=ids[:length],
+            scores=scores[:length],
+            special=special,
+            target=target,
+            target_value=float(value[0]),
+            baseline_value=float(base_value[0]),
+            delta=delta,
+        )
+

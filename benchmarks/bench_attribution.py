@@ -1,0 +1,162 @@
+"""Benchmark: cost of the uncertainty attributions on the CPU, in units of one forward+backward pass.
+
+The unit is one forward+backward pass of the same target on the same image batch (the cost of one
+gradient, i.e. of Saliency). Goal: Integrated Gradients with ``n_steps`` points costs at most
+``1.2 × n_steps`` units (batched steps, no wasted passes).
+
+    python benchmarks/bench_attribution.py                     # ViT-B-32 with random weights
+    python benchmarks/bench_attribution.py --model bundled     # the bundled emoji model, if present
+    python benchmarks/bench_attribution.py --target epistemic --threads 1 --json out.json
+
+Not a test: it prints a table and exits 0 (also when ``--model bundled`` finds no bundled model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_WEIGHTS = ROOT / "assets" / "bundled" / "open_clip_model.safetensors"
+PROMPTS = [f"a photo of a {c}" for c in ("cat", "dog", "truck", "flower", "car", "bird", "house", "tree")]
+
+
+def random_spd(n: int, gen: torch.Generator) -> torch.Tensor:
+    """A random dense symmetric positive-definite matrix [n, n] (float64)."""
+    m = torch.randn(n, n + 3, generator=gen, dtype=torch.float64)
+    return m @ m.T / n + 0.05 * torch.eye(n, dtype=torch.float64)
+
+
+def random_posterior(vlm: Any, seed: int = 0) -> Any:
+    import bayesvlm_explain as bx
+
+    gen = torch.Generator().manual_seed(seed)
+    sides = {}
+    for side in ("image", "text"):
+        p, d = vlm.projection_dims(side)
+        sides[side] = bx.KronPosterior(random_spd(p, gen), random_spd(d, gen), prior_precision=10.0)
+    return bx.Posterior(sides["image"], sides["text"], {"model": vlm.name})
+
+
+def build(model: str) -> Any | None:
+    import open_clip
+
+    import bayesvlm_explain as bx
+
+    if model == "bundled":
+        if not BUNDLED_WEIGHTS.is_file():
+            print(f"skipped: no bundled model at {BUNDLED_WEIGHTS.relative_to(ROOT)} (not trained yet)")
+            return None
+        vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
+    else:
+        torch.manual_seed(0)
+        net = open_clip.create_model(model, pretrained=None)
+        size = net.visual.image_size
+        size = size if isinstance(size, int) else size[0]
+        vlm = bx.BayesVLM(net, open_clip.get_tokenizer(model), open_clip.image_transform(size, is_train=False),
+                          device="cpu", name=f"{model}/random")
+    if vlm.posterior is None:
+        vlm.posterior = random_posterior(vlm)
+    return vlm
+
+
+def timed(fn: Any, repeats: int) -> tuple[float, Any]:
+    """Median wall time (s) over ``repeats`` calls, and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random weights) or 'bundled'")
+    ap.add_argument("--target", default="image_variance",
+                    choices=["image_variance", "text_variance", "variance", "mean", "entropy", "aleatoric",
+                             "epistemic"])
+    ap.add_argument("--images", type=int, default=1, help="images per attribution call")
+    ap.add_argument("--steps", type=int, default=32, help="IG integration points")
+    ap.add_argument("--nt-samples", type=int, default=8, help="SmoothGrad noisy samples")
+    ap.add_argument("--batch", type=int, default=32, help="internal batch size (inputs per pass)")
+    ap.add_argument("--samples", type=int, default=1000, help="MC draws of entropy targets")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of the unit pass (median)")
+    ap.add_argument("--method-repeats", type=int, default=1, help="repeats of each method (median)")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from bayesvlm_explain.explain import UncertaintyAttribution, model_patch_size
+
+    vlm = build(args.model)
+    if vlm is None:
+        return 0
+    size = vlm.image_size
+    x = torch.randn(args.images, 3, *size, generator=torch.Generator().manual_seed(0))
+    ua = UncertaintyAttribution(vlm, args.target, num_samples=args.samples, internal_batch_size=args.batch)
+    forward = ua.target_function(PROMPTS, prompt_index=0)
+
+    def unit() -> torch.Tensor:
+        xx = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(forward(xx).sum(), xx)
+        return g
+
+    def forward_only() -> torch.Tensor:
+        with torch.no_grad():
+            return forward(x)
+
+    unit()  # warm-up (allocator, oneDNN kernels, prompt cache)
+    t_unit, _ = timed(unit, args.repeats)
+    t_fwd, _ = timed(forward_only, args.repeats)
+    rows: list[dict[str, Any]] = []
+    calls = {
+        "integrated_gradients": dict(method="integrated_gradients", n_steps=args.steps),
+        "saliency": dict(method="saliency"),
+        "smoothgrad": dict(method="smoothgrad", nt_samples=args.nt_samples),
+        "occlusion": dict(method="occlusion"),
+    }
+    for name, kw in calls.items():
+        t, res = timed(lambda kw=kw: ua.attribute(x, PROMPTS, 0, **kw), args.method_repeats)
+        row = {"method": name, "seconds": t, "units": t / t_unit}
+        if name == "integrated_gradients":
+            row["units_per_step"] = t / t_unit / args.steps
+            row["max_rel_delta"] = float((res.delta.abs() / (res.target_values - res.baseline_values).abs()).max())
+        if name == "smoothgrad":
+            row["units_per_sample"] = t / t_unit / args.nt_samples
+        if name == "occlusion":
+            n_windows = res.attributions[0, 0].numel() // (res.settings["sliding_window"][0]
+                                                            * res.settings["sliding_window"][1])
+            row["windows"] = n_windows
+            row["units_per_window"] = t / t_unit / n_windows
+        rows.append(row)
+
+    print(f"model {vlm.name} | image {tuple(size)} | patch {model_patch_size(vlm.model)}"
+          f" | target {args.target} | images {args.images} | prompts {len(PROMPTS)} | threads {args.threads}"
+          f" | batch {args.batch}")
+    print(f"unit: forward+backward {t_unit * 1e3:.1f} ms (forward only {t_fwd * 1e3:.1f} ms)")
+    for r in rows:
+        extra = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                          if k not in ("method", "seconds", "units"))
+        print(f"  {r['method']:<22} {r['seconds']:8.2f} s  {r['units']:7.2f} units" + (f"  ({extra})" if extra else ""))
+    ig = rows[0]
+    goal = 1.2 * args.steps
+    verdict = "meets" if ig["units"] <= goal else "MISSES"
+    print(f"IG {args.steps} steps: {ig['units']:.2f} units {verdict} the goal of <= {goal:.1f} units")
+    if args.json:
+        args.json.write_text(json.dumps({"model": vlm.name, "target": args.target, "threads": args.threads,
+                                         "images": args.images, "unit_seconds": t_unit,
+                                         "forward_seconds": t_fwd, "methods": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
