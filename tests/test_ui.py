@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import bayesvlm_explain as bx
-from bayesvlm_explain.ui import TABLE_HEADERS, build_app, parse_prompts, prediction_table
+from bayesvlm_explain.ui import TABLE_HEADERS, build_app, explain_views, parse_prompts, prediction_table
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -55,3 +55,16 @@ def test_studio_serves_and_survives_bad_requests(tiny_vlm, tmp_path):
         assert len(out["data"]) == 2 and out["headers"][0] == "prompt"
     finally:
         app.close()
+
+
+def test_explain_views_figures(tiny_vlm, tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "img.png"
+    Image.new("RGB", (40, 40), (20, 200, 20)).save(path)
+    views = explain_views(tiny_vlm, str(path), "a cat\na dog\na frog", target="epistemic", num_samples=200)
+    assert all(isinstance(views[k], Figure) for k in ("classes", "decomposition", "pixels", "tokens"))
+    total, alea, epi = views["entropy"]
+    assert abs(total - alea - epi) < 1e-9 and epi >= 0
+    assert plt.get_fignums() == []
