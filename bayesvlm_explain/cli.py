@@ -44,6 +44,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import os
+
+    import torch
+
+    from .fitting import FitError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=args.backend)  # launched by torchrun
+    lam = None
+    if args.prior_precision:
+        vals = [float(v) for v in args.prior_precision.split(",")]
+        lam = vals[0] if len(vals) == 1 else (vals[0], vals[1])
+    vlm = _load(args)
+    try:
+        report = vlm.fit(args.data, num_candidates=args.num_candidates, batch_size=args.batch_size,
+                         shard_size=args.shard_size, cache_dir=args.cache or os.path.join(args.out, "cache"),
+                         pseudo_count=args.pseudo_count, prior_precision=lam, marglik=args.marglik)
+    except (FitError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        vlm.posterior.metadata["pretrained"] = args.pretrained
+        vlm.posterior.save(args.out)
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        print(f"posterior written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayesvlm-explain",
                                      description="Post-hoc Bayesian uncertainty for CLIP-style models.")
@@ -59,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("prompts", nargs="+")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("fit", help="fit the posterior on image-text pairs (works under torchrun)")
+    _add_model_args(p)
+    p.add_argument("--data", required=True,
+                   help="captions file (.csv/.jsonl), folder with one, or WebDataset tar shards (glob/braces)")
+    p.add_argument("--out", required=True, help="posterior directory to write")
+    p.add_argument("--num-candidates", type=int, default=32768, help="pairs per class batch (candidate set)")
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per encoder call")
+    p.add_argument("--shard-size", type=int, default=None, help="pairs per feature-cache shard")
+    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache); reused to resume")
+    p.add_argument("--pseudo-count", type=float, default=1.0, help="n of the posterior")
+    p.add_argument("--prior-precision", default=None, help="fixed lambda, or 'img,txt'; default: marglik")
+    p.add_argument("--marglik", choices=["exact", "reference"], default="exact")
+    p.add_argument("--backend", default="gloo", help="torch.distributed backend under torchrun")
+    p.set_defaults(func=cmd_fit)
     return parser
 
 

@@ -133,6 +133,30 @@ class BayesVLM:
             )
         return self._posterior
 
+    # -- fitting ---------------------------------------------------------------------------------
+    def fit(self, pairs: Any, num_candidates: int = 32768, batch_size: int = 64, **kwargs: Any) -> Any:
+        """Fit the posterior on image-text ``pairs`` (see :func:`~bayesvlm_explain.fitting.fit_posterior`).
+
+        Sets ``vlm.posterior`` (factors ``A``/``B`` per side, ``λ`` by marginal likelihood unless
+        ``prior_precision`` is given) and returns the :class:`~bayesvlm_explain.fitting.FitReport`.
+        """
+        from .fitting import fit_posterior
+
+        posterior, report = fit_posterior(self, pairs, num_candidates=num_candidates, batch_size=batch_size,
+                                          **kwargs)
+        self.posterior = posterior
+        return report
+
+    def optimize_prior_precision(self, mode: str = "exact", pseudo_count: float | None = None) -> dict[str, float]:
+        """Set each side's prior precision ``λ`` by marginal likelihood (correct log-det; ``mode="reference"``
+        for the authors' objective), optionally for a new pseudo-count ``n``; returns ``{side: λ}``."""
+        from .fitting import optimize_posterior_prior
+
+        post = self._require_posterior()
+        curves = optimize_posterior_prior(self, post, mode=mode, pseudo_count=pseudo_count)
+        post.metadata.update(marglik=mode, marglik_curves=curves)
+        return {"image": post.image.prior_precision, "text": post.text.prior_precision}
+
     # -- encoders --------------------------------------------------------------------------------
     @property
     def image_size(self) -> tuple[int, int] | None:

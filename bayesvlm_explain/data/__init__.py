@@ -1,0 +1,1 @@
+"""Data pipelines for the project's own offline image-text sets."""

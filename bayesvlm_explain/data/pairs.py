@@ -1,0 +1,165 @@
+"""Image-text pair sources for fitting a posterior, read lazily and never decoded here.
+
+* a captions file (``.csv``/``.tsv`` with a header, or ``.jsonl``) whose rows name an image path (column
+  ``path``, ``image``, ``file`` or ``filename``, relative to the file's folder) and a caption (``caption``
+  or ``text``); a folder holding ``captions.csv``/``captions.jsonl`` works too;
+* WebDataset tar shards (a ``.tar`` path, a glob, or a brace pattern such as ``shards-{000..009}.tar``)
+  with an image entry (jpg/jpeg/png/webp) and a caption entry (txt, or json with a ``caption``/``text``
+  field) per sample, read in order with the ``webdataset`` library;
+* any iterable of ``(image, caption)`` tuples (PIL images, paths or bytes).
+
+Each item is a :class:`RawPair` with the undecoded image and caption and, where the row itself is
+unusable, the reason; the fitting loop decodes, validates and counts skips.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+CAPTION_COLUMNS = ("caption", "text")
+PATH_COLUMNS = ("path", "image", "file", "filename")
+
+
+@dataclass
+class RawPair:
+    """One undecoded pair: ``image`` is a path, bytes or a PIL image; ``caption`` a str or raw bytes."""
+
+    key: str
+    image: Any
+    caption: str | bytes | None
+    problem: str | None = None  # e.g. "missing_file": a reason to skip without decoding
+
+
+class PairSource(ABC):
+    """An ordered, re-iterable sequence of :class:`RawPair`; ``description`` goes into provenance."""
+
+    description: str = "pairs"
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[RawPair]:
+        """The pairs, in a fixed order (resuming and sharding rely on it)."""
+
+
+class CaptionFile(PairSource):
+    """Rows of a CSV/TSV (with header) or JSONL file naming an image path and a caption."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if path.is_dir():
+            found = [path / n for n in ("captions.csv", "captions.jsonl", "captions.tsv") if (path / n).is_file()]
+            if not found:
+                raise FileNotFoundError(f"{path} has no captions.csv / captions.jsonl / captions.tsv")
+            path = found[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"captions file not found: {path}")
+        self.path = path
+        self.description = f"captions file {path}"
+
+    def _rows(self) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        with open(self.path, "rb") as fh:
+            raw = fh.read()
+        text = raw.decode("utf-8", errors="surrogateescape")  # bad bytes survive to be counted per row
+        if self.path.suffix.lower() == ".jsonl":
+            for i, line in enumerate(text.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                yield i, row if isinstance(row, dict) else None
+        else:
+            delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
+            yield from enumerate(csv.DictReader(io.StringIO(text), delimiter=delim))
+
+    def __iter__(self) -> Iterator[RawPair]:
+        base = self.path.parent
+        for i, row in self._rows():
+            if row is None:
+                yield RawPair(f"row{i}", None, None, "bad_row")
+                continue
+            rel = next((row[k] for k in PATH_COLUMNS if row.get(k)), None)
+            caption = next((row[k] for k in CAPTION_COLUMNS if k in row), None)
+            if rel is None:
+                yield RawPair(f"row{i}", None, caption, "bad_row")
+                continue
+            img = (base / str(rel)).resolve()
+            if isinstance(caption, str):
+                caption = caption.encode("utf-8", errors="surrogateescape")  # decoded (strictly) later
+            yield RawPair(str(rel), img, caption, None if img.is_file() else "missing_file")
+
+
+class WebDatasetShards(PairSource):
+    """WebDataset tar shards, samples in shard order (no shuffling)."""
+
+    def __init__(self, urls: str | list[str]):
+        self.urls = urls
+        self.description = f"webdataset {urls}"
+
+    def _expanded(self) -> list[str]:
+        import braceexpand
+
+        pats = [self.urls] if isinstance(self.urls, str) else list(self.urls)
+        out: list[str] = []
+        for pat in pats:
+            for p in braceexpand.braceexpand(pat):
+                out.extend(sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p])
+        missing = [p for p in out if not Path(p).is_file()]
+        if not out or missing:
+            raise FileNotFoundError(f"no such tar shard(s): {missing or pats}")
+        return out
+
+    def __iter__(self) -> Iterator[RawPair]:
+        import webdataset as wds
+
+        dataset = wds.WebDataset(self._expanded(), shardshuffle=False, empty_check=False)
+        for sample in dataset:
+            key = str(sample.get("__key__", ""))
+            image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+            caption: Any = sample.get("txt")
+            if caption is None and "json" in sample:
+                try:
+                    meta = json.loads(sample["json"])
+                    caption = next((meta[k] for k in CAPTION_COLUMNS if k in meta), None)
+                except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+                    caption = None
+            problem = "missing_image" if image is None else ("missing_caption" if caption is None else None)
+            yield RawPair(key, image, caption, problem)
+
+
+class InMemoryPairs(PairSource):
+    """An in-memory list of ``(image, caption)`` tuples."""
+
+    def __init__(self, pairs: Iterable[tuple[Any, str]]):
+        self.pairs = list(pairs)
+        self.description = f"{len(self.pairs)} in-memory pairs"
+
+    def __iter__(self) -> Iterator[RawPair]:
+        for i, item in enumerate(self.pairs):
+            if not (isinstance(item, tuple | list) and len(item) == 2):
+                yield RawPair(str(i), None, None, "bad_row")
+            else:
+                yield RawPair(str(i), item[0], item[1])
+
+
+def open_pairs(source: Any) -> PairSource:
+    """A :class:`PairSource` from a path / pattern (captions file, folder, tar shards) or an iterable."""
+    if isinstance(source, PairSource):
+        return source
+    if isinstance(source, str | Path):
+        s = str(source)
+        if s.endswith(".tar") or ".tar" in s and any(ch in s for ch in "*?[{"):
+            return WebDatasetShards(s)
+        return CaptionFile(source)
+    if isinstance(source, Iterable):
+        return InMemoryPairs(source)
+    raise TypeError(f"cannot read image-text pairs from a {type(source).__name__}")

@@ -1,0 +1,276 @@
+"""Benchmark: fast output factor (method.md §7.2 rewrite) vs the naive per-sample D×D formula.
+
+Both paths compute Σ_i H_i for the same B sources against the same C candidates, in float32 and float64
+compute, for InfoNCE (τ = 100) and sigmoid/SigLIP (τ = 110, bias −12). Every (path, C, likelihood,
+dtype) runs in its own fresh subprocess so that memory figures do not mix:
+
+* time: wall-clock seconds of ``output_factor`` / ``output_factor_naive`` (inputs already in memory).
+  The first call is reported separately; "time" is the best of ``--repeats`` further calls for the fast
+  path and the first call for the naive path (which is compute bound and runs for minutes).
+* peak memory: extra resident memory at the high point of the *first* call, on top of the already-loaded
+  inputs: the peak-RSS mark is reset just before the call (``echo 5 > /proc/self/clear_refs``), and
+  reported is ``VmHWM`` after the call minus ``VmRSS`` before it. Workers run with
+  ``MALLOC_MMAP_THRESHOLD_=65536`` so that every large buffer is a fresh mmap (freed memory goes back to
+  the OS and cannot hide a later peak). Page-granular, includes the result and allocator slack; not a
+  count of tensor bytes. Where ``clear_refs`` is not writable it falls back to the growth of
+  ``getrusage().ru_maxrss``, which can under-report (the table then says so).
+* agreement: relative Frobenius error ‖X − ref‖/‖ref‖ against the float64 naive result (the reference)
+  and between fast and naive at the same dtype.
+
+Synthetic data mimic one class batch: the first B candidates are the sources' own pairs (cos ≈ 0.3),
+the rest unrelated captions (cos ≈ 0.15 ± 0.04), source norms in [8, 12].
+
+    python benchmarks/bench_output_factor.py                       # D=512, B=256, C=4096 and 32768
+    python benchmarks/bench_output_factor.py --candidates 4096 --json   # writes bench_output_factor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bayesvlm_explain.estimation import output_factor, output_factor_naive  # noqa: E402
+
+SETTINGS = {"infonce": {"tau": 100.0, "bias": None}, "sigmoid": {"tau": 110.0, "bias": -12.0}}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def make_data(B: int, C: int, D: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sources [B, D] (un-normalised) and candidates [C, D]; candidate i < B is source i's pair."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randn(D, generator=g, dtype=torch.float64)
+    common /= common.norm()
+    latent = torch.randn(C, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+
+    def embed(rows: int) -> torch.Tensor:
+        noise = torch.randn(rows, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+        return math.sqrt(0.15) * common + math.sqrt(0.15) * latent[:rows] + math.sqrt(0.7) * noise
+
+    x = embed(B)
+    x = x / x.norm(dim=1, keepdim=True) * (8 + 4 * torch.rand(B, 1, generator=g, dtype=torch.float64))
+    y = embed(C)
+    return x, y
+
+
+def _proc_status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    x, y = make_data(args.sources, args.C, args.dim, args.seed)
+    x, y = x.to(dtype).contiguous(), y.to(dtype).contiguous()
+    cfg = SETTINGS[args.likelihood]
+    if args.path == "fast":
+
+        def fn() -> torch.Tensor:
+            return output_factor(
+                x, y, cfg["tau"], likelihood=args.likelihood, logit_bias=cfg["bias"], chunk_size=args.chunk_size
+            )
+    else:
+
+        def fn() -> torch.Tensor:
+            return output_factor_naive(x, y, cfg["tau"], likelihood=args.likelihood, logit_bias=cfg["bias"])
+
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        method = "VmHWM-after minus VmRSS-before (clear_refs reset)"
+        rss0 = _proc_status_kib("VmRSS")
+    except OSError:
+        method = "ru_maxrss growth (may under-report)"
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    h = fn()
+    first = time.perf_counter() - t0
+    if method.startswith("VmHWM"):
+        rss1 = _proc_status_kib("VmHWM")
+    else:
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.repeats if args.path == "fast" else 0):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    torch.save(h, args.out)
+    print(
+        json.dumps(
+            {
+                "first_s": first,
+                "time_s": min(times) if times else first,
+                "peak_rss_growth_mib": (rss1 - rss0) / 1024,
+                "baseline_rss_mib": rss0 / 1024,
+                "memory_method": method,
+            }
+        )
+    )
+
+
+def run_one(path: str, C: int, likelihood: str, dtype: str, args: argparse.Namespace, tmp: Path) -> dict:
+    out = tmp / f"{path}_{C}_{likelihood}_{dtype}.pt"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        path,
+        "--C",
+        str(C),
+        "--likelihood",
+        likelihood,
+        "--dtype",
+        dtype,
+        "--out",
+        str(out),
+        "--dim",
+        str(args.dim),
+        "--sources",
+        str(args.sources),
+        "--threads",
+        str(args.threads),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--repeats",
+        str(args.repeats),
+        "--seed",
+        str(args.seed),
+    ]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"worker failed: {' '.join(cmd)}\n{res.stderr}")
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    info["result"] = torch.load(out, weights_only=True)
+    return info
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def cos_stats(args: argparse.Namespace, C: int) -> tuple[float, float, float]:
+    x, y = make_data(args.sources, C, args.dim, args.seed)
+    cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(y, dim=1).T
+    matched = cos.diagonal()
+    mask = ~torch.eye(args.sources, C, dtype=torch.bool)
+    return float(matched.mean()), float(cos[mask].mean()), float(cos[mask].std())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dim", type=int, default=512, help="embedding dim D")
+    ap.add_argument("--sources", type=int, default=256, help="number of sources B")
+    ap.add_argument("--candidates", type=int, nargs="+", default=[4096, 32768], help="candidate counts C")
+    ap.add_argument("--likelihoods", nargs="+", default=["infonce", "sigmoid"], choices=list(SETTINGS))
+    ap.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=list(DTYPES))
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker")
+    ap.add_argument("--chunk-size", type=int, default=256, help="source chunk of the fast path")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats of the fast path after the first")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--json",
+        nargs="?",
+        const=str(Path(__file__).with_suffix(".json")),
+        default=None,
+        help="write results as JSON (default path: next to this script)",
+    )
+    # internal: one measurement in a fresh process
+    ap.add_argument("--worker", choices=["fast", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--C", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--likelihood", help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        args.path = args.worker
+        worker(args)
+        return
+
+    print(
+        f"# D={args.dim} B={args.sources} threads={args.threads} chunk={args.chunk_size} "
+        f"torch={torch.__version__} cpu_count={os.cpu_count()}"
+    )
+    rows = []
+    hdr = (
+        f"{'C':>6} {'lik':>8} {'dtype':>7} | {'fast s':>8} {'naive s':>9} {'ratio':>7} | "
+        f"{'fast MiB':>8} {'naive MiB':>9} | {'fast~naive':>10} {'fast~ref64':>10} {'naive~ref64':>11}"
+    )
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for C in args.candidates:
+            mc, uc, us = cos_stats(args, C)
+            print(f"# C={C}: cos matched {mc:.3f}, unmatched {uc:.3f} ± {us:.3f}")
+            print(hdr)
+            for lik in args.likelihoods:
+                dtypes = sorted(args.dtypes, key=lambda d: d != "float64")  # float64 first: the reference
+                ref = None
+                for dt in dtypes:
+                    fast = run_one("fast", C, lik, dt, args, tmp)
+                    naive = run_one("naive", C, lik, dt, args, tmp)
+                    if dt == "float64":
+                        ref = naive["result"]
+                    row = {
+                        "C": C,
+                        "D": args.dim,
+                        "B": args.sources,
+                        "likelihood": lik,
+                        "dtype": dt,
+                        "threads": args.threads,
+                        "fast_first_s": fast["first_s"],
+                        "fast_s": fast["time_s"],
+                        "naive_s": naive["time_s"],
+                        "speedup": naive["time_s"] / fast["time_s"],
+                        "fast_peak_rss_growth_mib": fast["peak_rss_growth_mib"],
+                        "naive_peak_rss_growth_mib": naive["peak_rss_growth_mib"],
+                        "memory_method": fast["memory_method"],
+                        "rel_err_fast_vs_naive": rel(fast["result"], naive["result"]),
+                        "rel_err_fast_vs_ref64": rel(fast["result"], ref) if ref is not None else None,
+                        "rel_err_naive_vs_ref64": rel(naive["result"], ref) if ref is not None else None,
+                    }
+                    rows.append(row)
+
+                    def fmt(v: float | None) -> str:
+                        return f"{v:10.2e}" if v is not None else f"{'-':>10}"
+
+                    print(
+                        f"{C:>6} {lik:>8} {dt:>7} | {row['fast_s']:8.3f} {row['naive_s']:9.2f} "
+                        f"{row['speedup']:6.0f}x | {row['fast_peak_rss_growth_mib']:8.1f} "
+                        f"{row['naive_peak_rss_growth_mib']:9.1f} | {fmt(row['rel_err_fast_vs_naive'])} "
+                        f"{fmt(row['rel_err_fast_vs_ref64'])} {fmt(row['rel_err_naive_vs_ref64']):>11}",
+                        flush=True,
+                    )
+    print(f"# memory column: {', '.join(sorted({r['memory_method'] for r in rows}))}")
+    if args.json:
+        meta = {
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "chunk_size": args.chunk_size,
+            "memory_metric": "peak RSS during the first call minus RSS before it, fresh process per path",
+            "memory_method": sorted({r["memory_method"] for r in rows}),
+            "time_metric": "fast: best of repeats after a first call; naive: single call",
+        }
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(f"# wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
