@@ -172,3 +172,24 @@ def test_unsupported_architecture_is_named():
         bx.BayesVLM(model, open_clip.SimpleTokenizer(), None)
     with pytest.raises(bx.UnsupportedModelError, match="Linear"):
         bx.BayesVLM(torch.nn.Linear(3, 3), None, None)
+
+
+def test_hugging_face_text_tower(tmp_path):
+    """CustomTextCLIP with an HF text encoder (tiny BERT built from a local config, random weights)."""
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=49408, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=16).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = open_clip.CustomTextCLIP(
+        embed_dim=16, vision_cfg=TINY_CLIP["vision_cfg"],
+        text_cfg=dict(hf_model_name=str(tmp_path), hf_model_pretrained=False, hf_proj_type="linear",
+                      hf_pooler_type="mean_pooler", context_length=12))
+    vlm = bx.BayesVLM(model, open_clip.SimpleTokenizer(context_length=12),
+                      open_clip.image_transform(32, is_train=False), device="cpu")
+    assert "HFTextEncoder" in vlm.adapter.architecture and vlm.projection_dims("text") == (32, 16)
+    tokens = vlm.tokenize(PROMPTS)
+    with torch.no_grad():
+        feats = vlm.adapter.text.features(tokens)
+        torch.testing.assert_close(feats.embeddings, model.encode_text(tokens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(feats.activations @ vlm.adapter.text.weight.T, feats.embeddings)
