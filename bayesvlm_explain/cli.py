@@ -75,6 +75,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark_shift(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .shift import PSEUDO_COUNTS, render_splits, run_shift_benchmark, summary_table, write_results
+
+    torch.manual_seed(args.seed)
+    vlm = _load(args)
+    splits = render_splits(size=max(vlm.image_size or (64, 64)), cache_dir=args.cache, repeats=args.repeats,
+                           seed=args.seed)
+    grid = (args.pseudo_count,) if args.pseudo_count else PSEUDO_COUNTS
+    payload = run_shift_benchmark(vlm, splits, num_samples=args.mc_samples, pseudo_counts=grid)
+    write_results(payload, splits, Path(args.out))
+    print(summary_table(payload))
+    print(f"settings: {payload['settings']}")
+    print(f"written to {args.out}/benchmark.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayesvlm-explain",
                                      description="Post-hoc Bayesian uncertainty for CLIP-style models.")
@@ -104,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--marglik", choices=["exact", "reference"], default="exact")
     p.add_argument("--backend", default="gloo", help="torch.distributed backend under torchrun")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("benchmark-shift", help="domain-shift calibration benchmark on the emoji styles")
+    _add_model_args(p)
+    p.add_argument("--out", default="assets/bundled", help="where benchmark.json and the figures go")
+    p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
+    p.add_argument("--repeats", type=int, default=2, help="augmented draws per rendered image")
+    p.add_argument("--mc-samples", type=int, default=1000)
+    p.add_argument("--pseudo-count", type=float, default=None,
+                   help="fix the posterior's n (default: chosen on in-domain data from a grid)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_benchmark_shift)
     return parser
 
 

@@ -86,11 +86,11 @@ class BayesVLM:
 
         dev = resolve_device(device)
         if model_name == "bundled":
-            from .bundled import BUNDLED_DIR, load_bundled
+            from .bundled import bundled_dir, load_bundled
 
             model, tokenizer, preprocess = load_bundled(device=dev)
-            if posterior is None and (BUNDLED_DIR / "posterior" / META_FILE).is_file():
-                posterior = BUNDLED_DIR / "posterior"
+            if posterior is None and (bundled_dir() / "posterior" / META_FILE).is_file():
+                posterior = bundled_dir() / "posterior"
             return cls(model, tokenizer, preprocess, posterior, device=dev, name="bundled", **kwargs)
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
                                                                      device=dev)

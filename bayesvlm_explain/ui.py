@@ -152,20 +152,24 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
 
 
 def bundled_examples() -> list[list[Any]]:
-    """``[[image_path, prompts_text], ...]`` from ``assets/examples/examples.json`` when present."""
+    """``[[image_path, prompts_text], ...]`` from ``assets/examples/examples.json`` when present.
+
+    Each example's prompts are its own label and two other examples' labels, in the bundled template.
+    """
     import json
 
-    from .bundled import BUNDLED_DIR
+    from .bundled import bundled_dir
+    from .data.emoji import PROMPT_TEMPLATE
 
-    index = BUNDLED_DIR.parent / "examples" / "examples.json"
+    index = bundled_dir().parent / "examples" / "examples.json"
     if not index.is_file():
         return []
-    items = json.loads(index.read_text())
-    items = items.get("examples", items) if isinstance(items, dict) else items
+    items = json.loads(index.read_text()).get("examples", [])
+    labels = [str(item["label"]) for item in items]
     out = []
-    for item in items:
+    for i, item in enumerate(items):
         path = index.parent / Path(item["file"]).name
         if path.is_file():
-            out.append([str(path), "an emoji of a " + str(item.get("label", "thing"))
-                        + "\nan emoji of a cat\nan emoji of a pizza"])
+            chosen = [labels[i], labels[(i + 1) % len(labels)], labels[(i + 3) % len(labels)]]
+            out.append([str(path), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in chosen)])
     return out
