@@ -222,3 +222,15 @@ def test_cli_fit(folder, tmp_path, monkeypatch):
     post = bx.Posterior.load(out)
     assert (post.image.prior_precision, post.text.prior_precision) == (5.0, 7.0)
     assert cli.main(["fit", "--data", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+
+
+def test_hf_datasets_imagefolder_source(tmp_path):
+    """Optional extra: a Hugging Face imagefolder built from local files (no hub access)."""
+    d = _make_folder(tmp_path / "hf", n=6, extras=False)
+    (d / "captions.csv").unlink()
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    rows = [f'{i}.png,"thing {i}"' for i in range(6)] + ['broken.png,"a corrupt one"']
+    (d / "metadata.csv").write_text("file_name,text\n" + "\n".join(rows) + "\n")
+    vlm = build_tiny(TINY_CLIP)
+    _, report = _fit(vlm, f"hf-imagefolder:{d}", tmp_path / "c", num_candidates=4, shard_size=2)
+    assert report.num_pairs == 6 and report.skipped == {"bad_image": 1}

@@ -6,6 +6,9 @@
 * WebDataset tar shards (a ``.tar`` path, a glob, or a brace pattern such as ``shards-{000..009}.tar``)
   with an image entry (jpg/jpeg/png/webp) and a caption entry (txt, or json with a ``caption``/``text``
   field) per sample, read in order with the ``webdataset`` library;
+* a Hugging Face ``datasets.Dataset`` (optional extra ``[datasets]``), e.g. from local files, or the spec
+  ``hf-imagefolder:DIR`` (``load_dataset("imagefolder", data_dir=DIR)`` with a ``metadata.csv``/``.jsonl``
+  giving each ``file_name`` a ``text``);
 * any iterable of ``(image, caption)`` tuples (PIL images, paths or bytes).
 
 Each item is a :class:`RawPair` with the undecoded image and caption and, where the row itself is
@@ -136,6 +139,36 @@ class WebDatasetShards(PairSource):
             yield RawPair(key, image, caption, problem)
 
 
+class HFDatasetPairs(PairSource):
+    """Rows of a Hugging Face ``datasets.Dataset``; images are decoded by us, so bad ones are counted."""
+
+    def __init__(self, dataset: Any, image_column: str = "image", caption_column: str = "text",
+                 description: str | None = None):
+        from datasets import Image as ImageFeature
+
+        for col in (image_column, caption_column):
+            if col not in dataset.column_names:
+                raise ValueError(f"the dataset has no column {col!r} (columns: {dataset.column_names})")
+        if isinstance(dataset.features[image_column], ImageFeature):
+            dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+        self.dataset, self.image_column, self.caption_column = dataset, image_column, caption_column
+        self.description = description or f"datasets.Dataset with {len(dataset)} rows"
+
+    def __iter__(self) -> Iterator[RawPair]:
+        for i, row in enumerate(self.dataset):
+            image = row[self.image_column]
+            if isinstance(image, dict):  # undecoded Image feature: {"bytes": ..., "path": ...}
+                image = image.get("bytes") or image.get("path")
+            yield RawPair(str(i), image, row[self.caption_column], None if image is not None else "missing_image")
+
+    @classmethod
+    def from_imagefolder(cls, directory: str | Path) -> HFDatasetPairs:
+        from datasets import load_dataset
+
+        dataset = load_dataset("imagefolder", data_dir=str(directory), split="train")
+        return cls(dataset, description=f"hf imagefolder {directory}")
+
+
 class InMemoryPairs(PairSource):
     """An in-memory list of ``(image, caption)`` tuples."""
 
@@ -155,6 +188,10 @@ def open_pairs(source: Any) -> PairSource:
     """A :class:`PairSource` from a path / pattern (captions file, folder, tar shards) or an iterable."""
     if isinstance(source, PairSource):
         return source
+    if type(source).__module__.startswith("datasets") and hasattr(source, "column_names"):
+        return HFDatasetPairs(source)
+    if isinstance(source, str) and source.startswith("hf-imagefolder:"):
+        return HFDatasetPairs.from_imagefolder(source.split(":", 1)[1])
     if isinstance(source, str | Path):
         s = str(source)
         if s.endswith(".tar") or ".tar" in s and any(ch in s for ch in "*?[{"):
