@@ -84,7 +84,7 @@ def explain_views(vlm: BayesVLM, image: Any, prompts_text: str, target: str = "i
         "decomposition": figs.decomposition_figure(dec),
         "pixels": figs.attribution_overlay_figure(
             x[0], attr.attributions[0], mean=getattr(norm, "mean", None), std=getattr(norm, "std", None),
-            title=f"{target} attribution ({method}) for '{prompts[top]}'"),
+            title=f"{target} ({method}), top prompt"),
         "tokens": figs.token_scores_figure(tok, title=f"text-side variance by token: '{prompts[top]}'"),
         "entropy": (float(dec.total_entropy[0]), float(dec.aleatoric[0]), float(dec.epistemic[0])),
     }
