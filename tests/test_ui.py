@@ -68,3 +68,38 @@ def test_explain_views_figures(tiny_vlm, tmp_path):
     total, alea, epi = views["entropy"]
     assert abs(total - alea - epi) < 1e-9 and epi >= 0
     assert plt.get_fignums() == []
+
+
+def test_too_many_concurrent_users_get_queue_full_and_the_studio_keeps_serving(tmp_path):
+    import time
+
+    from conftest import TINY_CLIP, build_tiny, random_posterior
+    from gradio_client import Client, handle_file
+
+    vlm = build_tiny(TINY_CLIP)
+    vlm.posterior = random_posterior(vlm)
+    original = vlm.predict
+
+    def slow_predict(*args, **kwargs):
+        time.sleep(1.0)  # a request that takes a while, so that the queue fills up
+        return original(*args, **kwargs)
+
+    vlm.predict = slow_predict
+    app = build_app(vlm, max_queue=2)
+    app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        path = tmp_path / "q.png"
+        Image.new("RGB", (32, 32)).save(path)
+        client = Client(app.local_url, verbose=False)
+        jobs = [client.submit(handle_file(str(path)), "a\nb", api_name="/predict") for _ in range(8)]
+        outcomes = []
+        for job in jobs:
+            try:
+                job.result()
+                outcomes.append("ok")
+            except Exception as err:  # noqa: BLE001 - the client raises a plain Exception with the message
+                outcomes.append("full" if "Queue is full" in str(err) else repr(err))
+        assert set(outcomes) == {"ok", "full"}, outcomes  # 2 running + 2 queued are served, the rest refused
+        assert len(client.predict(handle_file(str(path)), "a\nb", api_name="/predict")["data"]) == 2
+    finally:
+        app.close()
