@@ -56,8 +56,6 @@ class BayesVLM:
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.adapter = OpenCLIPAdapter(self.model)

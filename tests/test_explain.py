@@ -120,18 +120,18 @@ def test_saliency_is_the_gradient_and_parameters_stay_frozen(tiny_vlm):
     x = random_images(tiny_vlm, 2)
     ua = UncertaintyAttribution(tiny_vlm, "epistemic", num_samples=S)
     param = next(tiny_vlm.model.parameters())
-    param.requires_grad_(True)  # a user unfroze something: attribution must not train or leak grads
+    param.requires_grad_(True)  # trainable parameters (the default): attribution must not train or leak grads
     try:
         res = ua.attribute(x, PROMPTS, method="saliency")
         assert param.requires_grad and param.grad is None
     finally:
-        param.requires_grad_(False)
+        param.requires_grad_(True)
     xx = x.clone().requires_grad_(True)
     out = ua.target_function(PROMPTS)(xx)
     (grad,) = torch.autograd.grad(out.sum(), xx)
     torch.testing.assert_close(res.attributions, grad.float(), rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(res.target_values, out.detach())
-    assert all(not p.requires_grad for p in tiny_vlm.model.parameters())
+    assert all(p.grad is None for p in tiny_vlm.model.parameters())  # nothing accumulated in the model
     absolute = ua.attribute(x, PROMPTS, method="saliency", abs=True)
     torch.testing.assert_close(absolute.attributions, grad.abs().float(), rtol=1e-5, atol=1e-8)
 

@@ -193,3 +193,21 @@ def test_hugging_face_text_tower(tmp_path):
         feats = vlm.adapter.text.features(tokens)
         torch.testing.assert_close(feats.embeddings, model.encode_text(tokens), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(feats.activations @ vlm.adapter.text.weight.T, feats.embeddings)
+
+
+def test_from_pretrained_local_dir_checkpoint(tmp_path):
+    """open_clip's ``local-dir:`` loading path (config + safetensors), offline."""
+    import json
+
+    from safetensors.torch import save_file
+
+    vlm = build_tiny(TINY_CLIP)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP,
+                                                                "preprocess_cfg": {"size": 32}}))
+    save_file({k: v.contiguous() for k, v in vlm.model.state_dict().items()},
+              str(tmp_path / "open_clip_model.safetensors"))
+    loaded = bx.BayesVLM.from_pretrained(f"local-dir:{tmp_path}", device="cpu")
+    x = random_images(vlm, 2)
+    torch.testing.assert_close(loaded.encode_images(x).embeddings, vlm.encode_images(x).embeddings)
+    torch.testing.assert_close(loaded.encode_prompts(PROMPTS).embeddings, vlm.encode_prompts(PROMPTS).embeddings)
+    assert loaded.name == f"local-dir:{tmp_path}" and loaded.posterior is None
