@@ -190,9 +190,10 @@ class BayesVLM:
         """Activations [N, p] and mean embeddings [N, D] of the images (float64, CPU)."""
         x = self.preprocess_images(images)
         outs = []
-        with torch.inference_mode(), self._autocast():
-            for chunk in x.split(self.batch_size):
-                outs.append(self.adapter.image.features(chunk.to(self.device)).to("cpu", ALGEBRA_DTYPE))
+        for chunk in x.split(self.batch_size):
+            with torch.inference_mode(), self._autocast():
+                feats = self.adapter.image.features(chunk.to(self.device))
+            outs.append(feats.to("cpu", ALGEBRA_DTYPE))  # outside inference mode: usable by autograd
         return Features(torch.cat([o.activations for o in outs]), torch.cat([o.embeddings for o in outs]))
 
     def encode_prompts(self, prompts: str | Sequence[str]) -> Features:
@@ -203,7 +204,8 @@ class BayesVLM:
             batch = missing[start:start + self.batch_size]
             tokens = self.tokenize(batch).to(self.device)
             with torch.inference_mode(), self._autocast():
-                feats = self.adapter.text.features(tokens).to("cpu", ALGEBRA_DTYPE)
+                feats = self.adapter.text.features(tokens)
+            feats = feats.to("cpu", ALGEBRA_DTYPE)  # outside inference mode: usable by autograd
             for i, p in enumerate(batch):
                 self._prompt_cache[p] = (feats.activations[i], feats.embeddings[i])
         rows = []

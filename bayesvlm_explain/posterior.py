@@ -122,6 +122,7 @@ class KronPosterior:
         eye_b = torch.eye(self.dim_out, dtype=torch.float64)
         return rn * self.A + rl * eye_a, rn * self.B + rl * eye_b
 
+    @torch.inference_mode(False)  # cached tensors must stay usable by autograd (attributions)
     def _derived(self, kind: str, device: torch.device | str, dtype: torch.dtype) -> Any:
         key = (kind, str(device), dtype)
         if key not in self._cache:

@@ -96,15 +96,16 @@ def run_shift_benchmark(vlm: Any, splits: dict[str, Split], num_samples: int = 1
     cal = splits["calibration"]
     saved = [(side.pseudo_count, side.prior_precision) for side in (vlm.posterior.image, vlm.posterior.text)]
     try:
-        return _evaluate(vlm, splits, feats, txt, prompts, cal, num_samples, start, pseudo_counts)
+        return _evaluate(vlm, splits, feats, txt, classes, cal, num_samples, start, pseudo_counts)
     finally:  # leave the model's posterior as it was
         for side, (n, lam) in zip((vlm.posterior.image, vlm.posterior.text), saved, strict=True):
             side.pseudo_count, side.prior_precision = n, lam
 
 
-def _evaluate(vlm: Any, splits: dict[str, Split], feats: dict[str, Any], txt: Any, prompts: list[str],
-              cal: Split, num_samples: int, start: float, pseudo_counts: tuple[float, ...]) -> dict[str, Any]:
-    classes = emoji.benchmark_classes()
+def _evaluate(vlm: Any, splits: dict[str, Split], feats: dict[str, Any], txt: Any,
+              classes: emoji.BenchmarkClasses, cal: Split, num_samples: int, start: float,
+              pseudo_counts: tuple[float, ...]) -> dict[str, Any]:
+    prompts = classes.prompts()
     n_best, n_scores = choose_pseudo_count(vlm, feats["calibration"], txt, prompts, cal.labels, pseudo_counts)
     temperature = fit_temperature(vlm.map_logits(feats["calibration"], txt), cal.labels)
     rows = []

@@ -171,8 +171,7 @@ class UncertaintyAttribution:
         vlm = self.vlm
         head = MomentHead(vlm, vlm.device, variance=self.variance)
         txt = vlm.encode_prompts(prompts)
-        # clone: the prompt cache holds inference-mode tensors, which autograd may not save
-        txt_mean, txt_act = (t.clone().to(vlm.device) for t in head.text_inputs(txt))
+        txt_mean, txt_act = (t.to(vlm.device) for t in head.text_inputs(txt))
         noise = None
         if isinstance(self.target, str) and self.target in ENTROPY_TARGETS and self.predictive == "mc":
             noise = standard_draws(head, txt_mean, txt_act, self.num_samples, self.seed)

@@ -82,9 +82,8 @@ def probit_entropy(mean: torch.Tensor, var: torch.Tensor, link: Link = "softmax"
 class MomentHead:
     """The posterior algebra between tower features and logit moments, fixed for one explanation.
 
-    Holds private copies of ``Ã⁻¹``/``B̃⁻¹`` of both sides (float64, on ``device``) so that autograd never
-    sees an inference-mode tensor from the posterior's cache, and evaluates the moments exactly as
-    :meth:`BayesVLM.predict_features` does.
+    Holds the posterior's ``B̃_img⁻¹``, ``Ã_txt⁻¹`` and ``B̃_txt⁻¹`` (float64, on ``device``) and evaluates
+    the moments exactly as :meth:`BayesVLM.predict_features` does.
     """
 
     def __init__(self, vlm: Any, device: torch.device, *, variance: str = "exact") -> None:
@@ -96,16 +95,16 @@ class MomentHead:
         self.vlm = vlm
         self.device = device
         self.diagonal = variance == "diagonal"
-        self.a_inv_img, self.b_inv_img = (t.clone() for t in post.image.covariance_factors(device, ALGEBRA_DTYPE))
-        self.a_inv_txt, self.b_inv_txt = (t.clone() for t in post.text.covariance_factors(device, ALGEBRA_DTYPE))
+        self.post = post
+        _, self.b_inv_img = post.image.covariance_factors(device, ALGEBRA_DTYPE)
+        self.a_inv_txt, self.b_inv_txt = post.text.covariance_factors(device, ALGEBRA_DTYPE)
         self.logit_scale = vlm.adapter.logit_scale
         self.logit_bias = vlm.adapter.logit_bias
 
     def image_inputs(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """``(μ_n [N, D], s_n [N])`` in float64 from image-tower features (differentiable)."""
         act = self.vlm.adapter.image.augment(feats.activations.to(ALGEBRA_DTYPE))
-        scale = ((act @ self.a_inv_img) * act).sum(-1)  # f̃ᵀ Ã⁻¹ f̃, as KronPosterior.input_scales
-        return feats.embeddings.to(ALGEBRA_DTYPE), scale
+        return feats.embeddings.to(ALGEBRA_DTYPE), self.post.image.input_scales(act)
 
     def text_inputs(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """``(μ_c [C, D], g̃_c [C, p_t])`` in float64 from text-tower features (differentiable)."""

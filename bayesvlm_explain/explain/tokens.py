@@ -134,7 +134,7 @@ class TokenAttribution:
         img = vlm.encode_images(image)
         if img.embeddings.shape[0] != 1:
             raise InputError(f"token attribution takes one image, got {img.embeddings.shape[0]}")
-        img_mean, img_scale = (t.clone().to(vlm.device) for t in head.image_inputs(img))
+        img_mean, img_scale = (t.to(vlm.device) for t in head.image_inputs(img))
         tokens = vlm.tokenize([prompt]).to(vlm.device)
         ids = tokens[0].tolist()
         length = self.info.length(ids)
