@@ -103,3 +103,17 @@ def test_too_many_concurrent_users_get_queue_full_and_the_studio_keeps_serving(t
         assert len(client.predict(handle_file(str(path)), "a\nb", api_name="/predict")["data"]) == 2
     finally:
         app.close()
+
+
+def test_cli_predict(tiny_vlm, tmp_path, monkeypatch, capsys):
+    from bayesvlm_explain import cli
+
+    monkeypatch.setattr(cli, "_load", lambda args: tiny_vlm)
+    path = tmp_path / "img.png"
+    Image.new("RGB", (40, 40), (0, 0, 0)).save(path)
+    assert cli.main(["predict", str(path), "a cat", "a dog"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split("\t") == TABLE_HEADERS and len(lines) == 3
+    (tmp_path / "bad.png").write_text("no image")
+    assert cli.main(["predict", str(tmp_path / "bad.png"), "a cat"]) == 2
+    assert "not a readable image" in capsys.readouterr().err
