@@ -17,10 +17,9 @@ A layer with a bias is handled as a layer on ``[x; 1]``, so ``dim_in = p + 1``.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +47,15 @@ class Features:
 
 
 class Projection(ABC):
-    """The Bayesian linear map of one tower: ``y = W x (+ b)`` with ``W`` [D, p]."""
+    """The Bayesian linear map of one tower: ``y = W x (+ b)`` with ``W`` [D, p].
 
-    def __init__(self, name: str, forward: Callable[[torch.Tensor], torch.Tensor], lock: threading.RLock):
+    ``features`` computes the layer's input by calling the tower's own submodules (or, for a layer buried
+    inside a head, with a forward pre-hook that records only for the calling thread), so the model is
+    never edited and other threads using it at the same time are unaffected.
+    """
+
+    def __init__(self, name: str) -> None:
         self.name = name
-        self._forward = forward
-        self._lock = lock
 
     @property
     @abstractmethod
@@ -85,55 +87,64 @@ class Projection(ABC):
         w = self.weight
         return w if self.bias is None else torch.cat([w, self.bias[:, None]], dim=1)
 
+    def project(self, activations: torch.Tensor) -> torch.Tensor:
+        """``W x (+ b)`` [N, D] for activations [N, p], in the activations' dtype."""
+        b = None if self.bias is None else self.bias.to(activations.dtype)
+        return F.linear(activations, self.weight.to(activations.dtype), b)
+
     @abstractmethod
-    def features(self, inputs: torch.Tensor) -> Features:
-        """Run the tower on ``inputs`` and return activations and mean embeddings."""
+    def features(self, inputs: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> Features:
+        """Run the tower on ``inputs`` and return activations and mean embeddings.
+
+        ``token_embeddings`` [N, L, w] (text towers only) replace the token-embedding layer's output, so
+        that attributions can differentiate with respect to them without hooking the shared model.
+        """
 
 
-class ParameterProjection(Projection):
-    """A projection stored as a [p, D] parameter ``owner.<attr>`` and applied as ``x @ P``."""
+class SubmoduleProjection(Projection):
+    """A projection whose input ``pre(inputs, token_embeddings)`` is computed from the tower's submodules.
 
-    def __init__(self, owner: nn.Module, attr: str, name: str,
-                 forward: Callable[[torch.Tensor], torch.Tensor], lock: threading.RLock):
-        super().__init__(name, forward, lock)
-        self._owner, self._attr = owner, attr
+    ``get_weight`` returns ``W`` [D, p]; ``get_bias`` ``b`` [D] or None. They are read at call time, so a
+    reassigned parameter is always the one used.
+    """
 
-    @property
-    def _param(self) -> torch.Tensor:
-        return getattr(self._owner, self._attr)
+    def __init__(self, name: str, pre: Callable[..., torch.Tensor], get_weight: Callable[[], torch.Tensor],
+                 get_bias: Callable[[], torch.Tensor | None] = lambda: None) -> None:
+        super().__init__(name)
+        self._pre, self._get_weight, self._get_bias = pre, get_weight, get_bias
 
     @property
     def weight(self) -> torch.Tensor:
-        return self._param.T
+        return self._get_weight()
 
-    @contextmanager
-    def _detached(self) -> Iterator[torch.Tensor]:
-        """Temporarily remove the projection so the tower returns its input (thread-safe)."""
-        with self._lock:
-            param = self._param
-            setattr(self._owner, self._attr, None)
-            try:
-                yield param
-            finally:
-                setattr(self._owner, self._attr, param)
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self._get_bias()
 
-    def features(self, inputs: torch.Tensor) -> Features:
-        with self._detached() as param:
-            act = self._forward(inputs)
-        return Features(act, act @ param.to(act.dtype))
+    def features(self, inputs: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> Features:
+        act = self._pre(inputs, token_embeddings)
+        return Features(act, self.project(act))
 
 
-class LinearProjection(Projection):
-    """A projection that is an ``nn.Linear``; its input is captured with a forward pre-hook.
+class HookedResidualProjection(Projection):
+    """An ``nn.Linear`` inside a head that adds a deterministic residual after it (SigLIP's MAP head).
 
-    With ``residual=True`` the tower may add a deterministic offset after the layer (SigLIP's MAP head):
-    the mean embedding is the tower's output, so the offset is carried in the mean without uncertainty.
+    The layer's input is recorded by a forward pre-hook registered once; it records only while the calling
+    thread (its context) asks for it, so concurrent forwards elsewhere are untouched. The mean embedding is
+    the tower's own output, which carries the residual without uncertainty (method.md §1).
     """
 
     def __init__(self, module: nn.Linear, name: str, forward: Callable[[torch.Tensor], torch.Tensor],
-                 lock: threading.RLock, *, residual: bool = False, token: int | None = None):
-        super().__init__(name, forward, lock)
-        self.module, self.residual, self.token = module, residual, token
+                 token: int | None = None) -> None:
+        super().__init__(name)
+        self.module, self._forward, self.token = module, forward, token
+        self._capture: ContextVar[list[torch.Tensor] | None] = ContextVar(f"capture_{id(self)}", default=None)
+        module.register_forward_pre_hook(self._record)
+
+    def _record(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        captured = self._capture.get()
+        if captured is not None:
+            captured.append(args[0])
 
     @property
     def weight(self) -> torch.Tensor:
@@ -143,18 +154,15 @@ class LinearProjection(Projection):
     def bias(self) -> torch.Tensor | None:
         return self.module.bias
 
-    def features(self, inputs: torch.Tensor) -> Features:
+    def features(self, inputs: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> Features:
+        if token_embeddings is not None:
+            raise TypeError(f"{self.name} is an image-side layer; token_embeddings do not apply")
         captured: list[torch.Tensor] = []
-
-        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            captured.append(args[0])
-
-        with self._lock:
-            handle = self.module.register_forward_pre_hook(hook)
-            try:
-                out = self._forward(inputs)
-            finally:
-                handle.remove()
+        reset = self._capture.set(captured)
+        try:
+            out = self._forward(inputs)
+        finally:
+            self._capture.reset(reset)
         if len(captured) != 1:
             raise RuntimeError(f"{self.name} ran {len(captured)} times in one forward pass; expected once")
         act = captured[0]
@@ -162,21 +170,88 @@ class LinearProjection(Projection):
             act = act[:, self.token]
         if act.ndim != 2:
             raise RuntimeError(f"{self.name} input has shape {tuple(act.shape)}; expected [N, p]")
-        if not self.residual:
-            out = F.linear(act, self.weight.to(act.dtype), None if self.bias is None else self.bias.to(act.dtype))
         return Features(act, out)
 
 
-def _make_projection(owner: nn.Module, attr: str, name: str, forward: Callable, lock: threading.RLock,
-                     **kw) -> Projection:
+def _weight_getters(owner: nn.Module, attr: str, name: str
+                    ) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor | None]]:
+    """``(W [D, p], b)`` getters for ``owner.<attr>``: an ``nn.Linear``, or a [p, D] parameter used as ``x @ P``."""
     proj = getattr(owner, attr, None)
     if isinstance(proj, nn.Linear):
-        return LinearProjection(proj, name, forward, lock, **kw)
+        return (lambda: getattr(owner, attr).weight), (lambda: getattr(owner, attr).bias)
     if isinstance(proj, nn.Parameter) and proj.ndim == 2:
-        return ParameterProjection(owner, attr, name, forward, lock)
+        return (lambda: getattr(owner, attr).T), (lambda: None)
     raise UnsupportedModelError(
         f"{name} is {type(proj).__name__}; a Bayesian head needs a linear projection into the joint space"
     )
+
+
+def _vit_pre(visual: nn.Module) -> Callable[..., torch.Tensor]:
+    """Pooled ViT features before ``visual.proj`` (open_clip ``VisionTransformer.forward`` minus the proj)."""
+    if not (hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
+        raise UnsupportedModelError("this open_clip VisionTransformer has no _embeds/_pool; open_clip >= 3.0 "
+                                    "is required")
+
+    def pre(x: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        if token_embeddings is not None:
+            raise TypeError("visual.proj is an image-side layer; token_embeddings do not apply")
+        pooled, _ = visual._pool(visual.transformer(visual._embeds(x)))
+        return pooled
+
+    return pre
+
+
+def _clip_text_pre(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """Pooled text features before ``text_projection`` (``open_clip.CLIP.encode_text`` minus the proj)."""
+    from open_clip.transformer import text_global_pool
+
+    def pre(text: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        cast = model.transformer.get_cast_dtype()
+        x = (model.token_embedding(text) if token_embeddings is None else token_embeddings).to(cast)
+        x = x + model.positional_embedding.to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        return text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+
+    return pre
+
+
+def _text_transformer_pre(tower: nn.Module) -> Callable[..., torch.Tensor]:
+    """Pooled features before the projection of an open_clip ``TextTransformer`` (no CLS embedding)."""
+    from open_clip.transformer import text_global_pool
+
+    def pre(text: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        cast = tower.transformer.get_cast_dtype()
+        seq_len = text.shape[1]
+        x = (tower.token_embedding(text) if token_embeddings is None else token_embeddings).to(cast)
+        attn_mask = tower.attn_mask
+        if tower.use_pad_mask:
+            pad = tower._build_additive_mask(text, seq_len, x.dtype)
+            attn_mask = pad if attn_mask is None else attn_mask[:seq_len, :seq_len].unsqueeze(0) + pad
+        x = x + tower.positional_embedding[:seq_len].to(cast)
+        x = tower.ln_final(tower.transformer(x, attn_mask=attn_mask))
+        return text_global_pool(x, text, pool_type=tower.pool_type, eos_token_id=getattr(tower, "eos_id", None))
+
+    return pre
+
+
+def _hf_text_pre(tower: nn.Module) -> Callable[..., torch.Tensor]:
+    """Pooled features before ``proj`` of an open_clip ``HFTextEncoder``."""
+
+    def pre(text: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        mask = (text != tower.config.pad_token_id).long()
+        if token_embeddings is None:
+            out = tower.transformer(input_ids=text, attention_mask=mask)
+        else:
+            out = tower.transformer(inputs_embeds=token_embeddings, attention_mask=mask)
+        return tower.pooler(out, mask)
+
+    return pre
+
+
+def _submodule_projection(owner: nn.Module, attr: str, name: str, pre: Callable[..., torch.Tensor]
+                          ) -> SubmoduleProjection:
+    get_w, get_b = _weight_getters(owner, attr, name)
+    return SubmoduleProjection(name, pre, get_w, get_b)
 
 
 class OpenCLIPAdapter:
@@ -192,7 +267,6 @@ class OpenCLIPAdapter:
         from open_clip.transformer import TextTransformer, VisionTransformer
 
         self.model = model
-        self._lock = threading.RLock()
         visual = getattr(model, "visual", None)
         if not hasattr(model, "encode_image") or not hasattr(model, "encode_text") or visual is None:
             raise UnsupportedModelError(f"{type(model).__name__} is not an open_clip CLIP-style model")
@@ -201,7 +275,7 @@ class OpenCLIPAdapter:
                                         "projection into the joint space)")
         # --- image tower
         if isinstance(visual, VisionTransformer):
-            self.image = _make_projection(visual, "proj", "visual.proj", model.encode_image, self._lock)
+            self.image = _submodule_projection(visual, "proj", "visual.proj", _vit_pre(visual))
         elif type(visual).__name__ == "TimmModel":
             self.image = self._siglip_image(visual, model)
         else:
@@ -212,18 +286,17 @@ class OpenCLIPAdapter:
         # --- text tower
         if isinstance(model, open_clip.CLIP):
             text_kind = "TextTransformer"
-            self.text = _make_projection(model, "text_projection", "text_projection", model.encode_text,
-                                         self._lock)
+            self.text = _submodule_projection(model, "text_projection", "text_projection", _clip_text_pre(model))
         elif isinstance(model, open_clip.CustomTextCLIP):
             text = model.text
             text_kind = type(text).__name__
             if isinstance(text, TextTransformer):
                 if getattr(text, "cls_emb", None) is not None:
                     raise UnsupportedModelError("text towers with an appended CLS embedding are not supported")
-                self.text = _make_projection(text, "text_projection", "text.text_projection",
-                                             model.encode_text, self._lock)
+                self.text = _submodule_projection(text, "text_projection", "text.text_projection",
+                                                  _text_transformer_pre(text))
             elif text_kind == "HFTextEncoder":
-                self.text = _make_projection(text, "proj", "text.proj", model.encode_text, self._lock)
+                self.text = _submodule_projection(text, "proj", "text.proj", _hf_text_pre(text))
             else:
                 raise UnsupportedModelError(f"text tower {text_kind} is not supported")
         else:
@@ -249,8 +322,7 @@ class OpenCLIPAdapter:
             )
         if pool.latent_len != 1:
             raise UnsupportedModelError("MAP heads with more than one latent token are not supported")
-        return LinearProjection(pool.mlp.fc2, "visual.trunk.attn_pool.mlp.fc2", model.encode_image,
-                                self._lock, residual=True, token=0)
+        return HookedResidualProjection(pool.mlp.fc2, "visual.trunk.attn_pool.mlp.fc2", model.encode_image, token=0)
 
     @property
     def logit_scale(self) -> float:

@@ -35,10 +35,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data.pairs import PairSource, RawPair, open_pairs
+from .encoding import autocast, token_counts
 from .estimation import KFACAccumulator
 from .inputs import InputError, load_image
 from .marglik import factor_eigenvalues, optimize_prior_precision
-from .model import _token_counts
 from .posterior import KronPosterior, Posterior
 
 CACHE_VERSION = 1
@@ -133,9 +133,9 @@ class _ShardWriter:
             chunk = decoded[start:start + self.batch_size]
             images = torch.stack([d[0] for d in chunk]).to(self.vlm.device)
             captions = [d[1] for d in chunk]
-            truncated += sum(n > ctx for n in _token_counts(self.vlm.tokenizer, captions))
+            truncated += sum(n > ctx for n in token_counts(self.vlm.tokenizer, captions))
             tokens = self.vlm.tokenizer(captions).to(self.vlm.device)
-            with torch.inference_mode(), self.vlm._autocast():
+            with torch.inference_mode(), autocast(self.vlm.device):
                 fi = self.vlm.adapter.image.features(images)
                 ft = self.vlm.adapter.text.features(tokens)
             for key, t in (("img_act", fi.activations), ("img_emb", fi.embeddings),

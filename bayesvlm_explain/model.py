@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapters import Features, OpenCLIPAdapter
-from .inputs import InputError, check_prompts, image_batch
+from .encoding import ALGEBRA_DTYPE, Encoder
+from .head import MomentHead, map_logits
+from .inputs import check_prompts
+from .options import Link, check_option
 from .posterior import META_FILE, REFERENCE_JSON, Posterior, PosteriorError
-from .predictive import PREDICTIVE_METHODS, Link, Prediction, PredictiveMethod
-from .probcos import cosine_moments
+from .predictive import Prediction, PredictiveMethod
 
-ALGEBRA_DTYPE = torch.float64  # posterior algebra runs on the CPU in float64 (method.md §9: fp64 inverses)
+__all__ = ["ALGEBRA_DTYPE", "BayesVLM", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -55,17 +55,32 @@ class BayesVLM:
         prompt_cache_size: int = 4096,
     ) -> None:
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer
-        self.preprocess = preprocess
-        self.adapter = OpenCLIPAdapter(self.model)
+        self.encoder = Encoder(model.to(self.device).eval(), tokenizer, preprocess, self.device,
+                               batch_size=batch_size, prompt_cache_size=prompt_cache_size)
         self.name = name or self.adapter.architecture
-        self.batch_size = batch_size
-        self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._prompt_cache_size = prompt_cache_size
         self._posterior: Posterior | None = None
         if posterior is not None:
             self.posterior = posterior
+
+    @property
+    def model(self) -> nn.Module:
+        return self.encoder.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
+
+    @property
+    def preprocess(self) -> Any:
+        return self.encoder.preprocess
+
+    @property
+    def adapter(self) -> OpenCLIPAdapter:
+        return self.encoder.adapter
+
+    @property
+    def batch_size(self) -> int:
+        return self.encoder.batch_size
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -158,96 +173,52 @@ class BayesVLM:
     # -- encoders --------------------------------------------------------------------------------
     @property
     def image_size(self) -> tuple[int, int] | None:
-        size = getattr(self.model.visual, "image_size", None)
-        if size is None:
-            return None
-        return (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
+        return self.encoder.image_size
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self.tokenizer, "context_length", None) or self.model.context_length)
-
-    def _autocast(self) -> Any:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return torch.autocast("cpu", enabled=False)
+        return self.encoder.context_length
 
     def preprocess_images(self, images: Any) -> torch.Tensor:
-        """PIL images / paths / bytes / a tensor -> a validated float batch [N, 3, H, W] (CPU)."""
-        return image_batch(images, self.preprocess, self.image_size)
+        """PIL images / paths / bytes / a tensor -> a validated batch [N, 3, H, W] in the tower's dtype (CPU)."""
+        return self.encoder.preprocess_images(images)
 
     def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Token ids [C, context]; prompts longer than the context are truncated with a warning."""
-        prompts = check_prompts(prompts)
-        ctx = self.context_length
-        for i, n in enumerate(_token_counts(self.tokenizer, prompts)):
-            if n > ctx:
-                warnings.warn(f"prompt {i} ({prompts[i][:40]!r}...) has {n} tokens; truncated to the "
-                              f"context length {ctx}", stacklevel=3)
-        return self.tokenizer(prompts)
+        return self.encoder.tokenize(prompts)
 
     def encode_images(self, images: Any) -> Features:
         """Activations [N, p] and mean embeddings [N, D] of the images (float64, CPU)."""
-        x = self.preprocess_images(images)
-        outs = []
-        for chunk in x.split(self.batch_size):
-            with torch.inference_mode(), self._autocast():
-                feats = self.adapter.image.features(chunk.to(self.device))
-            outs.append(feats.to("cpu", ALGEBRA_DTYPE))  # outside inference mode: usable by autograd
-        return Features(torch.cat([o.activations for o in outs]), torch.cat([o.embeddings for o in outs]))
+        return self.encoder.encode_images(images)
 
     def encode_prompts(self, prompts: str | Sequence[str]) -> Features:
         """Activations [C, p_t] and mean embeddings [C, D] of the prompts (float64, CPU; cached)."""
-        prompts = check_prompts(prompts)
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
-        for start in range(0, len(missing), self.batch_size):
-            batch = missing[start:start + self.batch_size]
-            tokens = self.tokenize(batch).to(self.device)
-            with torch.inference_mode(), self._autocast():
-                feats = self.adapter.text.features(tokens)
-            feats = feats.to("cpu", ALGEBRA_DTYPE)  # outside inference mode: usable by autograd
-            for i, p in enumerate(batch):
-                self._prompt_cache[p] = (feats.activations[i], feats.embeddings[i])
-        rows = []
-        for p in prompts:
-            self._prompt_cache.move_to_end(p)
-            rows.append(self._prompt_cache[p])
-        while len(self._prompt_cache) > self._prompt_cache_size:
-            self._prompt_cache.popitem(last=False)
-        return Features(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+        return self.encoder.encode_prompts(prompts)
+
+    def head(self, variance: str = "projected", device: torch.device | str = "cpu") -> MomentHead:
+        """The posterior algebra (features -> logit moments) used by :meth:`predict` and the explanations."""
+        return MomentHead(self._require_posterior(), self.adapter, variance=variance, device=device)
 
     # -- prediction ------------------------------------------------------------------------------
     def map_logits(self, img: Features, txt: Features) -> torch.Tensor:
         """Deterministic logits ``τ cos(μ_n, μ_c) + b`` [N, C]."""
-        cos = F.normalize(img.embeddings, dim=-1) @ F.normalize(txt.embeddings, dim=-1).T
-        return self.adapter.logit_scale * cos + self.adapter.logit_bias
+        return map_logits(self.adapter, img, txt)
 
     def predict_features(
         self, img: Features, txt: Features, prompts: list[str], *,
-        predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "exact",
+        predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
         link: Link = "softmax", seed: int | None = 0,
     ) -> Prediction:
         """:meth:`predict` on already-encoded features (float64, CPU)."""
-        if predictive not in PREDICTIVE_METHODS:
-            raise ValueError(f"unknown predictive {predictive!r}; choose one of {PREDICTIVE_METHODS}")
-        if variance not in ("exact", "diagonal"):
-            raise ValueError(f"variance must be 'exact' or 'diagonal', not {variance!r}")
-        post = self._require_posterior()
-        ai = self.adapter.image.augment(img.activations)
-        gt = self.adapter.text.augment(txt.activations)
-        _, b_inv_i = post.image.covariance_factors()
-        a_inv_t, b_inv_t = post.text.covariance_factors()
-        moments = cosine_moments(
-            img.embeddings, post.image.input_scales(ai), txt.embeddings, gt,
-            b_inv_i, b_inv_t, a_inv_t, self.adapter.logit_scale, self.adapter.logit_bias,
-            diagonal=variance == "diagonal",
-        )
-        return Prediction(moments, self.map_logits(img, txt), list(prompts), method=predictive,
+        check_option("predictive", predictive)
+        check_option("link", link)
+        head = self.head(variance)
+        return Prediction(head(img, txt), head.map_logits(img, txt), list(prompts), method=predictive,
                           num_samples=num_samples, link=link, seed=seed)
 
     def predict(
         self, images: Any, prompts: str | Sequence[str], *,
-        predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "exact",
+        predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
         link: Link = "softmax", seed: int | None = 0,
     ) -> Prediction:
         """Probabilistic logits and predictive probabilities of ``images`` against ``prompts``.
@@ -258,7 +229,9 @@ class BayesVLM:
             predictive: ``"probit"`` (default), ``"mc"`` (full class covariance, ``num_samples``
                 draws) or ``"map"`` (deterministic); ``pred.probs`` follows it, and
                 ``pred.predictive(method)`` gives the others.
-            variance: ``"exact"`` (full ``B̃⁻¹``) or ``"diagonal"`` (the reference's approximation).
+            variance: ``"projected"`` (default: closest to the true cosine), ``"expected_norm"`` (the
+                paper's normalisation; ``"exact"`` is its former name) or ``"diagonal"`` (the reference's
+                diagonal ``B̃⁻¹``); see :mod:`bayesvlm_explain.probcos`.
             link: ``"softmax"`` over prompts (zero-shot classification) or ``"sigmoid"`` per pair.
         Returns:
             a :class:`Prediction` with ``mean``, ``var``, ``cov`` and the three variance parts.
@@ -294,23 +267,10 @@ class BayesVLM:
                                             num_samples, generator)
         v_draws = post.text.sample_outputs(self.adapter.text.augment(txt.activations), txt.embeddings,
                                            num_samples, generator)
-        cos = F.normalize(u_draws, dim=-1) @ F.normalize(v_draws, dim=-1).transpose(1, 2)
+        cos = (torch.nn.functional.normalize(u_draws, dim=-1)
+               @ torch.nn.functional.normalize(v_draws, dim=-1).transpose(1, 2))
         return self.adapter.logit_scale * cos + self.adapter.logit_bias
 
     def __repr__(self) -> str:
         return f"BayesVLM({self.name}, device={self.device}, posterior={self._posterior!r})"
 
-
-def _token_counts(tokenizer: Any, prompts: list[str]) -> list[int]:
-    """Untruncated token counts (with start/end tokens) of each prompt, for overflow warnings."""
-    inner = getattr(tokenizer, "tokenizer", None)
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip SimpleTokenizer
-        return [len(tokenizer.encode(p)) + 2 for p in prompts]
-    if inner is not None and callable(inner):  # HFTokenizer wraps a transformers tokenizer
-        try:
-            return [len(ids) for ids in inner(prompts, truncation=False)["input_ids"]]
-        except (TypeError, KeyError):
-            pass
-    if hasattr(tokenizer, "encode"):
-        return [len(tokenizer.encode(p)) for p in prompts]
-    raise InputError(f"cannot count tokens with a {type(tokenizer).__name__}")

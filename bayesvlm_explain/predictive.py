@@ -10,15 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
 
 import torch
 
+from .options import Link, Predictive, check_option
 from .probcos import CosineMoments
 
-PredictiveMethod = Literal["probit", "mc", "map"]
-Link = Literal["softmax", "sigmoid"]
-PREDICTIVE_METHODS = ("probit", "mc", "map")
+PredictiveMethod = Predictive
 
 
 def _link(logits: torch.Tensor, link: Link) -> torch.Tensor:
@@ -51,6 +49,12 @@ class Prediction:
     num_samples: int = 1000
     link: Link = "softmax"
     seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        check_option("predictive", self.method)
+        check_option("link", self.link)
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, not {self.num_samples}")
 
     @property
     def mean(self) -> torch.Tensor:
@@ -92,20 +96,19 @@ class Prediction:
 
     def predictive(self, method: PredictiveMethod = "probit", num_samples: int | None = None) -> torch.Tensor:
         """Predictive probabilities [N, C] by ``method`` (``"probit"``, ``"mc"`` or ``"map"``)."""
+        check_option("predictive", method)
         if method == "probit":
             return probit_probs(self.mean, self.var, self.link)
         if method == "map":
             return self.map_probs
-        if method == "mc":
-            s = num_samples or self.num_samples
-            gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-            chunk = max(1, (1 << 22) // self.mean.numel())  # bounded memory: ~4M logits per chunk
-            total = torch.zeros_like(self.mean)
-            for start in range(0, s, chunk):
-                k = min(chunk, s - start)
-                total += k * mc_probs(self.sample(k, gen), self.link)
-            return total / s
-        raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVE_METHODS}")
+        s = num_samples or self.num_samples
+        gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        chunk = max(1, (1 << 22) // self.mean.numel())  # bounded memory: ~4M logits per chunk
+        total = torch.zeros_like(self.mean)
+        for start in range(0, s, chunk):
+            k = min(chunk, s - start)
+            total += k * mc_probs(self.sample(k, gen), self.link)
+        return total / s
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Gaussian logit draws with the full class covariance [S, N, C]."""

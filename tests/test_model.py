@@ -147,13 +147,13 @@ def test_over_long_prompt_is_truncated_with_a_warning(tiny_vlm):
 
 def test_prompt_cache_is_used_and_bounded():
     vlm = build_tiny(TINY_CLIP)
-    vlm._prompt_cache_size = 3
+    vlm.encoder.prompt_cache.size = 3
     calls = []
     original = vlm.adapter.text.features
 
-    def counting(tokens):
+    def counting(tokens, token_embeddings=None):
         calls.append(tokens.shape[0])
-        return original(tokens)
+        return original(tokens, token_embeddings)
 
     vlm.adapter.text.features = counting
     a = vlm.encode_prompts(["a", "b"])
@@ -161,7 +161,7 @@ def test_prompt_cache_is_used_and_bounded():
     assert calls == [2]
     torch.testing.assert_close(a.embeddings[0], b.embeddings[1])
     vlm.encode_prompts(["c", "d"])
-    assert len(vlm._prompt_cache) == 3 and calls == [2, 2]
+    assert len(vlm.encoder.prompt_cache) == 3 and calls == [2, 2]
 
 
 def test_unsupported_architecture_is_named():

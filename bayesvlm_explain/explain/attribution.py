@@ -1,7 +1,8 @@
 """Pixel attributions of the model's *uncertainty* (not only its similarity), with captum.
 
 The attributed quantity is a differentiable function of the preprocessed image batch ``x`` [B, 3, H, W]:
-the image tower runs with autograd (parameters frozen), the prompts' features are fixed, and the logit
+the image tower runs with autograd (gradients w.r.t. the pixels only; the model is never edited, so
+predictions in other threads are unaffected), the prompts' features are fixed, and the logit
 moments come from the posterior algebra of :mod:`.targets` (float64, the formulas of
 :meth:`BayesVLM.predict_features`). Entropy targets use a fixed set of Gaussian draws (common random
 numbers, the same draws as ``Prediction.predictive("mc")``), so they are deterministic and smooth in ``x``.
@@ -24,21 +25,11 @@ from typing import Any, Literal
 import torch
 
 from ..inputs import check_prompts
-from ..predictive import Link
-from .targets import (
-    ENTROPY_TARGETS,
-    MOMENT_TARGETS,
-    CustomTarget,
-    MomentHead,
-    check_grad_mode,
-    evaluate_target,
-    frozen,
-    standard_draws,
-)
+from ..options import CHOICES, ENTROPY_TARGETS, MOMENT_TARGETS, Link, PixelMethod, check_option
+from .targets import CustomTarget, check_grad_mode, evaluate_target, standard_draws
 
 PixelTarget = Literal["image_variance", "text_variance", "variance", "mean", "entropy", "aleatoric", "epistemic"]
-PixelMethod = Literal["integrated_gradients", "saliency", "smoothgrad", "occlusion"]
-PIXEL_METHODS: tuple[str, ...] = ("integrated_gradients", "saliency", "smoothgrad", "occlusion")
+PIXEL_METHODS: tuple[str, ...] = CHOICES["method"]
 
 
 def model_patch_size(model: torch.nn.Module) -> tuple[int, int] | None:
@@ -119,7 +110,7 @@ class UncertaintyAttribution:
         predictive: ``"mc"`` (default) or ``"probit"`` (only for ``"entropy"``).
         num_samples, seed: Gaussian logit draws of the MC predictive (common random numbers).
         link: ``"softmax"`` over prompts or ``"sigmoid"`` per prompt.
-        variance: ``"exact"`` or ``"diagonal"`` moments, as in ``BayesVLM.predict``.
+        variance: ``"projected"``, ``"expected_norm"`` or ``"diagonal"`` moments, as in ``BayesVLM.predict``.
         internal_batch_size: images per forward/backward pass in the attribution methods
             (default ``vlm.batch_size``).
     """
@@ -133,13 +124,14 @@ class UncertaintyAttribution:
         num_samples: int = 1000,
         seed: int | None = 0,
         link: Link = "softmax",
-        variance: str = "exact",
+        variance: str = "projected",
         internal_batch_size: int | None = None,
     ) -> None:
-        if not callable(target) and target not in MOMENT_TARGETS + ENTROPY_TARGETS:
-            raise ValueError(f"unknown target {target!r}; choose one of {MOMENT_TARGETS + ENTROPY_TARGETS}")
-        if predictive not in ("mc", "probit"):
-            raise ValueError(f"predictive must be 'mc' or 'probit', not {predictive!r}")
+        if not callable(target):
+            check_option("target", target)
+        check_option("predictive", predictive, ("mc", "probit"))
+        check_option("link", link)
+        check_option("variance", variance)
         if num_samples < 1:
             raise ValueError("num_samples must be at least 1")
         self.vlm = vlm
@@ -169,9 +161,8 @@ class UncertaintyAttribution:
         if self._uses_prompt_index() and not 0 <= prompt_index < len(prompts):
             raise IndexError(f"prompt_index {prompt_index} out of range for {len(prompts)} prompts")
         vlm = self.vlm
-        head = MomentHead(vlm, vlm.device, variance=self.variance)
-        txt = vlm.encode_prompts(prompts)
-        txt_mean, txt_act = (t.to(vlm.device) for t in head.text_inputs(txt))
+        head = vlm.head(self.variance, vlm.device)
+        txt_mean, txt_act = head.text_inputs(vlm.encode_prompts(prompts))
         noise = None
         if isinstance(self.target, str) and self.target in ENTROPY_TARGETS and self.predictive == "mc":
             noise = standard_draws(head, txt_mean, txt_act, self.num_samples, self.seed)
@@ -227,8 +218,7 @@ class UncertaintyAttribution:
         Returns:
             an :class:`AttributionResult` with ``attributions`` [N, 3, H, W].
         """
-        if method not in PIXEL_METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {PIXEL_METHODS}")
+        check_option("method", method)
         if n_steps < 1:
             raise ValueError("n_steps must be at least 1")
         check_grad_mode()
@@ -236,8 +226,7 @@ class UncertaintyAttribution:
 
         prompts = check_prompts(prompts)
         vlm = self.vlm
-        param = next(vlm.model.visual.parameters())
-        x = vlm.preprocess_images(images).to(vlm.device, param.dtype).clone()
+        x = vlm.preprocess_images(images).to(vlm.device).clone()
         n = x.shape[0]
         base = self._baselines(baselines, x)
         ibs = internal_batch_size or self.internal_batch_size
@@ -245,7 +234,7 @@ class UncertaintyAttribution:
         patch = model_patch_size(vlm.model)
         settings: dict[str, Any] = {"n_steps": n_steps} if method == "integrated_gradients" else {}
         delta = baseline_values = None
-        with frozen(vlm.model), torch.enable_grad():
+        with torch.enable_grad():
             forward = self.target_function(prompts, prompt_index)
             if method == "integrated_gradients":
                 ig = IntegratedGradients(forward, multiply_by_inputs=True)
@@ -301,9 +290,8 @@ class UncertaintyAttribution:
         """The target [N] (float64, CPU) at the given images, without attribution."""
         check_grad_mode()
         vlm = self.vlm
-        param = next(vlm.model.visual.parameters())
-        x = vlm.preprocess_images(images).to(vlm.device, param.dtype)
-        with frozen(vlm.model), torch.no_grad():
+        x = vlm.preprocess_images(images).to(vlm.device)
+        with torch.no_grad():
             return self._batched(self.target_function(prompts, prompt_index), x, self.internal_batch_size).cpu()
 
     @staticmethod

@@ -25,7 +25,9 @@ from typing import Literal
 
 import torch
 
-from ..predictive import Link, Prediction
+from ..numerics import bernoulli_entropy, categorical_entropy, variance_shares
+from ..options import Link, check_option
+from ..predictive import Prediction
 from .targets import entropy_terms
 
 RankBy = Literal["epistemic_drop", "entropy_drop", "variance"]
@@ -102,22 +104,22 @@ def decompose_uncertainty(
         rank_by: ``"epistemic_drop"`` (default), ``"entropy_drop"`` or ``"variance"``; see the module doc.
         leave_one_out: compute the leave-one-out drops (O(N S C²)); required by the two ``*_drop`` rankings.
     """
-    if rank_by not in RANK_BY:
-        raise ValueError(f"rank_by must be one of {RANK_BY}, not {rank_by!r}")
+    check_option("rank_by", rank_by, RANK_BY)
     s = num_samples or pred.num_samples
     seed = pred.seed if seed is None else seed
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     samples = pred.sample(s, gen).detach()  # [S, N, C]
     total, aleatoric, epistemic = entropy_terms(samples, pred.link)
     var_i, var_t, var_x = (v.detach() for v in (pred.var_image, pred.var_text, pred.var_interaction))
-    var = (var_i + var_t + var_x).clamp_min(torch.finfo(var_i.dtype).tiny)
+    share_i, share_t, share_x = variance_shares(var_i, var_t, var_x)
+    var = var_i + var_t + var_x
     drops = _leave_one_out(samples, pred.link, total, epistemic) if leave_one_out else (None, None)
     dec = UncertaintyDecomposition(
         prompts=list(pred.prompts),
         var_image=var_i, var_text=var_t, var_interaction=var_x,
-        share_image=var_i / var, share_text=var_t / var, share_interaction=var_x / var,
+        share_image=share_i, share_text=share_t, share_interaction=share_x,
         total_entropy=total, aleatoric=aleatoric, epistemic=epistemic,
-        variance_contribution=var / var.sum(-1, keepdim=True),
+        variance_contribution=var / var.sum(-1, keepdim=True).clamp_min(torch.finfo(var.dtype).tiny),
         entropy_drop=drops[0], epistemic_drop=drops[1],
         rank_by=rank_by, ranking=torch.empty(0, dtype=torch.long),
         num_samples=s, seed=seed, link=pred.link,
@@ -132,8 +134,8 @@ def _leave_one_out(samples: torch.Tensor, link: Link, total: torch.Tensor,
     s, n, c = samples.shape
     if link == "sigmoid":  # independent Bernoullis: every entropy is a sum over prompts
         p = torch.sigmoid(samples)
-        h = _bernoulli_entropy(p)  # [S, N, C]
-        tot_c = _bernoulli_entropy(p.mean(0))  # [N, C]
+        h = bernoulli_entropy(p)  # [S, N, C]
+        tot_c = bernoulli_entropy(p.mean(0))  # [N, C]
         return tot_c, tot_c - h.mean(0)
     if c == 1:  # one prompt: the softmax is 1, nothing to remove
         zero = samples.new_zeros(n, c)
@@ -147,13 +149,9 @@ def _leave_one_out(samples: torch.Tensor, link: Link, total: torch.Tensor,
             zz = z[:, None, :].repeat(1, len(idx), 1)  # [S, k, C]
             zz[:, torch.arange(len(idx)), idx] = float("-inf")
             q = torch.softmax(zz, dim=-1)  # the removed prompt gets exactly 0
-            alea = -torch.xlogy(q, q).sum(-1).mean(0)  # [k]
-            q_bar = q.mean(0)
-            tot = -torch.xlogy(q_bar, q_bar).sum(-1)
+            alea = categorical_entropy(q).mean(0)  # [k]
+            tot = categorical_entropy(q.mean(0))
             ent_drop[i, idx] = total[i] - tot
             mi_drop[i, idx] = epistemic[i] - (tot - alea)
     return ent_drop, mi_drop
 
-
-def _bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))

@@ -20,23 +20,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..adapters import Features
-from ..model import ALGEBRA_DTYPE
-from ..posterior import PosteriorError
-from ..predictive import Link
-from ..probcos import CosineMoments, cosine_moments
+from ..head import MomentHead
+from ..numerics import log_categorical_entropy
+from ..options import ENTROPY_TARGETS, MOMENT_TARGETS, EntropyTarget, Link, MomentTarget, check_option
+from ..probcos import CosineMoments
 
-MomentTarget = Literal["mean", "image_variance", "text_variance", "variance"]
-EntropyTarget = Literal["entropy", "aleatoric", "epistemic"]
-MOMENT_TARGETS: tuple[str, ...] = ("mean", "image_variance", "text_variance", "variance")
-ENTROPY_TARGETS: tuple[str, ...] = ("entropy", "aleatoric", "epistemic")
+__all__ = ["ENTROPY_TARGETS", "MOMENT_TARGETS", "CustomTarget", "EntropyTarget", "MomentTarget", "check_grad_mode",
+           "entropy_terms", "evaluate_target", "moment_values", "probit_entropy", "standard_draws"]
 
 CustomTarget = Callable[[CosineMoments], torch.Tensor]
 """A user target: ``moments`` of a batch of B images -> [B] values (differentiable)."""
@@ -56,16 +50,15 @@ def entropy_terms(samples: torch.Tensor, link: Link = "softmax") -> tuple[torch.
     log_s = math.log(samples.shape[0])
     if link == "softmax":
         logp = torch.log_softmax(samples, dim=-1)  # [S, N, C]
-        aleatoric = -(logp.exp() * logp).sum(-1).mean(0)
-        logp_bar = torch.logsumexp(logp, dim=0) - log_s  # log of the MC predictive [N, C]
-        total = -(logp_bar.exp() * logp_bar).sum(-1)
+        aleatoric = log_categorical_entropy(logp).mean(0)
+        total = log_categorical_entropy(torch.logsumexp(logp, dim=0) - log_s)  # entropy of the MC predictive
     elif link == "sigmoid":
         lp1, lp0 = F.logsigmoid(samples), F.logsigmoid(-samples)
         aleatoric = -(lp1.exp() * lp1 + lp0.exp() * lp0).sum(-1).mean(0)
         lb1, lb0 = torch.logsumexp(lp1, dim=0) - log_s, torch.logsumexp(lp0, dim=0) - log_s
         total = -(lb1.exp() * lb1 + lb0.exp() * lb0).sum(-1)
     else:
-        raise ValueError(f"link must be 'softmax' or 'sigmoid', not {link!r}")
+        check_option("link", link)
     return total, aleatoric, total - aleatoric
 
 
@@ -73,54 +66,14 @@ def probit_entropy(mean: torch.Tensor, var: torch.Tensor, link: Link = "softmax"
     """Entropy (nats) [N] of the probit predictive ``link(m / sqrt(1 + π/8 v))`` from [N, C] moments."""
     z = mean / torch.sqrt(1.0 + (math.pi / 8.0) * var)
     if link == "softmax":
-        logp = torch.log_softmax(z, dim=-1)
-        return -(logp.exp() * logp).sum(-1)
+        return log_categorical_entropy(torch.log_softmax(z, dim=-1))
     lp1, lp0 = F.logsigmoid(z), F.logsigmoid(-z)
     return -(lp1.exp() * lp1 + lp0.exp() * lp0).sum(-1)
 
 
-class MomentHead:
-    """The posterior algebra between tower features and logit moments, fixed for one explanation.
-
-    Holds the posterior's ``B̃_img⁻¹``, ``Ã_txt⁻¹`` and ``B̃_txt⁻¹`` (float64, on ``device``) and evaluates
-    the moments exactly as :meth:`BayesVLM.predict_features` does.
-    """
-
-    def __init__(self, vlm: Any, device: torch.device, *, variance: str = "exact") -> None:
-        post = vlm.posterior
-        if post is None:
-            raise PosteriorError("explaining uncertainty needs a posterior: set vlm.posterior first")
-        if variance not in ("exact", "diagonal"):
-            raise ValueError(f"variance must be 'exact' or 'diagonal', not {variance!r}")
-        self.vlm = vlm
-        self.device = device
-        self.diagonal = variance == "diagonal"
-        self.post = post
-        _, self.b_inv_img = post.image.covariance_factors(device, ALGEBRA_DTYPE)
-        self.a_inv_txt, self.b_inv_txt = post.text.covariance_factors(device, ALGEBRA_DTYPE)
-        self.logit_scale = vlm.adapter.logit_scale
-        self.logit_bias = vlm.adapter.logit_bias
-
-    def image_inputs(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(μ_n [N, D], s_n [N])`` in float64 from image-tower features (differentiable)."""
-        act = self.vlm.adapter.image.augment(feats.activations.to(ALGEBRA_DTYPE))
-        return feats.embeddings.to(ALGEBRA_DTYPE), self.post.image.input_scales(act)
-
-    def text_inputs(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(μ_c [C, D], g̃_c [C, p_t])`` in float64 from text-tower features (differentiable)."""
-        return (feats.embeddings.to(ALGEBRA_DTYPE),
-                self.vlm.adapter.text.augment(feats.activations.to(ALGEBRA_DTYPE)))
-
-    def moments(self, img_mean: torch.Tensor, img_scale: torch.Tensor, txt_mean: torch.Tensor,
-                txt_act: torch.Tensor) -> CosineMoments:
-        """:func:`cosine_moments` of N images [N, D] against C prompts [C, D] with this posterior."""
-        return cosine_moments(img_mean, img_scale, txt_mean, txt_act, self.b_inv_img, self.b_inv_txt,
-                              self.a_inv_txt, self.logit_scale, self.logit_bias, diagonal=self.diagonal)
-
-
 def standard_draws(head: MomentHead, txt_mean: torch.Tensor, txt_act: torch.Tensor, num_samples: int,
-                   seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed correlated noise ``(E₁, E₂)`` [S, C] (float64, ``head.device``) for common random numbers.
+                   seed: int | None) -> tuple[torch.Tensor, ...]:
+    """Fixed standard draws (:meth:`CosineMoments.class_noise`; float64, ``head.device``): common random numbers.
 
     The noise of ``CosineMoments.sample`` depends only on the prompts (:meth:`CosineMoments.class_noise`),
     so with the same seed and S, ``moments.draws(noise)`` reproduces ``Prediction.sample`` bit for bit
@@ -141,16 +94,15 @@ def moment_values(moments: CosineMoments, target: str) -> torch.Tensor:
 
 def evaluate_target(
     target: str | CustomTarget, moments: CosineMoments, prompt_index: int | None, *,
-    noise: tuple[torch.Tensor, torch.Tensor] | None = None, predictive: str = "mc", link: Link = "softmax",
+    noise: tuple[torch.Tensor, ...] | None = None, predictive: str = "mc", link: Link = "softmax",
 ) -> torch.Tensor:
     """The value [N] of ``target`` for every image of ``moments`` (column ``prompt_index`` for moments)."""
     if callable(target):
         return target(moments)
     if target in MOMENT_TARGETS:
         return moment_values(moments, target)[:, prompt_index]
-    if target not in ENTROPY_TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {MOMENT_TARGETS + ENTROPY_TARGETS}")
-    if predictive == "probit":
+    check_option("target", target)
+    if check_option("predictive", predictive, ("mc", "probit")) == "probit":
         if target != "entropy":
             raise ValueError(f"target {target!r} needs Monte Carlo draws; use predictive='mc'")
         return probit_entropy(moments.mean, moments.var, link)
@@ -158,22 +110,6 @@ def evaluate_target(
         raise ValueError("entropy targets need the fixed draws (noise)")
     total, aleatoric, epistemic = entropy_terms(moments.draws(noise), link)
     return {"entropy": total, "aleatoric": aleatoric, "epistemic": epistemic}[target]
-
-
-@contextmanager
-def frozen(model: nn.Module):
-    """Evaluation mode and ``requires_grad=False`` on every parameter, restored afterwards."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def check_grad_mode() -> None:

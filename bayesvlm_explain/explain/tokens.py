@@ -1,11 +1,12 @@
 """Token attributions: which words of a prompt carry its (text-side) uncertainty.
 
-captum's ``LayerIntegratedGradients`` on the text tower's token-embedding layer integrates from a baseline
-prompt to the real one *in embedding space*: the baseline keeps the start and end tokens and the padding
-and replaces every other token by a neutral token (the tokenizer's pad token unless given). The rest of
-the text tower always sees the real token ids (the pooling position and any padding mask stay put), so
-kept positions get exactly zero attribution and the scores sum to ``target(prompt) − target(baseline)``
-up to the integration error (``delta``).
+captum's ``IntegratedGradients`` integrates from a baseline prompt to the real one *in token-embedding
+space*: the baseline keeps the start and end tokens and the padding and replaces every other token by a
+neutral token (the tokenizer's pad token unless given). The text tower is run by the adapter with the
+interpolated embeddings in place of its token-embedding layer's output (no hook on the shared model, so
+predictions in other threads are unaffected) and always sees the real token ids (the pooling position and
+any padding mask stay put), so kept positions get exactly zero attribution and the scores sum to
+``target(prompt) − target(baseline)`` up to the integration error (``delta``).
 
 Targets for image ``n`` and the prompt: ``"text_variance"`` (the logit variance from the text
 projection's posterior, ``w_txt[n]·t̂_c``), ``"image_variance"``, ``"variance"`` and ``"mean"`` (the
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 
 from ..inputs import InputError, check_prompts
-from .targets import MOMENT_TARGETS, MomentHead, check_grad_mode, frozen, moment_values
+from ..options import MOMENT_TARGETS, check_option
+from .targets import check_grad_mode, moment_values
 
 TokenTarget = Literal["text_variance", "image_variance", "variance", "mean"]
 
@@ -98,12 +100,12 @@ class TokenAttribution:
     Args:
         vlm: a ``BayesVLM`` with a posterior.
         target: ``"text_variance"`` (default), ``"image_variance"``, ``"variance"`` or ``"mean"``.
-        variance: ``"exact"`` or ``"diagonal"`` moments.
+        variance: ``"projected"``, ``"expected_norm"`` or ``"diagonal"`` moments.
     """
 
-    def __init__(self, vlm: Any, target: TokenTarget = "text_variance", *, variance: str = "exact") -> None:
-        if target not in MOMENT_TARGETS:
-            raise ValueError(f"unknown token target {target!r}; choose one of {MOMENT_TARGETS}")
+    def __init__(self, vlm: Any, target: TokenTarget = "text_variance", *, variance: str = "projected") -> None:
+        check_option("target", target, MOMENT_TARGETS)
+        check_option("variance", variance)
         self.vlm = vlm
         self.target = target
         self.variance = variance
@@ -126,15 +128,15 @@ class TokenAttribution:
             baseline_token_id: the neutral token replacing the content tokens (default: the pad token).
         """
         check_grad_mode()
-        from captum.attr import LayerIntegratedGradients
+        from captum.attr import IntegratedGradients
 
         prompt = check_prompts(prompt)[0]
         vlm = self.vlm
-        head = MomentHead(vlm, vlm.device, variance=self.variance)
+        head = vlm.head(self.variance, vlm.device)
         img = vlm.encode_images(image)
         if img.embeddings.shape[0] != 1:
             raise InputError(f"token attribution takes one image, got {img.embeddings.shape[0]}")
-        img_mean, img_scale = (t.to(vlm.device) for t in head.image_inputs(img))
+        img_mean, img_scale = head.image_inputs(img)
         tokens = vlm.tokenize([prompt]).to(vlm.device)
         ids = tokens[0].tolist()
         length = self.info.length(ids)
@@ -146,23 +148,20 @@ class TokenAttribution:
         layer = token_embedding_layer(vlm.model)
         text_proj, target = vlm.adapter.text, self.target
 
-        def forward(tok: torch.Tensor) -> torch.Tensor:
-            txt_mean, txt_act = head.text_inputs(text_proj.features(tok))
+        def forward(emb: torch.Tensor) -> torch.Tensor:
+            feats = text_proj.features(tokens.expand(emb.shape[0], -1), token_embeddings=emb)
+            txt_mean, txt_act = head.text_inputs(feats)
             m = head.moments(img_mean, img_scale, txt_mean, txt_act)  # 1 image × B prompts
             return moment_values(m, target)[0]  # [B]
 
-        with frozen(vlm.model), torch.enable_grad():
-            lig = LayerIntegratedGradients(forward, layer, multiply_by_inputs=True)
-            attr = lig.attribute(tokens, baselines=baseline, n_steps=n_steps, method="gausslegendre",
-                                 internal_batch_size=internal_batch_size or vlm.batch_size)
+        with torch.enable_grad():
             with torch.no_grad():
-                value = forward(tokens)
-                base_emb = layer(baseline)
-                handle = layer.register_forward_hook(lambda _m, _i, _o: base_emb)
-                try:
-                    base_value = forward(tokens)  # real ids elsewhere, baseline embeddings: the IG start
-                finally:
-                    handle.remove()
+                emb, base_emb = layer(tokens), layer(baseline)
+            ig = IntegratedGradients(forward, multiply_by_inputs=True)
+            attr = ig.attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
+                                internal_batch_size=internal_batch_size or vlm.batch_size)
+            with torch.no_grad():
+                value, base_value = forward(emb), forward(base_emb)
         scores = attr[0].sum(-1).to(torch.float64).detach().cpu()
         delta = float(scores.sum() - (value - base_value).sum())
         return TokenAttributionResult(

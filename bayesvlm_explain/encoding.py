@@ -1,0 +1,183 @@
+"""The encoder seam: preprocessing, tokenising and running both towers, shared by predict, fit and explain.
+
+Everything here is safe to call from several threads at once: the towers are run through the adapters
+(which never edit the model), and the prompt feature cache is locked and keyed by a fingerprint of the
+text tower's parameters, so a weight change (an optimiser step, ``load_state_dict``, an in-place edit or
+a reassigned parameter) can never serve stale encodings.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import Features, OpenCLIPAdapter
+from .inputs import InputError, check_prompts, image_batch
+
+ALGEBRA_DTYPE = torch.float64  # posterior algebra runs in float64 (method.md §9: fp64 inverses)
+
+
+def autocast(device: torch.device) -> AbstractContextManager:
+    """float16 autocast for the encoders on CUDA; disabled elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def token_counts(tokenizer: Any, prompts: list[str]) -> list[int]:
+    """Untruncated token counts (with start/end tokens) of each prompt, for overflow warnings."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip SimpleTokenizer
+        return [len(tokenizer.encode(p)) + 2 for p in prompts]
+    if inner is not None and callable(inner):  # HFTokenizer wraps a transformers tokenizer
+        try:
+            return [len(ids) for ids in inner(prompts, truncation=False)["input_ids"]]
+        except (TypeError, KeyError):
+            pass
+    if hasattr(tokenizer, "encode"):
+        return [len(tokenizer.encode(p)) for p in prompts]
+    raise InputError(f"cannot count tokens with a {type(tokenizer).__name__}")
+
+
+def text_fingerprint(model: nn.Module) -> tuple[Hashable, ...]:
+    """A cheap key that changes whenever a text-side parameter is edited, replaced or reloaded.
+
+    Uses each parameter's identity, storage pointer and in-place version counter (bumped by optimiser
+    steps, ``load_state_dict`` and ``mul_``-style edits); O(number of parameters), no data is read.
+    """
+    return tuple((name, id(p), p.data_ptr(), p._version) for name, p in model.named_parameters()
+                 if not name.startswith("visual."))
+
+
+class PromptCache:
+    """A thread-safe LRU of prompt features ``prompt -> (activation [p_t], embedding [D])``.
+
+    All entries belong to one text-tower fingerprint; a lookup with another fingerprint empties the cache.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._key: tuple[Hashable, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, key: tuple[Hashable, ...], prompts: Sequence[str]) -> dict[str, tuple[torch.Tensor, ...]]:
+        """The cached features among ``prompts`` (marked recently used)."""
+        with self._lock:
+            if key != self._key:
+                self._entries.clear()
+                self._key = key
+            hits = {}
+            for p in prompts:
+                if p in self._entries:
+                    self._entries.move_to_end(p)
+                    hits[p] = self._entries[p]
+            return hits
+
+    def store(self, key: tuple[Hashable, ...], features: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Insert freshly computed features (dropped if the weights changed meanwhile) and evict the oldest."""
+        with self._lock:
+            if key != self._key:
+                return
+            self._entries.update(features)
+            for p in features:
+                self._entries.move_to_end(p)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+class Encoder:
+    """Runs the two towers of an open_clip model in batches and returns float64 CPU features.
+
+    Args:
+        model: a built open_clip model (put in eval mode on ``device`` by the caller).
+        tokenizer, preprocess: the matching open_clip tokenizer and eval image transform.
+        device: where the towers run (float16 autocast on CUDA).
+        batch_size: images / prompts per tower call.
+        prompt_cache_size: prompt encodings kept (LRU, keyed by the text weights' fingerprint).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, preprocess: Any, device: torch.device, *,
+                 batch_size: int = 64, prompt_cache_size: int = 4096) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.device = device
+        self.batch_size = batch_size
+        self.adapter = OpenCLIPAdapter(model)
+        self.prompt_cache = PromptCache(prompt_cache_size)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        size = getattr(self.model.visual, "image_size", None)
+        if size is None:
+            return None
+        return (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", None) or self.model.context_length)
+
+    @property
+    def image_dtype(self) -> torch.dtype:
+        """The dtype of the image tower's parameters (inputs are cast to it)."""
+        return next(self.model.visual.parameters()).dtype
+
+    def preprocess_images(self, images: Any) -> torch.Tensor:
+        """PIL images / paths / bytes / a tensor -> a validated batch [N, 3, H, W] in the tower's dtype (CPU)."""
+        return image_batch(images, self.preprocess, self.image_size).to(self.image_dtype)
+
+    def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Token ids [C, context]; prompts longer than the context are truncated with a warning."""
+        prompts = check_prompts(prompts)
+        ctx = self.context_length
+        for i, n in enumerate(token_counts(self.tokenizer, prompts)):
+            if n > ctx:
+                warnings.warn(f"prompt {i} ({prompts[i][:40]!r}...) has {n} tokens; truncated to the "
+                              f"context length {ctx}", stacklevel=4)
+        return self.tokenizer(prompts)
+
+    def image_features(self, x: torch.Tensor) -> Features:
+        """Activations [N, p] and mean embeddings [N, D] (float64, CPU) of a preprocessed batch."""
+        outs = []
+        for chunk in x.split(self.batch_size):
+            with torch.inference_mode(), autocast(self.device):
+                feats = self.adapter.image.features(chunk.to(self.device))
+            outs.append(feats.to("cpu", ALGEBRA_DTYPE))  # outside inference mode: usable by autograd
+        return Features(torch.cat([o.activations for o in outs]), torch.cat([o.embeddings for o in outs]))
+
+    def token_features(self, tokens: torch.Tensor) -> Features:
+        """Activations [C, p_t] and mean embeddings [C, D] (float64, CPU) of token ids [C, L]."""
+        with torch.inference_mode(), autocast(self.device):
+            feats = self.adapter.text.features(tokens.to(self.device))
+        return feats.to("cpu", ALGEBRA_DTYPE)  # outside inference mode: usable by autograd
+
+    def encode_images(self, images: Any) -> Features:
+        """Features of images given as PIL images / paths / bytes / a preprocessed tensor."""
+        return self.image_features(self.preprocess_images(images))
+
+    def encode_prompts(self, prompts: str | Sequence[str]) -> Features:
+        """Features of the prompts, from the cache where the text weights are unchanged."""
+        prompts = check_prompts(prompts)
+        key = text_fingerprint(self.model)
+        rows = self.prompt_cache.lookup(key, prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in rows]
+        fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start:start + self.batch_size]
+            feats = self.token_features(self.tokenize(batch))
+            fresh.update({p: (feats.activations[i], feats.embeddings[i]) for i, p in enumerate(batch)})
+        if fresh:
+            self.prompt_cache.store(key, fresh)
+            rows.update(fresh)
+        return Features(torch.stack([rows[p][0] for p in prompts]), torch.stack([rows[p][1] for p in prompts]))
