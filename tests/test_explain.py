@@ -170,7 +170,7 @@ def test_patch_aggregation(tiny_vlm, tiny_siglip):
     p = patch_sum(a, (2, 3))
     assert p.shape == (2, 2, 2)
     assert p[0, 0, 0] == a[0, :, :2, :3].sum() and p[1, 1, 1] == a[1, :, 2:, 3:].sum()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="whole number of 4x4 patches"):
         patch_sum(a, 4)
     x = random_images(tiny_vlm, 2)
     res = UncertaintyAttribution(tiny_vlm, "mean").attribute(x, PROMPTS, method="saliency")
@@ -195,7 +195,7 @@ def test_input_validation(tiny_vlm):
         UncertaintyAttribution(tiny_vlm, "confidence")
     with pytest.raises(ValueError, match="unknown method"):
         UncertaintyAttribution(tiny_vlm).attribute(x, PROMPTS, method="gradcam")
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="prompt_index 9 out of range"):
         UncertaintyAttribution(tiny_vlm).attribute(x, PROMPTS, prompt_index=9)
     with pytest.raises(ValueError, match="Monte Carlo"):
         UncertaintyAttribution(tiny_vlm, "epistemic", predictive="probit").target_values(x, PROMPTS)
@@ -247,7 +247,7 @@ def test_leave_one_out_scores_match_brute_force(tiny_vlm):
     by_var = decompose_uncertainty(pred, rank_by="variance", leave_one_out=False)
     assert by_var.epistemic_drop is None
     assert torch.equal(by_var.ranking, torch.argsort(pred.var, dim=-1, descending=True, stable=True))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs leave_one_out=True"):
         decompose_uncertainty(pred, rank_by="entropy_drop", leave_one_out=False)
 
 
@@ -290,7 +290,7 @@ def test_token_attribution_one_score_per_token_and_complete(fixture, target, fie
 
 
 def test_token_attribution_validation(tiny_vlm):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown target 'entropy'"):
         TokenAttribution(tiny_vlm, target="entropy")
     with pytest.raises(ValueError, match="one image"):
         TokenAttribution(tiny_vlm).attribute(random_images(tiny_vlm, 2), "a cat")

@@ -211,3 +211,23 @@ def test_from_pretrained_local_dir_checkpoint(tmp_path):
     torch.testing.assert_close(loaded.encode_images(x).embeddings, vlm.encode_images(x).embeddings)
     torch.testing.assert_close(loaded.encode_prompts(PROMPTS).embeddings, vlm.encode_prompts(PROMPTS).embeddings)
     assert loaded.name == f"local-dir:{tmp_path}" and loaded.posterior is None
+
+
+def test_string_options_are_validated_where_they_enter(tiny_vlm):
+    x = random_images(tiny_vlm, 1)
+    with pytest.raises(ValueError, match="unknown predictive 'probitt'; choose one of 'probit', 'mc', 'map'"):
+        tiny_vlm.predict(x, PROMPTS, predictive="probitt")
+    with pytest.raises(ValueError, match="unknown variance 'full'; choose one of 'projected'"):
+        tiny_vlm.predict(x, PROMPTS, variance="full")
+    with pytest.raises(ValueError, match="unknown link 'tanh'"):
+        tiny_vlm.predict(x, PROMPTS, link="tanh")
+    pred = tiny_vlm.predict(x, PROMPTS)
+    with pytest.raises(ValueError, match="unknown predictive 'MC'"):
+        pred.predictive("MC")
+    with pytest.raises(ValueError, match="unknown target 'uncertainty'"):
+        bx.UncertaintyAttribution(tiny_vlm, "uncertainty")
+    with pytest.raises(ValueError, match="unknown variance 'exactly'"):
+        bx.UncertaintyAttribution(tiny_vlm, "entropy", variance="exactly")
+    # "exact" stays an alias of the paper's expected-norm variance
+    torch.testing.assert_close(tiny_vlm.predict(x, PROMPTS, variance="exact").var,
+                               tiny_vlm.predict(x, PROMPTS, variance="expected_norm").var)
