@@ -222,57 +222,24 @@ class UncertaintyAttribution:
         if n_steps < 1:
             raise ValueError("n_steps must be at least 1")
         check_grad_mode()
-        from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
-
         prompts = check_prompts(prompts)
         vlm = self.vlm
         x = vlm.preprocess_images(images).to(vlm.device).clone()
-        n = x.shape[0]
-        base = self._baselines(baselines, x)
         ibs = internal_batch_size or self.internal_batch_size
-        per_eval = max(1, ibs // n)
         patch = model_patch_size(vlm.model)
-        settings: dict[str, Any] = {"n_steps": n_steps} if method == "integrated_gradients" else {}
-        delta = baseline_values = None
         with torch.enable_grad():
-            forward = self.target_function(prompts, prompt_index)
+            run = _Run(self.target_function(prompts, prompt_index), x, self._baselines(baselines, x), ibs,
+                       max(1, ibs // x.shape[0]))
             if method == "integrated_gradients":
-                ig = IntegratedGradients(forward, multiply_by_inputs=True)
-                attr = ig.attribute(x, baselines=base, n_steps=n_steps, method="gausslegendre",
-                                    internal_batch_size=max(ibs, n))
-                with torch.no_grad():
-                    ends = torch.cat([self._batched(forward, x, ibs), self._batched(forward, base, ibs)])
-                target_values, baseline_values = ends[:n], ends[n:]
-                delta = attr.to(ends.dtype).sum(dim=(1, 2, 3)) - (target_values - baseline_values)
+                attr, target_values, extra = _integrated_gradients(run, n_steps)
             elif method == "saliency":
-                captured: list[torch.Tensor] = []
-
-                def recording(inp: torch.Tensor) -> torch.Tensor:
-                    out = forward(inp)
-                    captured.append(out.detach())
-                    return out
-
-                attr = Saliency(recording).attribute(x.requires_grad_(), abs=abs)
-                target_values = captured[-1]
+                attr, target_values, extra = _saliency(run, abs)
             elif method == "smoothgrad":
-                std = stdevs if stdevs is not None else 0.15 * float(x.max() - x.min())
-                settings.update(nt_samples=nt_samples, stdevs=std, noise_seed=noise_seed)
-                with torch.random.fork_rng(devices=_rng_devices(x.device)):
-                    torch.manual_seed(noise_seed)
-                    attr = NoiseTunnel(Saliency(forward)).attribute(
-                        x.requires_grad_(), nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=per_eval,
-                        stdevs=std, abs=abs)
-                with torch.no_grad():
-                    target_values = self._batched(forward, x, ibs)
+                attr, target_values, extra = _smoothgrad(run, nt_samples, stdevs, noise_seed, abs)
             else:
                 window = _pair(sliding_window) if sliding_window is not None else (patch or (16, 16))
-                stride = _pair(strides) if strides is not None else window
-                settings.update(sliding_window=window, strides=stride)
-                with torch.no_grad():
-                    attr = Occlusion(forward).attribute(
-                        x, sliding_window_shapes=(x.shape[1], *window), strides=(x.shape[1], *stride),
-                        baselines=base, perturbations_per_eval=per_eval)
-                    target_values = self._batched(forward, x, ibs)
+                attr, target_values, extra = _occlusion(run, window, _pair(strides) if strides is not None else window)
+        delta, baseline_values = extra.pop("delta", None), extra.pop("baseline_values", None)
         return AttributionResult(
             attributions=attr.detach().to("cpu", torch.float32),
             target_values=target_values.detach().cpu(),
@@ -283,7 +250,7 @@ class UncertaintyAttribution:
             prompts=prompts,
             prompt_index=prompt_index if self._uses_prompt_index() else None,
             patch_size=patch,
-            settings=settings,
+            settings=extra,
         )
 
     def target_values(self, images: Any, prompts: str | Sequence[str], prompt_index: int = 0) -> torch.Tensor:
@@ -292,11 +259,7 @@ class UncertaintyAttribution:
         vlm = self.vlm
         x = vlm.preprocess_images(images).to(vlm.device)
         with torch.no_grad():
-            return self._batched(self.target_function(prompts, prompt_index), x, self.internal_batch_size).cpu()
-
-    @staticmethod
-    def _batched(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
-        return torch.cat([forward(chunk) for chunk in x.split(max(1, size))])
+            return _batched(self.target_function(prompts, prompt_index), x, self.internal_batch_size).cpu()
 
     @staticmethod
     def _baselines(baselines: torch.Tensor | float | None, x: torch.Tensor) -> torch.Tensor:
@@ -310,6 +273,77 @@ class UncertaintyAttribution:
         if b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"baselines of shape {tuple(baselines.shape)} do not match inputs {tuple(x.shape)}")
         return b.expand_as(x).contiguous()
+
+
+@dataclass
+class _Run:
+    """One attribution call: the target map, inputs [N, 3, H, W], baselines, and batch sizes."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor
+    base: torch.Tensor
+    batch: int  # images per target evaluation
+    per_eval: int  # perturbed copies per evaluation (SmoothGrad, occlusion)
+
+    def values(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return _batched(self.forward, inputs, self.batch)
+
+
+def _batched(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+    """``forward`` over chunks of ``size`` rows of ``x``, concatenated."""
+    return torch.cat([forward(chunk) for chunk in x.split(max(1, size))])
+
+
+Computed = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]  # attributions, target values, settings/extras
+
+
+def _integrated_gradients(run: _Run, n_steps: int) -> Computed:
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(run.forward, multiply_by_inputs=True)
+    attr = ig.attribute(run.x, baselines=run.base, n_steps=n_steps, method="gausslegendre",
+                        internal_batch_size=max(run.batch, run.x.shape[0]))
+    values, base_values = run.values(run.x), run.values(run.base)
+    delta = attr.to(values.dtype).sum(dim=(1, 2, 3)) - (values - base_values)
+    return attr, values, {"n_steps": n_steps, "delta": delta, "baseline_values": base_values}
+
+
+def _saliency(run: _Run, abs: bool) -> Computed:
+    from captum.attr import Saliency
+
+    captured: list[torch.Tensor] = []
+
+    def recording(inp: torch.Tensor) -> torch.Tensor:
+        out = run.forward(inp)
+        captured.append(out.detach())
+        return out
+
+    attr = Saliency(recording).attribute(run.x.requires_grad_(), abs=abs)
+    return attr, captured[-1], {}
+
+
+def _smoothgrad(run: _Run, nt_samples: int, stdevs: float | None, noise_seed: int, abs: bool) -> Computed:
+    from captum.attr import NoiseTunnel, Saliency
+
+    x = run.x
+    std = stdevs if stdevs is not None else 0.15 * float(x.max() - x.min())
+    with torch.random.fork_rng(devices=_rng_devices(x.device)):
+        torch.manual_seed(noise_seed)
+        attr = NoiseTunnel(Saliency(run.forward)).attribute(
+            x.requires_grad_(), nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=run.per_eval,
+            stdevs=std, abs=abs)
+    return attr, run.values(x), {"nt_samples": nt_samples, "stdevs": std, "noise_seed": noise_seed}
+
+
+def _occlusion(run: _Run, window: tuple[int, int], stride: tuple[int, int]) -> Computed:
+    from captum.attr import Occlusion
+
+    with torch.no_grad():
+        attr = Occlusion(run.forward).attribute(
+            run.x, sliding_window_shapes=(run.x.shape[1], *window), strides=(run.x.shape[1], *stride),
+            baselines=run.base, perturbations_per_eval=run.per_eval)
+    return attr, run.values(run.x), {"sliding_window": window, "strides": stride}
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:

@@ -111,6 +111,14 @@ class TokenAttribution:
         self.variance = variance
         self.info = _TokenizerInfo(vlm.tokenizer)
 
+    def _baseline(self, tokens: torch.Tensor, length: int, special: list[bool], token_id: int | None) -> torch.Tensor:
+        """Token ids [1, L] with every content token replaced by the neutral one (specials and padding kept)."""
+        neutral = self.info.pad_id if token_id is None else int(token_id)
+        content = torch.tensor([not sp for sp in special] + [False] * (tokens.shape[1] - length), device=tokens.device)
+        baseline = tokens.clone()
+        baseline[0, content] = neutral
+        return baseline
+
     def attribute(
         self,
         image: Any,
@@ -141,10 +149,7 @@ class TokenAttribution:
         ids = tokens[0].tolist()
         length = self.info.length(ids)
         special = [t in self.info.special for t in ids[:length]]
-        neutral = self.info.pad_id if baseline_token_id is None else int(baseline_token_id)
-        baseline = tokens.clone()
-        content = torch.tensor([not sp for sp in special] + [False] * (len(ids) - length), device=tokens.device)
-        baseline[0, content] = neutral
+        baseline = self._baseline(tokens, length, special, baseline_token_id)
         layer = token_embedding_layer(vlm.model)
         text_proj, target = vlm.adapter.text, self.target
 
