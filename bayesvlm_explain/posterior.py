@@ -37,6 +37,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .numerics import symmetrize
+
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "posterior.safetensors"
 META_FILE = "posterior.json"
@@ -77,7 +79,7 @@ def _as_factor(x: Any, name: str) -> torch.Tensor:
     scale = x.abs().max()
     if (x - x.T).abs().max() > ROUNDOFF * scale:
         raise PosteriorError(f"factor {name} is not symmetric (beyond round-off)")
-    x = 0.5 * (x + x.T)
+    x = symmetrize(x)
     shift = 2 * ROUNDOFF * x.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
     if torch.linalg.cholesky_ex(x + shift * torch.eye(x.shape[0], dtype=x.dtype)).info != 0:
         raise PosteriorError(f"factor {name} is not positive semi-definite (beyond round-off)")
@@ -250,7 +252,7 @@ class KronPosterior:
             try:
                 a_inv = torch.cholesky_inverse(torch.linalg.cholesky(a_prec))
                 b_inv = torch.cholesky_inverse(torch.linalg.cholesky(b_prec))
-                a_inv, b_inv = 0.5 * (a_inv + a_inv.T), 0.5 * (b_inv + b_inv.T)
+                a_inv, b_inv = symmetrize(a_inv), symmetrize(b_inv)
                 sqrt = (torch.linalg.cholesky(a_inv), torch.linalg.cholesky(b_inv))
             except torch.linalg.LinAlgError as err:
                 raise PosteriorError(

@@ -207,6 +207,7 @@ def test_malformed_reference_json_names_the_field(tmp_path, tiny_vlm, hyper, mat
         bx.Posterior.from_reference_dir(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
 def test_sparse_and_integer_factors_are_refused(tmp_path, tiny_vlm):
     post = tiny_vlm.posterior
     post.save_reference_dir(tmp_path)
