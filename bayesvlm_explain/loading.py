@@ -114,14 +114,14 @@ def _model_config(model_name: str, schema: str | None, ident: str) -> tuple[Any,
     return open_clip.get_model_config(model_name), f"open_clip config {model_name}", None
 
 
-def _check_text_tower(text_cfg: Mapping[str, Any], root: Path | None, trust_remote_code: bool) -> None:
-    """An HF text tower (``text_cfg.hf_model_name``) loads its ``config.json`` with no code flag."""
+def _check_text_tower(text_cfg: Mapping[str, Any], trust_remote_code: bool) -> None:
+    """An HF text tower (``text_cfg.hf_model_name``, a folder or hub id as transformers resolves it)
+    loads its ``config.json`` with no code flag."""
     name = text_cfg.get("hf_model_name")
     if not name or trust_remote_code:
         return
-    local = Path(name) if Path(name).is_absolute() or root is None else root / name
     try:
-        cfg_path = local / "config.json" if local.is_dir() else _hub_file(str(name), "config.json")
+        cfg_path = Path(name, "config.json") if Path(name).is_dir() else _hub_file(str(name), "config.json")
     except (FileNotFoundError, RuntimeError):
         return  # unreachable hub: open_clip cannot build the tower either and says so
     check_config(_read_json(cfg_path, "config.json"), f"text tower {name}/config.json", False)
@@ -140,7 +140,7 @@ def load_open_clip(
     check_config(full, source, trust_remote_code)
     model_cfg = (full or {}).get("model_cfg", full) or {}
     text_cfg = model_cfg.get("text_cfg", {}) if isinstance(model_cfg, Mapping) else {}
-    _check_text_tower(text_cfg, root, trust_remote_code)
+    _check_text_tower(text_cfg, trust_remote_code)
     if root is not None:
         checkpoint = _find_checkpoint_in_dir(root)
     elif schema == "hf-hub":

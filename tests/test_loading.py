@@ -148,3 +148,29 @@ def test_plain_tensor_checkpoint_still_loads(tmp_path):
     folder = _pickled_weights_folder(tmp_path, buf.getvalue())
     vlm = bx.BayesVLM.from_pretrained(f"local-dir:{folder}", device="cpu")
     torch.testing.assert_close(vlm.model.visual.proj.detach(), state["visual.proj"].float())
+
+
+def test_hub_config_asking_for_code_is_refused_before_anything_else_is_fetched(tmp_path, monkeypatch):
+    folder = _model_folder(tmp_path, {"trust_remote_code": True})
+    fetched = []
+
+    def fake_download(model_id, filename=None, **kwargs):  # the hub, served from the folder
+        fetched.append(filename)
+        return str(folder / filename)
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_hf", fake_download)
+    with pytest.raises(ModelFileError, match=r"org/model/open_clip_config\.json asks to run code"):
+        bx.BayesVLM.from_pretrained("hf-hub:org/model", device="cpu")
+    assert fetched == ["open_clip_config.json"]
+
+
+def test_hf_text_tower_config_naming_code_is_refused(tmp_path):
+    folder = _model_folder(tmp_path)
+    tower = folder / "text_tower"
+    tower.mkdir()
+    (tower / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": {"AutoConfig": "m.C"}}))
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"]["hf_model_name"] = str(tower)
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match=r"text_tower/config\.json asks to run code .* \(auto_map\)"):
+        bx.BayesVLM.from_pretrained(f"local-dir:{folder}", device="cpu")
