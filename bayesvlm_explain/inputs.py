@@ -1,18 +1,25 @@
-"""Validation of user inputs: images (PIL, files, tensors) and prompts, with clear errors."""
+"""Validation of user inputs: images (PIL, files, tensors) and prompts, with clear errors.
+
+Messages name a file by its base name only (never a server path) and never quote library internals,
+so they can be shown to the person who sent the input.
+"""
 
 from __future__ import annotations
 
 import io
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs well before PIL's own hard limit
 MAX_PROMPT_CHARS = 2_000
+INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+"""Unicode categories that show nothing: control, format and separator characters."""
 
 
 class InputError(ValueError):
@@ -20,11 +27,13 @@ class InputError(ValueError):
 
 
 def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an image from a path, raw bytes or a PIL image and return it as RGB.
+    """Open an image from a path, raw bytes or a PIL image and return it as RGB, upright.
 
+    The EXIF orientation tag, if any, is applied for every mode and format (``ImageOps.exif_transpose``).
     Raises :class:`InputError` for missing, corrupt, non-image or over-large files (the pixel count is
     checked from the header, before decoding).
     """
+    name = _describe(source)
     if isinstance(source, Image.Image):
         img = source
     else:
@@ -32,22 +41,29 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_I
             fp: Any = io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source)
             img = Image.open(fp)
         except FileNotFoundError as err:
-            raise InputError(f"image file not found: {source}") from err
+            raise InputError(f"image file not found: {name}") from err
+        except Image.DecompressionBombError as err:
+            raise InputError(f"image {name} exceeds the limit of {max_pixels} pixels") from err
         except (UnidentifiedImageError, OSError) as err:
-            raise InputError(f"not a readable image: {_short(source)}") from err
+            raise InputError(f"not a readable image: {name}") from err
     w, h = img.size
     if w * h > max_pixels or w <= 0 or h <= 0:
         raise InputError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"image could not be decoded ({err.__class__.__name__}: {err})") from err
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, Image.DecompressionBombWarning) as err:
+        raise InputError(f"image {name} could not be decoded ({err.__class__.__name__})") from err
 
 
-def _short(source: Any) -> str:
-    return f"<{len(source)} bytes>" if isinstance(source, bytes | bytearray) else str(source)
+def _describe(source: Any) -> str:
+    """How an image source is named in messages: a file's base name, a size for bytes."""
+    if isinstance(source, bytes | bytearray):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return "<PIL image>"
+    return Path(source).name or "<unnamed>"
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -60,8 +76,13 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise InputError(f"prompt {i} is a {type(p).__name__}, not a string")
-        if not p.strip():
-            raise InputError(f"prompt {i} is empty")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError(f"prompt {i} is not valid text (an unpaired surrogate character at position "
+                             f"{err.start}); send it as UTF-8") from err
+        if all(c.isspace() or unicodedata.category(c) in INVISIBLE for c in p):
+            raise InputError(f"prompt {i} is empty (only spaces or control characters)")
         if len(p) > MAX_PROMPT_CHARS:
             raise InputError(f"prompt {i} has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
         out.append(p)

@@ -14,6 +14,7 @@ from .adapters import Features, OpenCLIPAdapter
 from .encoding import ALGEBRA_DTYPE, Encoder
 from .head import MomentHead, map_logits
 from .inputs import check_prompts
+from .loading import load_open_clip
 from .options import Link, check_option
 from .posterior import META_FILE, REFERENCE_JSON, Posterior, PosteriorError
 from .predictive import Prediction, PredictiveMethod
@@ -90,13 +91,13 @@ class BayesVLM:
         pretrained: str | None = None,
         posterior: Posterior | str | Path | None = None,
         device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> BayesVLM:
         """Build from an open_clip name (``"ViT-B-32"`` + ``pretrained="laion2b_s34b_b79k"``), an
         ``"hf-hub:…"`` id, a ``"local-dir:…"`` checkpoint, or ``"bundled"`` (the offline model shipped
-        in ``assets/bundled``, with its posterior unless ``posterior`` is given)."""
-        import open_clip
-
+        in ``assets/bundled``, with its posterior unless ``posterior`` is given). Code shipped with a
+        model is never run unless ``trust_remote_code=True`` (see :mod:`~bayesvlm_explain.loading`)."""
         dev = resolve_device(device)
         if model_name == "bundled":
             from .bundled import bundled_dir, load_bundled
@@ -105,9 +106,7 @@ class BayesVLM:
             if posterior is None and (bundled_dir() / "posterior" / META_FILE).is_file():
                 posterior = bundled_dir() / "posterior"
             return cls(model, tokenizer, preprocess, posterior, device=dev, name="bundled", **kwargs)
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
-                                                                     device=dev)
-        tokenizer = open_clip.get_tokenizer(model_name)
+        model, tokenizer, preprocess = load_open_clip(model_name, pretrained, dev, trust_remote_code)
         name = model_name + (f"/{pretrained}" if pretrained else "")
         return cls(model, tokenizer, preprocess, posterior, device=dev, name=name, **kwargs)
 

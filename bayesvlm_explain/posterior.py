@@ -12,6 +12,14 @@ precision. For a fixed input, ``Cov(W x̃) = (x̃ᵀ Ã⁻¹ x̃) · B̃⁻¹``.
 On disk a posterior is a directory with ``posterior.safetensors`` (the four factors) and
 ``posterior.json`` (dimensions, n, λ and provenance). The authors' published layout (method.md §9) is
 read by :meth:`Posterior.from_reference_dir`, never unpickling anything but plain tensors.
+
+Every file is checked before use and refused with a :class:`PosteriorError` naming the file or field
+(nothing is only warned about): a JSON field of the wrong type or value; a file that is a link leaving
+the posterior directory; a factor that is not a dense floating-point square matrix (sparse, integer,
+complex, or an expanded/overlapping view storing fewer numbers than it declares); a factor larger than
+:data:`MAX_FACTOR_DIM` or, when the loader is given the model's dimensions, of another size (both checked
+from the file's header, before anything is materialised); a factor that is not symmetric positive
+semi-definite beyond round-off (:data:`ROUNDOFF`, relative to its largest entry / diagonal entry).
 """
 
 from __future__ import annotations
@@ -19,14 +27,17 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .numerics import symmetrize
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "posterior.safetensors"
@@ -38,21 +49,98 @@ REFERENCE_FILES = {
     ("text", "B"): "B_txt_analytic.pt",
 }
 REFERENCE_JSON = "prior_precision_analytic.json"
+MAX_FACTOR_DIM = 16_384
+"""Largest accepted factor side (a float64 16384² factor is 2 GiB); larger files are refused unread."""
+ROUNDOFF = 1e-4
+"""Relative tolerance for asymmetry and negative eigenvalues of stored factors (float32 accumulation
+round-off; the authors' ViT-B/32 factors reach 3e-6)."""
+SIDES = ("image", "text")
+Dims = Mapping[str, tuple[int, int]]
+"""Expected ``{side: (p, D)}`` of a model's projections, as given by ``BayesVLM.projection_dims``."""
 
 
 class PosteriorError(ValueError):
     """A posterior that cannot be used: bad file, wrong shape, or made for another model."""
 
 
-def _as_factor(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Validate a square factor and return it symmetrised in float64 on the CPU."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] != x.shape[1]:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise PosteriorError(f"factor {name} must be a square 2-D tensor, got {shape}")
+def _as_factor(x: Any, name: str) -> torch.Tensor:
+    """Validate a dense, square, floating-point, symmetric PSD factor; return it symmetrised in float64
+    on the CPU (PSD up to :data:`ROUNDOFF`, checked by a Cholesky factorisation of a shifted copy)."""
+    if not isinstance(x, torch.Tensor):
+        raise PosteriorError(f"factor {name} must be a tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise PosteriorError(f"factor {name} is a {x.layout} tensor; expected a dense one")
+    if x.is_complex() or not x.is_floating_point():
+        raise PosteriorError(f"factor {name} has dtype {x.dtype}; expected floating point")
+    _check_shape(tuple(x.shape), name, None)
     x = x.detach().to("cpu", torch.float64)
     if not torch.isfinite(x).all():
         raise PosteriorError(f"factor {name} has non-finite entries")
-    return 0.5 * (x + x.T)
+    scale = x.abs().max()
+    if (x - x.T).abs().max() > ROUNDOFF * scale:
+        raise PosteriorError(f"factor {name} is not symmetric (beyond round-off)")
+    x = symmetrize(x)
+    shift = 2 * ROUNDOFF * x.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
+    if torch.linalg.cholesky_ex(x + shift * torch.eye(x.shape[0], dtype=x.dtype)).info != 0:
+        raise PosteriorError(f"factor {name} is not positive semi-definite (beyond round-off)")
+    return x
+
+
+def _check_shape(shape: tuple[int, ...], name: str, expected: int | None) -> None:
+    """Refuse a factor shape that is not square, too large, or not ``expected`` × ``expected``."""
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise PosteriorError(f"factor {name} must be a square 2-D tensor, got {shape}")
+    if shape[0] > MAX_FACTOR_DIM:
+        raise PosteriorError(f"factor {name} is {shape[0]}x{shape[1]}; the limit is {MAX_FACTOR_DIM}")
+    if expected is not None and shape[0] != expected:
+        raise PosteriorError(f"factor {name} is {shape[0]}x{shape[1]}, but the model needs {expected}x{expected}")
+
+
+def _expected_side(dims: Dims | None, side: str, key: str) -> int | None:
+    """The expected side length of factor ``key`` ("A": p, "B": D) of ``side``, if dims are given."""
+    if dims is None:
+        return None
+    p, d = dims[side]
+    return p if key == "A" else d
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """``directory / name``, refused if it is a link (or ``..``) leading out of ``directory``."""
+    path = directory / name
+    if path.exists() and not path.resolve().is_relative_to(directory.resolve()):
+        raise PosteriorError(f"{name} in {directory.name} links outside its directory; refusing it")
+    return path
+
+
+def _positive_number(value: Any, name: str) -> float:
+    """``float(value)`` if it is a positive finite real number (not a bool or a string)."""
+    try:
+        ok = not isinstance(value, bool | str) and math.isfinite(value) and value > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise PosteriorError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, field: str) -> int | None:
+    """A non-negative integer (or null) from a JSON field."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PosteriorError(f"field {field} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """Parse a JSON file that must hold an object."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PosteriorError(f"{path.name} is not valid JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise PosteriorError(f"{path.name} must hold a JSON object, not a {type(obj).__name__}")
+    return obj
 
 
 class KronPosterior:
@@ -60,7 +148,8 @@ class KronPosterior:
 
     ``A``/``B`` are the curvature factors before the prior (reference convention, see module doc).
     Inverses and Cholesky factors of ``Ã``/``B̃`` are cached per (device, dtype) and dropped whenever
-    ``pseudo_count`` or ``prior_precision`` change.
+    ``A``, ``B``, ``pseudo_count`` or ``prior_precision`` are assigned; a lock keeps the cache consistent
+    when several threads predict at once. Assigning ``A``/``B`` validates the new factor (same shape).
     """
 
     def __init__(
@@ -72,14 +161,47 @@ class KronPosterior:
         prior_precision: float = 1.0,
         num_pairs: int | None = None,
     ) -> None:
-        self.A = _as_factor(A, "A")
-        self.B = _as_factor(B, "B")
-        self.num_pairs = num_pairs
+        self._lock = threading.Lock()
         self._cache: dict[tuple[str, Any], Any] = {}
+        self._A = _as_factor(A, "A")
+        self._B = _as_factor(B, "B")
+        self.num_pairs = num_pairs
         self.pseudo_count = pseudo_count
         self.prior_precision = prior_precision
 
-    # -- hyperparameters -------------------------------------------------------------------------
+    # -- factors and hyperparameters --------------------------------------------------------------
+    @property
+    def A(self) -> torch.Tensor:  # noqa: N802 - the method's name for the factor
+        """Input-activation factor ``A`` [p, p] (float64, symmetric PSD)."""
+        return self._A
+
+    @A.setter
+    def A(self, value: torch.Tensor) -> None:  # noqa: N802
+        self._assign("_A", self._replacement(value, self._A, "A"))
+
+    @property
+    def B(self) -> torch.Tensor:  # noqa: N802
+        """Output-curvature factor ``B`` [D, D] (float64, symmetric PSD)."""
+        return self._B
+
+    @B.setter
+    def B(self, value: torch.Tensor) -> None:  # noqa: N802
+        self._assign("_B", self._replacement(value, self._B, "B"))
+
+    @staticmethod
+    def _replacement(value: torch.Tensor, old: torch.Tensor, name: str) -> torch.Tensor:
+        new = _as_factor(value, name)
+        if new.shape != old.shape:
+            raise PosteriorError(f"factor {name} must stay {tuple(old.shape)}, got {tuple(new.shape)}; "
+                                 "build a new KronPosterior for another model")
+        return new
+
+    def _assign(self, attr: str, value: Any) -> None:
+        """Set ``attr`` and drop the derived matrices in one step, so no thread caches a stale one."""
+        with self._lock:
+            setattr(self, attr, value)
+            self._cache.clear()
+
     @property
     def pseudo_count(self) -> float:
         """Pseudo-count ``n`` (a tempering factor on the likelihood, method.md §2.4)."""
@@ -87,10 +209,7 @@ class KronPosterior:
 
     @pseudo_count.setter
     def pseudo_count(self, value: float) -> None:
-        if not (math.isfinite(value) and value > 0):
-            raise PosteriorError(f"pseudo_count must be a positive finite number, got {value}")
-        self._n = float(value)
-        self._cache.clear()
+        self._assign("_n", _positive_number(value, "pseudo_count"))
 
     @property
     def prior_precision(self) -> float:
@@ -99,10 +218,7 @@ class KronPosterior:
 
     @prior_precision.setter
     def prior_precision(self, value: float) -> None:
-        if not (math.isfinite(value) and value > 0):
-            raise PosteriorError(f"prior_precision must be a positive finite number, got {value}")
-        self._lam = float(value)
-        self._cache.clear()
+        self._assign("_lam", _positive_number(value, "prior_precision"))
 
     @property
     def dim_in(self) -> int:
@@ -125,21 +241,26 @@ class KronPosterior:
     @torch.inference_mode(False)  # cached tensors must stay usable by autograd (attributions)
     def _derived(self, kind: str, device: torch.device | str, dtype: torch.dtype) -> Any:
         key = (kind, str(device), dtype)
-        if key not in self._cache:
-            if "cpu64" not in self._cache:
-                a_prec, b_prec = self.precision_factors()
-                try:
-                    a_inv = torch.cholesky_inverse(torch.linalg.cholesky(a_prec))
-                    b_inv = torch.cholesky_inverse(torch.linalg.cholesky(b_prec))
-                    a_inv, b_inv = 0.5 * (a_inv + a_inv.T), 0.5 * (b_inv + b_inv.T)
-                    sqrt = (torch.linalg.cholesky(a_inv), torch.linalg.cholesky(b_inv))
-                except torch.linalg.LinAlgError as err:
-                    raise PosteriorError(
-                        "posterior precision is not positive definite; increase prior_precision"
-                    ) from err
-                self._cache["cpu64"] = {"cov": (a_inv, b_inv), "sqrt": sqrt}
-            a, b = self._cache["cpu64"][kind]
-            self._cache[key] = (a.to(device, dtype), b.to(device, dtype))
+        with self._lock:
+            return self._cache[key] if key in self._cache else self._compute(key)
+
+    def _compute(self, key: tuple[str, str, torch.dtype]) -> Any:
+        """Fill ``self._cache[key]`` (and the float64 CPU master entry); the caller holds the lock."""
+        kind, device, dtype = key
+        if "cpu64" not in self._cache:
+            a_prec, b_prec = self.precision_factors()
+            try:
+                a_inv = torch.cholesky_inverse(torch.linalg.cholesky(a_prec))
+                b_inv = torch.cholesky_inverse(torch.linalg.cholesky(b_prec))
+                a_inv, b_inv = symmetrize(a_inv), symmetrize(b_inv)
+                sqrt = (torch.linalg.cholesky(a_inv), torch.linalg.cholesky(b_inv))
+            except torch.linalg.LinAlgError as err:
+                raise PosteriorError(
+                    "posterior precision is not positive definite; increase prior_precision"
+                ) from err
+            self._cache["cpu64"] = {"cov": (a_inv, b_inv), "sqrt": sqrt}
+        a, b = self._cache["cpu64"][kind]
+        self._cache[key] = (a.to(device, dtype), b.to(device, dtype))
         return self._cache[key]
 
     def covariance_factors(
@@ -246,75 +367,78 @@ class Posterior:
         return directory
 
     @classmethod
-    def load(cls, path: str | Path) -> Posterior:
-        """Read a directory written by :meth:`save` (or the path of its safetensors file)."""
+    def load(cls, path: str | Path, *, dims: Dims | None = None) -> Posterior:
+        """Read a directory written by :meth:`save` (or the path of its safetensors file).
+
+        ``dims`` (``{side: (p, D)}``, optional) are the model's projection sizes: factors of another size
+        are refused from the file's header, before they are read (module doc lists every check).
+        """
         path = Path(path)
         directory = path.parent if path.is_file() else path
-        weights, meta_path = directory / WEIGHTS_FILE, directory / META_FILE
+        weights, meta_path = _inside(directory, WEIGHTS_FILE), _inside(directory, META_FILE)
         if not weights.is_file() or not meta_path.is_file():
             if (directory / REFERENCE_JSON).is_file():
                 raise PosteriorError(
                     f"{directory} is in the reference layout; use Posterior.from_reference_dir"
                 )
             raise PosteriorError(f"no {WEIGHTS_FILE} and {META_FILE} in {directory}")
-        try:
-            meta = json.loads(meta_path.read_text())
-            tensors = load_file(str(weights))
-        except (ValueError, OSError, SafetensorError) as err:
-            raise PosteriorError(f"cannot read posterior in {directory}: {err}") from err
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise PosteriorError(f"posterior format {meta['format_version']} is newer than this library")
+        meta = _json_object(meta_path)
+        version = meta.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise PosteriorError(f"field format_version must be a non-negative integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise PosteriorError(f"posterior format {version} is newer than this library")
+        tensors = _read_safetensors(weights, dims)
         sides = {}
-        for side in ("image", "text"):
+        for side in SIDES:
             info = meta.get(side, {})
-            try:
-                a, b = tensors[f"{side}.A"], tensors[f"{side}.B"]
-            except KeyError as err:
-                raise PosteriorError(f"{weights} lacks tensor {err}") from err
-            sides[side] = KronPosterior(
-                a, b,
-                pseudo_count=float(info.get("pseudo_count", 1.0)),
-                prior_precision=float(info.get("prior_precision", 1.0)),
-                num_pairs=info.get("num_pairs"),
-            )
+            if not isinstance(info, dict):
+                raise PosteriorError(f"field {side} of {META_FILE} must be an object, got {type(info).__name__}")
+            a, b = tensors[f"{side}.A"], tensors[f"{side}.B"]
             for key, val in (("dim_in", a.shape[0]), ("dim_out", b.shape[0])):
                 if key in info and info[key] != val:
-                    raise PosteriorError(f"{side}.{key} is {info[key]} in {META_FILE} but {val} in tensors")
-        extra = {k: v for k, v in meta.items() if k not in ("image", "text", "format_version")}
+                    raise PosteriorError(f"field {side}.{key} is {info[key]!r} in {META_FILE} but {val} in tensors")
+            sides[side] = _side(
+                side, WEIGHTS_FILE, a, b,
+                pseudo_count=_positive_number(info.get("pseudo_count", 1.0), f"field {side}.pseudo_count"),
+                prior_precision=_positive_number(info.get("prior_precision", 1.0),
+                                                 f"field {side}.prior_precision"),
+                num_pairs=_count(info.get("num_pairs"), f"{side}.num_pairs"),
+            )
+        extra = {k: v for k, v in meta.items() if k not in (*SIDES, "format_version")}
         return cls(sides["image"], sides["text"], extra)
 
     # -- the authors' layout (method.md §9) ------------------------------------------------------
     @classmethod
     def from_reference_dir(
         cls, directory: str | Path, *, pseudo_count: float | None = None,
-        prior_precision: tuple[float, float] | None = None,
+        prior_precision: tuple[float, float] | None = None, dims: Dims | None = None,
     ) -> Posterior:
         """Read ``A_img_analytic.pt`` … ``prior_precision_analytic.json`` (BayesVLM's published layout).
 
         Each ``.pt`` must hold one bare tensor; it is read with ``torch.load(weights_only=True)`` on the
         CPU, so no code in the file is ever run, and anything but a plain square tensor is refused.
-        ``pseudo_count``/``prior_precision`` (image, text) override the JSON values. Note that the
-        published λ come from a marginal likelihood with a wrong log-determinant (method.md §2.5).
+        ``pseudo_count``/``prior_precision`` (image, text) override the JSON values; ``dims`` as in
+        :meth:`load`. Note that the published λ come from a marginal likelihood with a wrong
+        log-determinant (method.md §2.5).
         """
         directory = Path(directory)
-        js_path = directory / REFERENCE_JSON
+        js_path = _inside(directory, REFERENCE_JSON)
         if not js_path.is_file():
             raise PosteriorError(f"{directory} has no {REFERENCE_JSON}")
-        try:
-            hyper = json.loads(js_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise PosteriorError(f"{js_path} is not valid JSON: {err}") from err
-        factors = {key: _load_reference_tensor(directory / name) for key, name in REFERENCE_FILES.items()}
+        hyper = _json_object(js_path)
+        factors = {(side, k): _load_reference_tensor(_inside(directory, name), _expected_side(dims, side, k))
+                   for (side, k), name in REFERENCE_FILES.items()}
         sides = {}
         for side, suffix in (("image", "img"), ("text", "txt")):
-            try:
-                lam = float(hyper[f"lambda_{suffix}"])
-                n = float(hyper.get(f"n_{suffix}", 1.0))
-            except (KeyError, TypeError, ValueError) as err:
-                raise PosteriorError(f"{js_path} lacks a valid lambda_{suffix}") from err
+            if f"lambda_{suffix}" not in hyper:
+                raise PosteriorError(f"{REFERENCE_JSON} lacks lambda_{suffix}")
+            lam = _positive_number(hyper[f"lambda_{suffix}"], f"field lambda_{suffix}")
+            n = _positive_number(hyper.get(f"n_{suffix}", 1.0), f"field n_{suffix}")
             if prior_precision is not None:
                 lam = float(prior_precision[0 if side == "image" else 1])
-            sides[side] = KronPosterior(
+            sides[side] = _side(
+                side, f"{REFERENCE_FILES[(side, 'A')]}/{REFERENCE_FILES[(side, 'B')]}",
                 factors[(side, "A")], factors[(side, "B")],
                 pseudo_count=pseudo_count if pseudo_count is not None else n, prior_precision=lam,
             )
@@ -337,20 +461,54 @@ class Posterior:
         return f"Posterior(image={self.image!r}, text={self.text!r})"
 
 
-def _load_reference_tensor(path: Path) -> torch.Tensor:
-    """Load one bare tensor saved with ``torch.save``; refuse anything else without executing it."""
-    if not path.is_file():
-        raise PosteriorError(f"missing reference factor {path}")
-    if not zipfile.is_zipfile(path):
-        raise PosteriorError(f"{path} is not a torch zip archive; refusing to unpickle it")
+def _read_safetensors(path: Path, dims: Dims | None) -> dict[str, torch.Tensor]:
+    """The four factors ``{side}.{A,B}`` of a posterior file, shapes checked from the header first."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError) as err:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            tensors = {}
+            for side in SIDES:
+                for k in ("A", "B"):
+                    name = f"{side}.{k}"
+                    if name not in names:
+                        raise PosteriorError(f"{path.name} lacks tensor {name!r}")
+                    _check_shape(tuple(f.get_slice(name).get_shape()), name, _expected_side(dims, side, k))
+                    tensors[name] = f.get_tensor(name)
+    except (OSError, SafetensorError) as err:
+        raise PosteriorError(f"cannot read {path.name}: {err}") from err
+    return tensors
+
+
+def _load_reference_tensor(path: Path, expected: int | None = None) -> torch.Tensor:
+    """Load one bare tensor saved with ``torch.save``; refuse anything else without executing it.
+
+    The file is memory-mapped, so its declared shape, layout, dtype and storage size are checked before
+    any of it is copied: an expanded (stride-0) view cannot blow up into a large factor.
+    """
+    if not path.is_file():
+        raise PosteriorError(f"missing reference factor {path.name}")
+    if not zipfile.is_zipfile(path):
+        raise PosteriorError(f"{path.name} is not a torch zip archive; refusing to unpickle it")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError, TypeError) as err:
         raise PosteriorError(
-            f"refusing {path}: it is not a plain tensor file (weights-only load failed: {err})"
+            f"refusing {path.name}: it is not a plain tensor file (weights-only load failed: {err})"
         ) from err
     if not isinstance(obj, torch.Tensor):
-        raise PosteriorError(f"{path} holds a {type(obj).__name__}, not a bare tensor")
-    if obj.is_complex() or not obj.is_floating_point():
-        raise PosteriorError(f"{path} holds a {obj.dtype} tensor; expected floating point")
-    return _as_factor(obj, path.name)
+        raise PosteriorError(f"{path.name} holds a {type(obj).__name__}, not a bare tensor")
+    if obj.layout != torch.strided:
+        raise PosteriorError(f"{path.name} holds a {obj.layout} tensor; expected a dense one")
+    _check_shape(tuple(obj.shape), path.name, expected)
+    if obj.untyped_storage().nbytes() < obj.numel() * obj.element_size():
+        raise PosteriorError(f"{path.name} declares {tuple(obj.shape)} but stores fewer numbers "
+                             "(an expanded or overlapping view); save a dense tensor")
+    return obj
+
+
+def _side(side: str, source: str, a: torch.Tensor, b: torch.Tensor, **hyper: Any) -> KronPosterior:
+    """A side's :class:`KronPosterior`, with factor errors naming the side and the file."""
+    try:
+        return KronPosterior(a, b, **hyper)
+    except PosteriorError as err:
+        raise PosteriorError(f"{side} posterior ({source}): {err}") from err

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_CLIP, build_tiny, random_posterior, random_spd
+from safetensors.torch import save_file
 
 import bayesvlm_explain as bx
 from bayesvlm_explain.posterior import PosteriorError
@@ -141,3 +142,170 @@ def test_published_vit_b32_factors_load_and_fit_a_random_vit_b32():
     diag = vlm.predict(torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
                        ["a photo of a dog", "a photo of a cat"], variance="diagonal")
     assert not torch.allclose(pred.var, diag.var, rtol=1e-3)
+
+
+# -- hardened reading of posterior files (issue 9 §2) -------------------------------------------------
+def _dims(vlm: bx.BayesVLM) -> dict[str, tuple[int, int]]:
+    return {side: vlm.projection_dims(side) for side in ("image", "text")}
+
+
+def test_expanded_reference_tensor_is_refused_before_it_is_materialised(tmp_path, tiny_vlm, monkeypatch):
+    tiny_vlm.posterior.save_reference_dir(tmp_path)
+    p = tiny_vlm.projection_dims("image")[0]
+    torch.save(torch.ones(1, 1).expand(3000, 3000), tmp_path / "A_img_analytic.pt")  # a 1.5 KB file
+    assert (tmp_path / "A_img_analytic.pt").stat().st_size < 4096
+    with pytest.raises(PosteriorError, match=r"A_img_analytic\.pt declares \(3000, 3000\) but stores fewer"):
+        bx.Posterior.from_reference_dir(tmp_path)
+    with pytest.raises(PosteriorError, match=f"3000x3000, but the model needs {p}x{p}"):
+        bx.Posterior.from_reference_dir(tmp_path, dims=_dims(tiny_vlm))
+    monkeypatch.setattr("bayesvlm_explain.posterior.MAX_FACTOR_DIM", 1000)
+    with pytest.raises(PosteriorError, match="3000x3000; the limit is 1000"):
+        bx.Posterior.from_reference_dir(tmp_path)
+    # an expanded view of the right size is refused too: only dense tensors are accepted
+    torch.save(torch.ones(1, 1).expand(p, p), tmp_path / "A_img_analytic.pt")
+    with pytest.raises(PosteriorError, match="expanded or overlapping"):
+        bx.Posterior.from_reference_dir(tmp_path, dims=_dims(tiny_vlm))
+
+
+def test_safetensors_factor_of_wrong_size_is_refused_from_the_header(tmp_path, tiny_vlm):
+    tiny_vlm.posterior.save(tmp_path)
+    bx.Posterior.load(tmp_path, dims=_dims(tiny_vlm))
+    wrong = {"image": (tiny_vlm.projection_dims("image")[0] + 1, 16), "text": tiny_vlm.projection_dims("text")}
+    with pytest.raises(PosteriorError, match="factor image.A is .* but the model needs"):
+        bx.Posterior.load(tmp_path, dims=wrong)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: [m], r"posterior\.json must hold a JSON object, not a list"),
+    (lambda m: {**m, "format_version": "abc"}, r"format_version must be a non-negative integer, got 'abc'"),
+    (lambda m: {**m, "image": "x"}, r"field image of posterior\.json must be an object"),
+    (lambda m: {**m, "image": [1]}, r"field image of posterior\.json must be an object"),
+    (lambda m: {**m, "text": {**m["text"], "pseudo_count": "abc"}}, r"field text\.pseudo_count .* got 'abc'"),
+    (lambda m: {**m, "image": {**m["image"], "prior_precision": -2}}, r"field image\.prior_precision"),
+    (lambda m: {**m, "image": {**m["image"], "prior_precision": True}}, r"field image\.prior_precision"),
+    (lambda m: {**m, "image": {**m["image"], "num_pairs": "many"}}, r"field image\.num_pairs"),
+    (lambda m: {**m, "text": {**m["text"], "dim_in": "7"}}, r"field text\.dim_in is '7'"),
+])
+def test_malformed_posterior_json_names_the_field(tmp_path, tiny_vlm, edit, match):
+    tiny_vlm.posterior.save(tmp_path)
+    meta = json.loads((tmp_path / "posterior.json").read_text())
+    (tmp_path / "posterior.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(PosteriorError, match=match):
+        bx.Posterior.load(tmp_path)
+
+
+@pytest.mark.parametrize(("hyper", "match"), [
+    ([1.0], "must hold a JSON object"),
+    ({"lambda_img": "abc", "lambda_txt": 1.0}, "field lambda_img .* got 'abc'"),
+    ({"lambda_img": 1.0}, "lacks lambda_txt"),
+    ({"lambda_img": 1.0, "lambda_txt": 1.0, "n_txt": 0}, "field n_txt"),
+])
+def test_malformed_reference_json_names_the_field(tmp_path, tiny_vlm, hyper, match):
+    tiny_vlm.posterior.save_reference_dir(tmp_path)
+    (tmp_path / "prior_precision_analytic.json").write_text(json.dumps(hyper))
+    with pytest.raises(PosteriorError, match=match):
+        bx.Posterior.from_reference_dir(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_sparse_and_integer_factors_are_refused(tmp_path, tiny_vlm):
+    post = tiny_vlm.posterior
+    post.save_reference_dir(tmp_path)
+    torch.save(post.image.A.to_sparse(), tmp_path / "A_img_analytic.pt")
+    with pytest.raises(PosteriorError, match="sparse_coo tensor; expected a dense one"):
+        bx.Posterior.from_reference_dir(tmp_path)
+    with pytest.raises(PosteriorError, match="expected a dense one"):
+        bx.KronPosterior(post.image.A.to_sparse(), post.image.B)
+    post.save(tmp_path / "ours")
+    tensors = {f"{s}.{k}": getattr(getattr(post, s), k) for s in ("image", "text") for k in ("A", "B")}
+    tensors["text.B"] = torch.eye(tensors["text.B"].shape[0], dtype=torch.int64)
+    save_file(tensors, str(tmp_path / "ours" / "posterior.safetensors"))
+    with pytest.raises(PosteriorError, match=r"text posterior \(posterior\.safetensors\).*dtype torch\.int64"):
+        bx.Posterior.load(tmp_path / "ours")
+
+
+def test_factors_must_be_symmetric_psd_beyond_round_off():
+    gen = torch.Generator().manual_seed(3)
+    a, b = random_spd(6, gen), random_spd(4, gen)
+    skew = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    skew = skew - skew.T
+    bx.KronPosterior(a + 1e-7 * a.abs().max() * skew, b)  # round-off: accepted, symmetrised
+    with pytest.raises(PosteriorError, match="factor A is not symmetric"):
+        bx.KronPosterior(a + 0.05 * a.abs().max() * skew, b)
+    lam_min = torch.linalg.eigvalsh(b)[0]
+    with pytest.raises(PosteriorError, match="factor B is not positive semi-definite"):
+        bx.KronPosterior(a, b - (lam_min + 0.01 * b.diagonal().max()) * torch.eye(4, dtype=torch.float64))
+    bx.KronPosterior(a, torch.zeros(4, 4))  # PSD (zero curvature) is fine
+
+
+def test_links_leaving_the_posterior_directory_are_refused(tmp_path, tiny_vlm):
+    outside = tmp_path / "outside"
+    tiny_vlm.posterior.save(outside)
+    inside = tmp_path / "post"
+    tiny_vlm.posterior.save(inside)
+    (inside / "posterior.json").unlink()
+    (inside / "posterior.json").symlink_to(outside / "posterior.json")
+    with pytest.raises(PosteriorError, match="posterior.json in post links outside its directory"):
+        bx.Posterior.load(inside)
+    ref = tmp_path / "ref"
+    tiny_vlm.posterior.save_reference_dir(ref)
+    (ref / "B_txt_analytic.pt").rename(tmp_path / "elsewhere.pt")
+    (ref / "B_txt_analytic.pt").symlink_to(tmp_path / "elsewhere.pt")
+    with pytest.raises(PosteriorError, match="B_txt_analytic.pt in ref links outside"):
+        bx.Posterior.from_reference_dir(ref)
+    (ref / "B_txt_analytic.pt").unlink()  # a link within the directory is fine
+    (tmp_path / "elsewhere.pt").rename(ref / "b_txt_copy.pt")
+    (ref / "B_txt_analytic.pt").symlink_to(ref / "b_txt_copy.pt")
+    bx.Posterior.from_reference_dir(ref)
+
+
+# -- factor reassignment and the derived-matrix cache (issue 8 §1) ------------------------------------
+def test_assigning_a_factor_drops_the_cached_inverses():
+    gen = torch.Generator().manual_seed(0)
+    a, b = random_spd(5, gen), random_spd(3, gen)
+    post = bx.KronPosterior(a, b, prior_precision=2.0)
+    x = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    before = post.input_scales(x)
+    post.A = 100 * a
+    fresh = bx.KronPosterior(100 * a, b, prior_precision=2.0)
+    torch.testing.assert_close(post.input_scales(x), fresh.input_scales(x))
+    assert (post.input_scales(x) < before).all()
+    post.B = 3 * b
+    torch.testing.assert_close(post.covariance_factors()[1], bx.KronPosterior(a, 3 * b, prior_precision=2.0)
+                               .covariance_factors()[1])
+    with pytest.raises(PosteriorError, match=r"factor A must stay \(5, 5\)"):
+        post.A = random_spd(4, gen)
+    with pytest.raises(PosteriorError, match="not positive semi-definite"):
+        post.A = -a
+    torch.testing.assert_close(post.A, 100 * a)  # a refused assignment keeps the old factor
+
+
+def test_derived_cache_is_consistent_under_concurrent_readers_and_writers():
+    import threading
+
+    gen = torch.Generator().manual_seed(0)
+    post = bx.KronPosterior(random_spd(40, gen), random_spd(30, gen), prior_precision=1.0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader(dtype):
+        while not stop.is_set():
+            try:
+                post.covariance_factors(dtype=dtype)
+                post.sqrt_covariance_factors(dtype=dtype)
+            except BaseException as err:  # noqa: BLE001 - recorded and asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=reader, args=(d,)) for d in (torch.float32, torch.float64) * 2]
+    for t in threads:
+        t.start()
+    for i in range(200):
+        post.prior_precision = 1.0 + i % 7
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    fresh = bx.KronPosterior(post.A, post.B, prior_precision=post.prior_precision)
+    for dtype in (torch.float32, torch.float64):
+        for got, want in zip(post.covariance_factors(dtype=dtype), fresh.covariance_factors(dtype=dtype), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
