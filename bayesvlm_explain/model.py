@@ -122,8 +122,9 @@ class BayesVLM:
             return
         if isinstance(value, str | Path):
             path = Path(value)
-            value = (Posterior.from_reference_dir(path) if (path / REFERENCE_JSON).is_file()
-                     else Posterior.load(path))
+            dims = {side: self.projection_dims(side) for side in ("image", "text")}  # checked from headers
+            value = (Posterior.from_reference_dir(path, dims=dims) if (path / REFERENCE_JSON).is_file()
+                     else Posterior.load(path, dims=dims))
         if not isinstance(value, Posterior):
             raise TypeError(f"posterior must be a Posterior or a path, not {type(value).__name__}")
         value.check_compatible(self.projection_dims("image"), self.projection_dims("text"), self.name)
