@@ -1,0 +1,72 @@
+"""Acquisition functions against their definitions on toy problems with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bayesvlm_explain.selection import bald, epig, predictive_entropy, top_k
+
+
+def _onehots(labels: list[int], c: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(labels), c).double()  # [S, C]
+
+
+def test_entropy_and_bald_known_values():
+    s = 8
+    agree = torch.full((s, 3), 1 / 3, dtype=torch.float64)  # every draw uniform: all aleatoric
+    split = _onehots([0, 1] * (s // 2), 3)  # draws disagree with certainty: all epistemic
+    sure = _onehots([2] * s, 3)  # certain and agreed: nothing
+    probs = torch.stack([agree, split, sure], dim=1)  # [S, 3, C]
+    torch.testing.assert_close(predictive_entropy(probs), torch.tensor([math.log(3), math.log(2), 0.0],
+                                                                       dtype=torch.float64))
+    torch.testing.assert_close(bald(probs), torch.tensor([0.0, math.log(2), 0.0], dtype=torch.float64))
+
+
+def test_epig_toy_correlated_independent_and_certain():
+    """Target: a label that flips with the draw. Pool 0 flips with it (EPIG = log 2), pool 1 flips on an
+    independent pattern (0), pool 2 is certain (0)."""
+    s = 8
+    flips = [0, 1] * 4
+    other = [0, 0, 1, 1] * 2  # balanced and independent of ``flips`` over the 8 draws
+    target = _onehots(flips, 2)[:, None]  # [S, 1, C]
+    pool = torch.stack([_onehots(flips, 2), _onehots(other, 2), _onehots([1] * s, 2)], dim=1)
+    torch.testing.assert_close(epig(pool, target), torch.tensor([math.log(2), 0.0, 0.0], dtype=torch.float64))
+
+
+def test_epig_matches_a_naive_loop_and_needs_shared_draws():
+    gen = torch.Generator().manual_seed(0)
+    s, n, m, c = 64, 5, 4, 3
+    logits = torch.randn(s, 1, 1, c, dtype=torch.float64, generator=gen) * 3  # a shared "weight" per draw
+    pool = torch.softmax(logits + torch.randn(1, n, 1, c, dtype=torch.float64, generator=gen), -1)[:, :, 0]
+    target = torch.softmax(logits + torch.randn(1, m, 1, c, dtype=torch.float64, generator=gen), -1)[:, :, 0]
+    naive = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(m):
+            joint = torch.zeros(c, c, dtype=torch.float64)
+            for k in range(s):
+                joint += torch.outer(pool[k, i], target[k, j]) / s
+            py, pt = joint.sum(1), joint.sum(0)
+            naive[i] += (joint * (joint.log() - torch.outer(py, pt).log())).sum() / m  # mutual information
+    torch.testing.assert_close(epig(pool, target, chunk_elements=50), naive)
+    assert (naive > 0.05).all()
+    # draws taken independently for pool and targets (the reference's B4) lose the information
+    shuffled = pool[torch.randperm(s, generator=gen)]
+    assert (epig(shuffled, target) < 0.5 * naive).all()
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError, match="same posterior draws"):
+        epig(torch.full((4, 2, 3), 1 / 3), torch.full((5, 2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"\[S, N, C\]"):
+        bald(torch.full((2, 3), 0.5))
+
+
+def test_top_k_skips_excluded_and_breaks_ties_by_index():
+    scores = torch.tensor([0.1, 0.5, 0.5, 0.9, 0.2])
+    assert top_k(scores, 3).tolist() == [3, 1, 2]
+    assert top_k(scores, 2, exclude=torch.tensor([3, 1])).tolist() == [2, 4]
+    with pytest.raises(ValueError, match="cannot select 5 of 4"):
+        top_k(scores, 5, exclude=torch.tensor([0]))
