@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("benchmark-shift", help="domain-shift calibration benchmark on the emoji styles")
     _add_model_args(p)
-    p.add_argument("--out", default="assets/bundled", help="where benchmark.json and the figures go")
+    p.add_argument("--out", default="assets/shift-benchmark", help="where benchmark.json and the figures go")
     p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
     p.add_argument("--repeats", type=int, default=2, help="augmented draws per rendered image")
     p.add_argument("--mc-samples", type=int, default=1000)
