@@ -88,27 +88,33 @@ class BayesVLM:
         cls,
         model_name: str = "bundled",
         pretrained: str | None = None,
-        posterior: Posterior | str | Path | None = None,
+        posterior: Posterior | str | Path | bool | None = None,
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> BayesVLM:
         """Build from an open_clip name (``"ViT-B-32"`` + ``pretrained="laion2b_s34b_b79k"``), an
         ``"hf-hub:…"`` id, a ``"local-dir:…"`` checkpoint, or ``"bundled"`` (the offline model shipped
-        in ``assets/bundled``, with its posterior unless ``posterior`` is given)."""
+        with the package). With ``posterior=None`` the bundled model gets its posterior and a known
+        (name, tag) pair its built-in one (:meth:`Posterior.from_pretrained`); ``posterior=False``: none."""
         import open_clip
 
+        from .pretrained.registry import known_posterior_dir
+
         dev = resolve_device(device)
+        auto, posterior = posterior is None, (None if posterior is False else posterior)
         if model_name == "bundled":
             from .bundled import bundled_dir, load_bundled
 
             model, tokenizer, preprocess = load_bundled(device=dev)
-            if posterior is None and (bundled_dir() / "posterior" / META_FILE).is_file():
+            if auto and (bundled_dir() / "posterior" / META_FILE).is_file():
                 posterior = bundled_dir() / "posterior"
             return cls(model, tokenizer, preprocess, posterior, device=dev, name="bundled", **kwargs)
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
                                                                      device=dev)
         tokenizer = open_clip.get_tokenizer(model_name)
         name = model_name + (f"/{pretrained}" if pretrained else "")
+        if auto and known_posterior_dir(model_name, pretrained) is not None:
+            posterior = Posterior.from_pretrained(model_name, pretrained)
         return cls(model, tokenizer, preprocess, posterior, device=dev, name=name, **kwargs)
 
     # -- posterior -------------------------------------------------------------------------------
