@@ -68,7 +68,8 @@ def test_posterior_from_pretrained_dims_and_lambda():
         assert kp.prior_precision == pytest.approx(EXPECTED_LAMBDA[side], rel=5e-3)
         assert kp.prior_precision > 1.5 * PUBLISHED_LAMBDA[side]
         assert kp.A.dtype == torch.float64 and torch.equal(kp.A, kp.A.T)
-        assert torch.linalg.eigvalsh(kp.A).min() > -1e-3 * torch.linalg.eigvalsh(kp.A).max()
+        eig = torch.linalg.eigvalsh(kp.A)
+        assert eig[0] > -1e-3 * eig[-1]  # positive semi-definite up to float32 rounding
     assert post.metadata["model"] == f"{MODEL}/{TAG}"
 
 
