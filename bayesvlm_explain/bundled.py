@@ -1,43 +1,41 @@
 """The project's bundled offline CLIP-style model (trained here on openly licensed emoji artwork).
 
-``assets/bundled/`` is an open_clip ``local-dir`` model: ``open_clip_config.json`` (``model_cfg`` +
-``preprocess_cfg``), ``open_clip_model.safetensors`` and a WordPiece tokenizer in ``tokenizer/``.
-open_clip keeps the tokenizer location in ``text_cfg.hf_tokenizer_name`` as a path, so the shipped config
-stores it relative to the model directory and :func:`load_bundled` patches in the absolute path at run time.
+The model is package data in ``bayesvlm_explain/pretrained/bundled/`` (overridable with
+``$BAYESVLM_BUNDLED_DIR``), an open_clip ``local-dir`` layout: ``open_clip_config.json`` (``model_cfg`` +
+``preprocess_cfg``), ``open_clip_model.safetensors``, a WordPiece tokenizer in ``tokenizer/`` (its path in
+``text_cfg.hf_tokenizer_name`` is relative to the model directory) and the fitted posterior in
+``posterior/``.
 
 Architecture: plain ``open_clip.CLIP`` with open_clip's ``VisionTransformer`` (``visual.proj`` is a
 ``[vision_width, D]`` Parameter) and built-in ``TextTransformer`` (``text_projection`` a ``[text_width, D]``
-Parameter, ``pool_type="eos"`` so the ``[SEP]`` token feature enters the projection). Recipe and metrics are
-in ``assets/bundled/training.json``; artwork credits in ``assets/bundled/ATTRIBUTION.md``.
+Parameter, ``pool_type="eos"`` so the ``[SEP]`` token feature enters the projection). The model is built
+from the config dict directly; nothing is registered in open_clip's global model-config table. Recipe and
+metrics are in ``training.json``; artwork credits in ``ATTRIBUTION.md`` beside the weights.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .pretrained import package_path
+
 __all__ = [
     "BUNDLED_DIR",
-    "BUNDLED_MODEL_NAME",
+    "build_bundled_model",
     "bundled_config",
     "bundled_dir",
+    "bundled_tokenizer",
     "load_bundled",
-    "register_bundled_config",
 ]
 
-BUNDLED_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "bundled"
+BUNDLED_DIR: Path = package_path("bundled")
 """Default location of the shipped model (overridable with ``$BAYESVLM_BUNDLED_DIR``)."""
-
-BUNDLED_MODEL_NAME: str = "bayesvlm-emoji-vit-tiny"
-"""Name under which :func:`register_bundled_config` registers the architecture with open_clip."""
 
 
 def bundled_dir() -> Path:
@@ -49,42 +47,32 @@ def bundled_dir() -> Path:
 def bundled_config(model_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``open_clip_config.json`` with ``text_cfg.hf_tokenizer_name`` made absolute."""
     root = Path(model_dir) if model_dir is not None else bundled_dir()
-    cfg = json.loads((root / "open_clip_config.json").read_text(encoding="utf-8"))
-    cfg = copy.deepcopy(cfg)
+    path = root / "open_clip_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundled model at {root} (missing open_clip_config.json); "
+                                "unset BAYESVLM_BUNDLED_DIR or point it at a model folder")
+    cfg = copy.deepcopy(json.loads(path.read_text(encoding="utf-8")))
     text_cfg = cfg["model_cfg"]["text_cfg"]
     tok = Path(text_cfg.get("hf_tokenizer_name") or "tokenizer")
     text_cfg["hf_tokenizer_name"] = str(tok if tok.is_absolute() else (root / tok).resolve())
     return cfg
 
 
-def register_bundled_config(
-    model_cfg: dict[str, Any] | None = None, name: str = BUNDLED_MODEL_NAME
-) -> str:
-    """Register the architecture with open_clip (``open_clip.add_model_config``); returns its name.
-
-    Afterwards ``open_clip.create_model(name)`` and ``open_clip.get_tokenizer(name)`` work.
-    ``model_cfg`` defaults to the shipped config with the tokenizer path patched.
-    """
+def build_bundled_model(model_cfg: dict[str, Any]):
+    """A randomly initialised ``open_clip.CLIP`` from a ``model_cfg`` dict (no global registration)."""
     import open_clip
 
-    if model_cfg is None:
-        model_cfg = bundled_config()["model_cfg"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.json"
-        path.write_text(json.dumps(model_cfg), encoding="utf-8")
-        open_clip.add_model_config(path)
-    return name
+    cfg = {k: v for k, v in model_cfg.items() if k != "custom_text"}
+    return open_clip.CLIP(**cfg)
 
 
-@contextmanager
-def _quiet_root_logger():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
+def bundled_tokenizer(text_cfg: dict[str, Any]):
+    """open_clip ``HFTokenizer`` for ``text_cfg`` (``hf_tokenizer_name`` an absolute tokenizer folder):
+    ``tokenizer(list_of_str) -> LongTensor[N, context_length]``."""
+    from open_clip.tokenizer import HFTokenizer
+
+    return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=text_cfg["context_length"],
+                       tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}))
 
 
 def load_bundled(device: str | torch.device | None = None):
@@ -100,14 +88,12 @@ def load_bundled(device: str | torch.device | None = None):
 
     root = bundled_dir()
     cfg = bundled_config(root)
-    name = register_bundled_config(cfg["model_cfg"])
-    with _quiet_root_logger():  # open_clip warns "no pretrained weights"; ours are loaded just below
-        model = open_clip.create_model(name, pretrained=None, device="cpu")
+    model = build_bundled_model(cfg["model_cfg"])
     state = load_file(str(root / "open_clip_model.safetensors"), device="cpu")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     model = model.to(device or "cpu").eval()
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = bundled_tokenizer(cfg["model_cfg"]["text_cfg"])
     pp = cfg.get("preprocess_cfg", {})
     preprocess = open_clip.image_transform(
         pp.get("size", model.visual.image_size),

@@ -23,13 +23,52 @@ def _load(args: argparse.Namespace):
                                     device=args.device)
 
 
+def _port_taken(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound (another server listens there)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def cmd_studio(args: argparse.Namespace) -> int:
     from .ui import build_app, bundled_examples
 
+    taken = f"error: port {args.port} on {args.host} is taken (another studio?); choose a free one with --port N"
+    if _port_taken(args.host, args.port):
+        print(taken, file=sys.stderr)
+        return 2
     vlm = _load(args)
     app = build_app(vlm, examples=bundled_examples() if args.model == "bundled" else None,
                     max_queue=args.max_queue)
-    app.launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
+                   prevent_thread_lock=True, quiet=True)
+    except OSError:  # taken between the check and the launch
+        print(taken, file=sys.stderr)
+        return 2
+    print(f"bayesvlm-explain studio on {app.local_url}" + (f" and {app.share_url}" if app.share_url else ""),
+          flush=True)
+    app.block_thread()
+    return 0
+
+
+def cmd_export_space(args: argparse.Namespace) -> int:
+    from .space import SpaceExportError, export_space
+
+    try:
+        out = export_space(args.dir, model=args.model, pretrained=args.pretrained, hardware=args.hardware,
+                           posterior=args.posterior)
+    except SpaceExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Space written to {out}; to publish: create a Gradio Space on huggingface.co, then\n"
+          f"  cd {out} && git init -b main && git lfs install && git add . && git commit -m space\n"
+          "  git remote add origin https://huggingface.co/spaces/USER/NAME && git push -f origin main")
     return 0
 
 
@@ -104,7 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting at most (more are refused)")
+    p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     p.set_defaults(func=cmd_studio)
+    p = sub.add_parser("export-space", help="write a Hugging Face Space folder that runs the studio")
+    p.add_argument("dir", help="new or empty folder to write")
+    p.add_argument("--model", default="bundled", help="'bundled' (default) or an open_clip model name / 'hf-hub:…'")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
+    p.add_argument("--posterior", default=None, help="posterior folder to ship (default: bundled or built-in)")
+    p.add_argument("--hardware", default=None,
+                   help="suggested Space hardware (default cpu-basic for bundled, zero-a10g otherwise)")
+    p.set_defaults(func=cmd_export_space)
     p = sub.add_parser("predict", help="print per-prompt logit mean, std and probabilities for one image")
     _add_model_args(p)
     p.add_argument("image")
@@ -126,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("benchmark-shift", help="domain-shift calibration benchmark on the emoji styles")
     _add_model_args(p)
-    p.add_argument("--out", default="assets/bundled", help="where benchmark.json and the figures go")
+    p.add_argument("--out", default="assets/shift-benchmark", help="where benchmark.json and the figures go")
     p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
     p.add_argument("--repeats", type=int, default=2, help="augmented draws per rendered image")
     p.add_argument("--mc-samples", type=int, default=1000)

@@ -89,25 +89,32 @@ class BayesVLM:
         cls,
         model_name: str = "bundled",
         pretrained: str | None = None,
-        posterior: Posterior | str | Path | None = None,
+        posterior: Posterior | str | Path | bool | None = None,
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> BayesVLM:
         """Build from an open_clip name (``"ViT-B-32"`` + ``pretrained="laion2b_s34b_b79k"``), an
         ``"hf-hub:…"`` id, a ``"local-dir:…"`` checkpoint, or ``"bundled"`` (the offline model shipped
-        in ``assets/bundled``, with its posterior unless ``posterior`` is given). Code shipped with a
-        model is never run unless ``trust_remote_code=True`` (see :mod:`~bayesvlm_explain.loading`)."""
+        with the package). With ``posterior=None`` the bundled model gets its posterior and a known
+        (name, tag) pair its built-in one (:meth:`Posterior.from_pretrained`); ``posterior=False``: none.
+        Code shipped with a model is never run unless ``trust_remote_code=True``
+        (see :mod:`~bayesvlm_explain.loading`)."""
+        from .pretrained.registry import known_posterior_dir
+
         dev = resolve_device(device)
+        auto, posterior = posterior is None, (None if posterior is False else posterior)
         if model_name == "bundled":
             from .bundled import bundled_dir, load_bundled
 
             model, tokenizer, preprocess = load_bundled(device=dev)
-            if posterior is None and (bundled_dir() / "posterior" / META_FILE).is_file():
+            if auto and (bundled_dir() / "posterior" / META_FILE).is_file():
                 posterior = bundled_dir() / "posterior"
             return cls(model, tokenizer, preprocess, posterior, device=dev, name="bundled", **kwargs)
         model, tokenizer, preprocess = load_open_clip(model_name, pretrained, dev, trust_remote_code)
         name = model_name + (f"/{pretrained}" if pretrained else "")
+        if auto and known_posterior_dir(model_name, pretrained) is not None:
+            posterior = Posterior.from_pretrained(model_name, pretrained)
         return cls(model, tokenizer, preprocess, posterior, device=dev, name=name, **kwargs)
 
     # -- posterior -------------------------------------------------------------------------------

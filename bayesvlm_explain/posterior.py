@@ -408,6 +408,27 @@ class Posterior:
         extra = {k: v for k, v in meta.items() if k not in (*SIDES, "format_version")}
         return cls(sides["image"], sides["text"], extra)
 
+    @classmethod
+    def from_pretrained(cls, model_name: str, pretrained: str) -> Posterior:
+        """The posterior shipped with the library for open_clip ``(model_name, pretrained)``.
+
+        E.g. ``Posterior.from_pretrained("ViT-B-32", "laion2b_s34b_b79k")``: the authors' factors with λ
+        from the corrected marginal likelihood (method.md §2.5). Known pairs are listed in
+        :data:`bayesvlm_explain.pretrained.registry.KNOWN_POSTERIORS`; any other raises
+        :class:`PosteriorError` saying how to fit one.
+        """
+        from .pretrained.registry import KNOWN_POSTERIORS, known_posterior_dir
+
+        directory = known_posterior_dir(model_name, pretrained)
+        if directory is None:
+            known = ", ".join(f"({m!r}, {t!r})" for m, t in KNOWN_POSTERIORS)
+            raise PosteriorError(
+                f"no built-in posterior for ({model_name!r}, {pretrained!r}); known: {known}. Fit one on "
+                f"image-text pairs with `bayesvlm-explain fit --model {model_name} --pretrained {pretrained} "
+                "--data PAIRS --out DIR` (or vlm.fit(pairs)) and load it with Posterior.load(DIR)"
+            )
+        return cls.load(directory)
+
     # -- the authors' layout (method.md §9) ------------------------------------------------------
     @classmethod
     def from_reference_dir(

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_WEIGHTS = ROOT / "assets" / "bundled" / "open_clip_model.safetensors"
+BUNDLED_WEIGHTS = ROOT / "bayesvlm_explain" / "pretrained" / "bundled" / "open_clip_model.safetensors"
 PROMPTS = [f"a photo of a {c}" for c in ("cat", "dog", "truck", "flower", "car", "bird", "house", "tree")]
 
 

@@ -50,7 +50,7 @@ def write_examples(out_dir: Path, size: int, cache_dir: Path | None) -> Path:
     path = out_dir / "examples.json"
     payload = {
         "note": "Rendered by scripts/build_emoji_data.py --write-examples; artwork credits in "
-                "assets/bundled/ATTRIBUTION.md. Prompt template: " + emoji.PROMPT_TEMPLATE,
+                "bayesvlm_explain/pretrained/bundled/ATTRIBUTION.md. Prompt template: " + emoji.PROMPT_TEMPLATE,
         "size": size,
         "examples": items,
     }
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="re-render existing PNGs")
     p.add_argument("--write-benchmark", action="store_true", help="regenerate the committed label space")
     p.add_argument("--write-examples", type=Path, default=None, metavar="DIR",
-                   help="render the example images (e.g. assets/examples) at --examples-size")
+                   help="render the example images (e.g. bayesvlm_explain/pretrained/examples) at --examples-size")
     p.add_argument("--examples-size", type=int, default=64)
     p.add_argument("--per-subgroup", type=int, default=1, help="benchmark concepts per emojibase subgroup")
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Fit the bundled model's posterior with the library's own ``fit`` and write ``assets/bundled/posterior/``.
+"""Fit the bundled model's posterior with the library's own ``fit``; write ``pretrained/bundled/posterior/``.
 
 Pairs: every training-style render (Noto, Twemoji, Fluent Flat; 64 px) in ``--repeats`` seeded augmented
 draws, each with a caption sampled like the training captions (label, tags, template). Class batches of

@@ -1,4 +1,4 @@
-"""Train the bundled CLIP-style model from scratch on CPU and write ``assets/bundled/``.
+"""Train the bundled CLIP-style model from scratch on CPU and write ``bayesvlm_explain/pretrained/bundled/``.
 
 Data: the permissive training styles (Noto, Twemoji, Fluent Flat) rendered by
 ``bayesvlm_explain.data.emoji`` into the cache (fetched and rendered on demand). Seeded; one torch thread.
@@ -279,10 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     tok_dir = args.out / "tokenizer"
     train_tokenizer(concepts, tok_dir, args.vocab, args.context)
     model_cfg = model_config(args)
-    name = bundled.register_bundled_config({**model_cfg, "text_cfg": {**model_cfg["text_cfg"],
-                                            "hf_tokenizer_name": str(tok_dir.resolve())}})
-    model = open_clip.create_model(name, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(name)
+    name = "bayesvlm-emoji-vit-tiny"
+    model = bundled.build_bundled_model(model_cfg)
+    tokenizer = bundled.bundled_tokenizer({**model_cfg["text_cfg"], "hf_tokenizer_name": str(tok_dir.resolve())})
     assert type(model) is open_clip.CLIP and isinstance(model.text_projection, torch.nn.Parameter)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {name}: {n_params / 1e6:.2f}M params", flush=True)

@@ -17,7 +17,7 @@ from bayesvlm_explain import bundled
 from bayesvlm_explain.data import emoji
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES_DIR = REPO / "assets" / "examples"
+EXAMPLES_DIR = REPO / "bayesvlm_explain" / "pretrained" / "examples"
 
 # The shipped model ranks the true class first among the 93 benchmark classes for 8 of the 8 committed
 # example images (measured at release). Its clean in-domain top-1 over all 279 training-style renderings of
@@ -49,7 +49,7 @@ def examples() -> list[dict]:
 
 
 def test_bundled_dir_and_files():
-    assert bundled.BUNDLED_DIR == REPO / "assets" / "bundled"
+    assert bundled.BUNDLED_DIR == REPO / "bayesvlm_explain" / "pretrained" / "bundled"
     for name in ("open_clip_config.json", "open_clip_model.safetensors", "ATTRIBUTION.md", "training.json"):
         assert (bundled.BUNDLED_DIR / name).is_file(), name
     size_mb = (bundled.BUNDLED_DIR / "open_clip_model.safetensors").stat().st_size / 2**20
