@@ -222,7 +222,7 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, cid: to
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=bundled.BUNDLED_DIR)
+    p.add_argument("--out", type=Path, default=bundled.bundled_dir())
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
