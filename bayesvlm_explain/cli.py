@@ -119,7 +119,7 @@ def cmd_benchmark_shift(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .shift import PSEUDO_COUNTS, render_splits, run_shift_benchmark, summary_table, write_results
+    from .evaluation.shift import PSEUDO_COUNTS, render_splits, run_shift_benchmark, summary_table, write_results
 
     torch.manual_seed(args.seed)
     vlm = _load(args)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import bayesvlm_explain as bx
+from bayesvlm_explain.data.labels import load_label_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
-    labels = json.loads(_find("emoji_benchmark.json").read_text())
-    prompts = [labels["template"].format(label=c["label"]) for c in labels["classes"]]
+    prompts = load_label_space().prompts()
     ex_file = _find("examples.json")
     images = [ex_file.parent / e["file"] for e in json.loads(ex_file.read_text())["examples"]]
     img, txt = vlm.encode_images(images), vlm.encode_prompts(prompts)

@@ -5,8 +5,8 @@ Example::
     python scripts/build_emoji_data.py --size 64 --styles train shift
     python scripts/build_emoji_data.py --write-benchmark   # regenerate the committed label space
 
-Nothing is written inside the repository except, with ``--write-benchmark``,
-``bayesvlm_explain/data/emoji_benchmark.json``.
+Nothing is written inside the repository except, with ``--write-benchmark``, the committed label space
+``bayesvlm_explain/data/emoji_labels.json`` (and, with ``--write-examples DIR``, the example images).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bayesvlm_explain.data import emoji  # noqa: E402
+from bayesvlm_explain._build import emoji  # noqa: E402
+from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, load_label_space  # noqa: E402
 
 # (label, style): benchmark classes, permissive training styles only, spread over groups and styles
 EXAMPLES: tuple[tuple[str, str], ...] = (
@@ -37,7 +38,7 @@ EXAMPLES: tuple[tuple[str, str], ...] = (
 def write_examples(out_dir: Path, size: int, cache_dir: Path | None) -> Path:
     """Render :data:`EXAMPLES` as ``<out_dir>/<n>_<label>_<style>.png`` plus ``examples.json``."""
     concepts = {c.label: c for c in emoji.load_concepts(cache_dir)}
-    bench = set(emoji.benchmark_classes().labels)
+    bench = set(load_label_space().labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for i, (label, style) in enumerate(EXAMPLES):
@@ -50,7 +51,7 @@ def write_examples(out_dir: Path, size: int, cache_dir: Path | None) -> Path:
     path = out_dir / "examples.json"
     payload = {
         "note": "Rendered by scripts/build_emoji_data.py --write-examples; artwork credits in "
-                "bayesvlm_explain/pretrained/bundled/ATTRIBUTION.md. Prompt template: " + emoji.PROMPT_TEMPLATE,
+                "bayesvlm_explain/pretrained/bundled/ATTRIBUTION.md. Prompt template: " + PROMPT_TEMPLATE,
         "size": size,
         "examples": items,
     }
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             f"select_benchmark_concepts(per_subgroup={args.per_subgroup}), requiring styles "
             f"{sorted(required)}; regenerate with scripts/build_emoji_data.py --write-benchmark"
         )
-        path = emoji.write_benchmark_file(chosen, note=note)
+        path = emoji.write_label_space(chosen, note=note)
         print(f"benchmark: {len(chosen)} classes -> {path}")
     if args.write_examples is not None:
         print(f"examples -> {write_examples(args.write_examples, args.examples_size, args.cache_dir)}")

@@ -22,9 +22,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bayesvlm_explain as bx  # noqa: E402
+from bayesvlm_explain._build import emoji  # noqa: E402
+from bayesvlm_explain._build.augment import augment, load_images  # noqa: E402
 from bayesvlm_explain.bundled import bundled_dir  # noqa: E402
-from bayesvlm_explain.data import emoji  # noqa: E402
-from bayesvlm_explain.data.augment import augment, load_images  # noqa: E402
 from bayesvlm_explain.data.pairs import InMemoryPairs  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Train the bundled CLIP-style model from scratch on CPU and write ``bayesvlm_explain/pretrained/bundled/``.
 
 Data: the permissive training styles (Noto, Twemoji, Fluent Flat) rendered by
-``bayesvlm_explain.data.emoji`` into the cache (fetched and rendered on demand). Seeded; one torch thread.
+``bayesvlm_explain._build.emoji`` into the cache (fetched and rendered on demand). Seeded; one torch thread.
 
 Examples::
 
@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bayesvlm_explain import bundled  # noqa: E402
-from bayesvlm_explain.data import emoji  # noqa: E402
-from bayesvlm_explain.data.augment import MEAN, STD, augment, load_images, normalise  # noqa: E402
+from bayesvlm_explain._build import emoji  # noqa: E402
+from bayesvlm_explain._build.augment import MEAN, STD, augment, load_images, normalise  # noqa: E402
+from bayesvlm_explain.data.labels import load_label_space  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4: pad 0, eos ([SEP]) 3
 
@@ -153,7 +154,7 @@ def evaluate(model, tokenizer, concepts: list[emoji.Concept], cache_dir, size: i
     * ``subgroups``: emojibase subgroups as classes ("an emoji of <subgroup words>"), training styles, clean.
     """
     model.eval()
-    bench = emoji.benchmark_classes(bench_path or emoji.BENCHMARK_FILE)
+    bench = load_label_space(bench_path)
     by_key = {c.key: c for c in concepts}
     txt = encode_texts(model, tokenizer, bench.prompts())
     idx = {k: i for i, k in enumerate(bench.keys)}
@@ -221,7 +222,7 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, cid: to
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=bundled.BUNDLED_DIR)
+    p.add_argument("--out", type=Path, default=bundled.bundled_dir())
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

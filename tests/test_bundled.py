@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ import torch
 from PIL import Image
 
 from bayesvlm_explain import bundled
-from bayesvlm_explain.data import emoji
+from bayesvlm_explain._build import emoji
+from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, LabelSpaceError, load_label_space
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO / "bayesvlm_explain" / "pretrained" / "examples"
@@ -110,7 +113,7 @@ def test_embedding_shapes(loaded, examples):
 
 def test_examples_ranked_first(loaded, examples):
     model, tokenizer, preprocess = loaded
-    bench = emoji.benchmark_classes()
+    bench = load_label_space()
     with torch.no_grad():
         txt = model.encode_text(tokenizer(bench.prompts()), normalize=True)
         x = torch.stack([preprocess(Image.open(EXAMPLES_DIR / e["file"])) for e in examples])
@@ -121,13 +124,38 @@ def test_examples_ranked_first(loaded, examples):
 
 
 def test_examples_are_permissive_benchmark_classes(examples):
-    bench = emoji.benchmark_classes()
+    bench = load_label_space()
     assert 6 <= len(examples) <= 10
     for e in examples:
         assert e["style"] in emoji.TRAIN_STYLES
         assert e["label"] in bench.labels
         with Image.open(EXAMPLES_DIR / e["file"]) as im:
             assert im.format == "PNG" and 64 <= im.width <= 128 and im.mode == "RGB"
+
+
+# ------------------------------------------------------------------------ runtime vs build-time code
+
+
+def test_import_needs_no_build_tooling():
+    """``import bayesvlm_explain`` (and its label space) loads neither the build package nor resvg."""
+    code = ("import sys, bayesvlm_explain, bayesvlm_explain.data.labels as lb; lb.load_label_space(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('resvg', 'bayesvlm_explain._build'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_label_space_round_trip_and_bad_file(tmp_path):
+    concepts = [_concept("dog face", key="1f436"), _concept("cat face", key="1f431", order=1)]
+    path = emoji.write_label_space(concepts, tmp_path / "labels.json", note="test")
+    space = load_label_space(path)
+    assert space.keys == ("1f436", "1f431") and space.labels == ("dog face", "cat face")
+    assert space.prompts() == ["an emoji of dog face", "an emoji of cat face"] and len(space) == 2
+    (tmp_path / "bad.json").write_text('{"classes": [{"key": "1f436"}]}')
+    with pytest.raises(LabelSpaceError, match=r"bad\.json: not a label space \(KeyError"):
+        load_label_space(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(LabelSpaceError, match=r"broken\.json: not a label space \(JSONDecodeError"):
+        load_label_space(tmp_path / "broken.json")
 
 
 # ---------------------------------------------------------------------------- emoji pipeline (pure)
@@ -227,9 +255,9 @@ def test_select_benchmark_concepts():
 
 
 def test_benchmark_classes():
-    bench = emoji.benchmark_classes()
+    bench = load_label_space()
     assert 90 <= len(bench) <= 200  # 93: one concept per emojibase subgroup
     assert len(set(bench.labels)) == len(bench) == len(set(bench.keys))
-    assert bench.template == emoji.PROMPT_TEMPLATE == "an emoji of {label}"
+    assert bench.template == PROMPT_TEMPLATE == "an emoji of {label}"
     assert bench.prompts()[0] == f"an emoji of {bench.labels[0]}"
     assert not any(":" in label for label in bench.labels)

@@ -17,6 +17,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..evaluation.metrics import expected_calibration_error
 from ..predictive import Prediction
 from .attribution import patch_sum
 from .decomposition import UncertaintyDecomposition
@@ -208,26 +209,25 @@ def token_scores_figure(result: TokenAttributionResult | None = None, *, tokens:
 
 # -- reliability diagram -----------------------------------------------------------------------------------
 def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.ndarray | float]:
-    """Top-label calibration in ``n_bins`` equal-width confidence bins on [0, 1].
+    """Top-label calibration in ``n_bins`` equal-width confidence bins ``[lo, hi)`` on [0, 1] (for drawing).
 
     Args:
         probs: [N, C] predictive probabilities; labels: [N] true class indices.
     Returns:
         ``edges`` [B+1], ``confidence``/``accuracy`` [B] (NaN for empty bins), ``count`` [B] and ``ece``
-        (Σ_b count_b/N · |accuracy_b − confidence_b|, the L1 expected calibration error).
+        (the L1 expected calibration error, by ``evaluation.metrics.expected_calibration_error``).
     """
     p, y = _np(probs), np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(int)
     if p.ndim != 2 or y.shape != (p.shape[0],):
         raise ValueError(f"probs must be [N, C] and labels [N]; got {p.shape} and {y.shape}")
     conf, hit = p.max(1), (p.argmax(1) == y).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
     count = np.bincount(which, minlength=n_bins).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.bincount(which, weights=hit, minlength=n_bins) / count
         mconf = np.bincount(which, weights=conf, minlength=n_bins) / count
-    filled = count > 0
-    ece = float((count[filled] / count.sum() * np.abs(acc[filled] - mconf[filled])).sum()) if len(y) else 0.0
+    ece = expected_calibration_error(torch.from_numpy(p), torch.from_numpy(y), n_bins) if len(y) else 0.0
     return {"edges": edges, "confidence": mconf, "accuracy": acc, "count": count, "ece": ece}
 
 

@@ -15,6 +15,12 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 EPS = 1e-12
 
 
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 20) -> float:
+    """Top-label L1 ECE of probabilities [N, C] for labels [N] in ``n_bins`` equal-width bins (torchmetrics)."""
+    return float(multiclass_calibration_error(probs.float(), labels.long(), num_classes=probs.shape[1],
+                                              n_bins=n_bins, norm="l1"))
+
+
 def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 20) -> dict[str, float]:
     """Accuracy, ECE, NLPD (nats) and Brier of predictive probabilities [N, C] for labels [N]."""
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
@@ -26,8 +32,7 @@ def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int =
     onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
     return {
         "accuracy": float((probs.argmax(-1) == labels).double().mean()),
-        "ece": float(multiclass_calibration_error(probs.float(), labels, num_classes=probs.shape[1],
-                                                  n_bins=n_bins, norm="l1")),
+        "ece": expected_calibration_error(probs, labels, n_bins),
         "nlpd": float(-probs.gather(1, labels[:, None]).clamp_min(EPS).log().mean()),
         "brier": float((probs - onehot).square().sum(-1).mean()),
         "n": int(probs.shape[0]),

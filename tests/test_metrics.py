@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from bayesvlm_explain.calibration import calibration_metrics, fit_temperature
+from bayesvlm_explain.evaluation.metrics import calibration_metrics, fit_temperature
 
 
 def _naive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
@@ -51,3 +52,11 @@ def test_temperature_matches_grid_search():
     nll = torch.stack([torch.nn.functional.cross_entropy(logits / s, labels) for s in grid])
     assert abs(t - float(grid[nll.argmin()])) / t < 2e-3
     assert 2.4 < t < 3.6
+
+
+def test_metrics_reject_bad_shapes():
+    probs = torch.full((4, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"probs must be \[N, C\] and labels \[N\]"):
+        calibration_metrics(probs, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="no samples"):
+        calibration_metrics(probs[:0], torch.zeros(0, dtype=torch.long))

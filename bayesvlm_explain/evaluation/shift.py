@@ -1,6 +1,6 @@
 """Domain-shift calibration benchmark on the bundled emoji model (``bayesvlm-explain benchmark-shift``).
 
-Zero-shot classification over the committed label space (:func:`~.data.emoji.benchmark_classes`), on
+Zero-shot classification over the committed label space (:func:`bayesvlm_explain.data.labels.load_label_space`), on
 in-domain renders (training styles, fresh seeded augmentations) and on every shift style (artwork the
 model never saw, same augmentation). Methods, all from the same features:
 
@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from .calibration import calibration_metrics, fit_temperature
-from .data import emoji
-from .data.augment import augment, load_images, normalise
+from .._build import emoji
+from .._build.augment import augment, load_images, normalise
+from ..data.labels import LabelSpace, load_label_space
+from .metrics import calibration_metrics, fit_temperature
 
 METHODS = ("deterministic", "temperature", "bayes_probit", "bayes_mc")
 PSEUDO_COUNTS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
@@ -43,7 +44,7 @@ class Split:
 
 def render_splits(size: int, cache_dir: Any = None, repeats: int = 2, seed: int = 0) -> dict[str, Split]:
     """In-domain calibration and test splits plus one split per shift style (rendered into the cache)."""
-    classes = emoji.benchmark_classes()
+    classes = load_label_space()
     concepts = {c.key: c for c in emoji.load_concepts(cache_dir)}
     chosen = [concepts[k] for k in classes.keys]
     index = {k: i for i, k in enumerate(classes.keys)}
@@ -86,7 +87,7 @@ def posterior_uncertainty(vlm: Any, feats: dict[str, Any], txt: Any, prompts: li
                           num_samples: int) -> dict[str, dict[str, float]]:
     """Per split, with the posterior as it is: mean BALD, predictive entropy (nats), logit variance and
     image input scale ``f̃ᵀÃ⁻¹f̃``, i.e. how much the posterior itself registers the shift."""
-    from .explain import decompose_uncertainty
+    from ..explain import decompose_uncertainty
 
     out = {}
     for name, img in feats.items():
@@ -106,7 +107,7 @@ def run_shift_benchmark(vlm: Any, splits: dict[str, Split], num_samples: int = 1
     ``pseudo_counts`` is the grid the in-domain selection of ``n`` searches (one value fixes it).
     """
     start = time.perf_counter()
-    classes = emoji.benchmark_classes()
+    classes = load_label_space()
     prompts = classes.prompts()
     txt = vlm.encode_prompts(prompts)
     feats = {name: vlm.encode_images(s.images) for name, s in splits.items()}
@@ -120,7 +121,7 @@ def run_shift_benchmark(vlm: Any, splits: dict[str, Split], num_samples: int = 1
 
 
 def _evaluate(vlm: Any, splits: dict[str, Split], feats: dict[str, Any], txt: Any,
-              classes: emoji.BenchmarkClasses, cal: Split, num_samples: int, start: float,
+              classes: LabelSpace, cal: Split, num_samples: int, start: float,
               pseudo_counts: tuple[float, ...]) -> dict[str, Any]:
     prompts = classes.prompts()
     shipped = posterior_uncertainty(vlm, feats, txt, prompts, num_samples)
@@ -168,7 +169,7 @@ def summary_table(payload: dict[str, Any]) -> str:
 
 def write_results(payload: dict[str, Any], splits: dict[str, Split], out_dir: Path) -> None:
     """``benchmark.json``, ``benchmark.md`` and a reliability-diagram PNG per split."""
-    from .explain.figures import reliability_diagram
+    from ..explain.figures import reliability_diagram
 
     out_dir.mkdir(parents=True, exist_ok=True)
     probs = payload.pop("_probs")
