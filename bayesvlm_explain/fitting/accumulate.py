@@ -131,8 +131,9 @@ def _resume(cache: FeatureCache, adapter: Any, keys: dict[int, str],
             a.load_state_dict({**{k: tensors[f"{side}.{k}"] for k in KFACAccumulator.SUM_KEYS}, **meta["acc"][side]})
         totals.skipped, totals.truncated = Counter(meta["skipped"]), int(meta["truncated"])
     except (CorruptFileError, KeyError, ValueError, TypeError, AttributeError) as err:
-        log.warning("discarding the KFAC checkpoint %s: %s", path, err)
-        report.recomputed.append(f"{path}: {err}")
+        problem = str(err) if str(path) in str(err) else f"{path} does not fit this accumulator ({err!r})"
+        log.warning("discarding the KFAC checkpoint: %s", problem)
+        report.recomputed.append(problem)
         return Totals.empty(adapter), {}
     return totals, done
 

@@ -161,20 +161,21 @@ class FeatureCache:
             if problem is None:
                 report.shards_reused += 1
                 return
-            log.warning("recomputing %s: %s", path, problem)
-            report.recomputed.append(f"{path}: {problem}")
+            log.warning("recomputing a feature shard: %s", problem)
+            report.recomputed.append(problem)
         tensors, meta = encoder.encode(items)
         self.checksums[index] = save_checked(tensors, {**meta, "data": digest}, path)
         report.shards_computed += 1
 
     def _stale(self, index: int, digest: str) -> str | None:
-        """Why shard ``index`` cannot be reused for items with ``digest`` (None: it can)."""
+        """Why shard ``index`` cannot be reused for items with ``digest``, naming it (None: it can)."""
+        path = self.shard_path(index)
         try:
-            _, meta, checksum = load_checked(self.shard_path(index))
+            _, meta, checksum = load_checked(path)
         except CorruptFileError as err:
             return str(err)
         if meta.get("data") != digest:
-            return "made from other data (captions, images or their order changed)"
+            return f"{path} was made from other data (captions, images or their order changed)"
         self.checksums[index] = checksum
         return None
 
