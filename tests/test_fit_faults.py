@@ -267,10 +267,10 @@ def test_two_concurrent_fits_give_identical_factors_or_a_clear_error(data, refer
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert any(not isinstance(o, Exception) for o in outcomes)
+    assert any(not isinstance(o, Exception) for o in outcomes), outcomes
     for o in outcomes:
         if isinstance(o, FitError):
-            assert f"is in use by process {os.getpid()}" in str(o)
+            assert f"is in use by process {os.getpid()}" in str(o), o
         else:
             _assert_same(o, reference[0])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,9 @@ class CacheLock:
         self._lock.release()
 
     def _holder(self) -> str:
-        try:
-            return f"process {int(self.owner.read_text())}"
-        except (OSError, ValueError):
-            return "another process"
+        for _ in range(20):  # the holder writes its record right after taking the lock
+            try:
+                return f"process {int(self.owner.read_text())}"
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        return "another process"
