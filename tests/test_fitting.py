@@ -58,13 +58,16 @@ def _fit(vlm, data, cache, **kw):
 def test_fit_counts_skips_and_matches_direct_factors(folder, tmp_path):
     vlm = build_tiny(TINY_CLIP)
     post, report = _fit(vlm, folder, tmp_path / "cache")
-    assert report.num_pairs == N_GOOD and report.num_items == N_GOOD + 4
-    assert report.skipped == {"missing_file": 1, "bad_image": 1, "bad_caption_encoding": 1, "empty_caption": 1}
+    # 40 items in class batches of 16: the last batch (items 32-39, 8 good pairs) is short and dropped
+    assert report.num_items == N_GOOD + 4 and report.num_pairs == N_GOOD - 8
+    assert report.skipped == {"missing_file": 1, "bad_image": 1, "bad_caption_encoding": 1, "empty_caption": 1,
+                              "partial_class_batch": 8}
+    assert report.num_pairs + sum(report.skipped.values()) == report.num_items
     # independent recomputation: encode the good pairs, rebuild class batches, naive per-sample Hessians
     good = [(folder / f"{i}.png", f"a picture of thing {i}") for i in range(N_GOOD)]
     img = vlm.encode_images([p for p, _ in good])
     txt = vlm.encode_prompts([c for _, c in good])
-    # item order: 5 extras interleaved; class batches of 16 items: items 0-15, 16-31, 32-39
+    # item order: 4 extras interleaved; class batches of 16 items: items 0-15, 16-31 (32-39 dropped)
     items = list(CaptionFile(folder))
     good_idx, k = [], 0
     for it in items:
@@ -72,13 +75,17 @@ def test_fit_counts_skips_and_matches_direct_factors(folder, tmp_path):
                         and it.key != "broken.png" and _utf8(it.caption) else None)
         k += good_idx[-1] is not None
     b_img = torch.zeros(16, 16, dtype=torch.float64)
-    for j in range(3):
+    used = []
+    for j in range(2):
         rows = [g for g in good_idx[16 * j:16 * (j + 1)] if g is not None]
+        used += rows
         b_img += output_factor_naive(img.embeddings[rows], txt.embeddings[rows], vlm.adapter.logit_scale)
-    a_img = img.activations.T @ img.activations
-    torch.testing.assert_close(post.image.A, a_img / math.sqrt(N_GOOD), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(post.image.B, b_img / math.sqrt(N_GOOD), rtol=1e-5, atol=1e-7)
-    assert post.metadata["num_candidates"] == 16 and post.image.num_pairs == N_GOOD
+    n = len(used)
+    assert n == report.num_pairs
+    a_img = img.activations[used].T @ img.activations[used]
+    torch.testing.assert_close(post.image.A, a_img / math.sqrt(n), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(post.image.B, b_img / math.sqrt(n), rtol=1e-5, atol=1e-7)
+    assert post.metadata["num_candidates"] == 16 and post.image.num_pairs == n
     # λ is the maximiser of the exact marginal likelihood
     lam = post.image.prior_precision
     theta = float(vlm.adapter.image.weight_with_bias().double().square().sum())
@@ -161,7 +168,8 @@ def test_webdataset_shards_and_jsonl(tmp_path):
     d = _make_folder(tmp_path / "j", n=6, extras=False)
     (d / "pairs.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n{broken\n")
     _, report = _fit(vlm, d / "pairs.jsonl", tmp_path / "c2", num_candidates=4, shard_size=2)
-    assert report.num_pairs == 6 and report.skipped == {"bad_row": 1}
+    # rows 4, 5 and the broken row 6 form a short last class batch: dropped
+    assert report.num_pairs == 4 and report.skipped == {"bad_row": 1, "partial_class_batch": 2}
 
 
 def _worker(rank: int, world: int, data: str, cache: str, out: str, init: str) -> None:
@@ -183,14 +191,14 @@ def test_two_gloo_processes_equal_one(folder, tmp_path):
              nprocs=2, join=True)
     post = bx.Posterior.load(out)
     assert post.metadata["report"]["skipped"] == {"missing_file": 1, "bad_image": 1, "bad_caption_encoding": 1,
-                                                  "empty_caption": 1}
+                                                  "empty_caption": 1, "partial_class_batch": 8}
     # the ranks run their float32 encoders with 1 thread instead of 2, which moves embeddings by ~1e-7;
     # the float64 algebra on top is otherwise the same (a wrong partition would differ by O(1))
     for side in ("image", "text"):
         for k in ("A", "B"):
             mine, theirs = getattr(getattr(post, side), k), getattr(getattr(ref, side), k)
             torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6 * float(theirs.abs().max()))
-    assert post.image.num_pairs == N_GOOD
+    assert post.image.num_pairs == N_GOOD - 8
     # each rank computed only its own shards (class batches 0, 2 on rank 0; 1 on rank 1)
     assert len(os.listdir(tmp_path / "multi" / "features")) == 5
 
@@ -199,7 +207,7 @@ def test_vlm_fit_and_optimize_prior_precision(folder, tmp_path):
     vlm = build_tiny(TINY_CLIP)
     report = vlm.fit(folder, num_candidates=16, shard_size=8, batch_size=8, cache_dir=tmp_path / "c",
                      progress=False)
-    assert vlm.posterior.image.A.shape == (32, 32) and report.num_pairs == N_GOOD
+    assert vlm.posterior.image.A.shape == (32, 32) and report.num_pairs == N_GOOD - 8
     exact = vlm.optimize_prior_precision()
     ref = vlm.optimize_prior_precision(mode="reference")
     assert exact["image"] != pytest.approx(ref["image"], rel=1e-3)  # the log-det bug changes λ
@@ -233,4 +241,5 @@ def test_hf_datasets_imagefolder_source(tmp_path):
     (d / "metadata.csv").write_text("file_name,text\n" + "\n".join(rows) + "\n")
     vlm = build_tiny(TINY_CLIP)
     _, report = _fit(vlm, f"hf-imagefolder:{d}", tmp_path / "c", num_candidates=4, shard_size=2)
-    assert report.num_pairs == 6 and report.skipped == {"bad_image": 1}
+    assert report.num_pairs + sum(report.skipped.values()) == 7
+    assert report.skipped["bad_image"] == 1 and report.skipped["partial_class_batch"] in (2, 3)

@@ -12,24 +12,43 @@
 * any iterable of ``(image, caption)`` tuples (PIL images, paths or bytes).
 
 Each item is a :class:`RawPair` with the undecoded image and caption and, where the row itself is
-unusable, the reason; the fitting loop decodes, validates and counts skips.
+unusable, the reason (a :class:`Skip`); the fitting loop decodes, validates and counts skips.
+:func:`items_digest` identifies a run of items (for the fit's feature cache).
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CAPTION_COLUMNS = ("caption", "text")
 PATH_COLUMNS = ("path", "image", "file", "filename")
+
+
+class Skip(StrEnum):
+    """Every reason a fit leaves an item out (the keys of ``FitReport.skipped``), defined once."""
+
+    BAD_ROW = "bad_row"  # a row that names no image or is not valid JSON / CSV
+    MISSING_FILE = "missing_file"  # the row's image file does not exist
+    MISSING_IMAGE = "missing_image"  # a sample without an image entry
+    MISSING_CAPTION = "missing_caption"  # a sample without a caption entry
+    BAD_IMAGE = "bad_image"  # undecodable, too large (decompression bomb) or not an image
+    BAD_CAPTION_ENCODING = "bad_caption_encoding"  # caption bytes that are not UTF-8
+    EMPTY_CAPTION = "empty_caption"  # blank caption
+    CLASS_BATCH_TOO_SMALL = "class_batch_too_small"  # fewer than 2 usable pairs in a class batch
+    PARTIAL_CLASS_BATCH = "partial_class_batch"  # the last class batch, short of num_candidates items
 
 
 @dataclass
@@ -39,7 +58,43 @@ class RawPair:
     key: str
     image: Any
     caption: str | bytes | None
-    problem: str | None = None  # e.g. "missing_file": a reason to skip without decoding
+    problem: Skip | None = None  # a reason to skip without decoding
+
+
+def items_digest(items: Sequence[RawPair]) -> str:
+    """A hash of a run of items, in order: keys, captions, problems and each image's identity.
+
+    Image identity: a file's resolved path, size and modification time (ns), not its content (cheap
+    for large data; a file rewritten with the same size and mtime goes unnoticed); bytes and PIL images
+    by content.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for item in items:
+        for part in (_text_bytes(item.key), _text_bytes(item.caption), str(item.problem).encode(),
+                     _image_identity(item.image)):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.hexdigest()
+
+
+def _text_bytes(text: Any) -> bytes:
+    if isinstance(text, bytes | bytearray):
+        return bytes(text)
+    return text.encode("utf-8", "surrogatepass") if isinstance(text, str) else repr(text).encode()
+
+
+def _image_identity(image: Any) -> bytes:
+    if isinstance(image, bytes | bytearray):
+        return b"bytes:" + hashlib.blake2b(image, digest_size=16).digest()
+    if isinstance(image, Image.Image):
+        return f"pil:{image.mode}:{image.size}:".encode() + hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+    if isinstance(image, str | Path):
+        try:
+            st = Path(image).stat()
+            return f"file:{Path(image).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()
+        except OSError:
+            return f"file:{image}:absent".encode()
+    return f"{type(image).__name__}:{image!r}".encode()
 
 
 class PairSource(ABC):
@@ -88,17 +143,17 @@ class CaptionFile(PairSource):
         base = self.path.parent
         for i, row in self._rows():
             if row is None:
-                yield RawPair(f"row{i}", None, None, "bad_row")
+                yield RawPair(f"row{i}", None, None, Skip.BAD_ROW)
                 continue
             rel = next((row[k] for k in PATH_COLUMNS if row.get(k)), None)
             caption = next((row[k] for k in CAPTION_COLUMNS if k in row), None)
             if rel is None:
-                yield RawPair(f"row{i}", None, caption, "bad_row")
+                yield RawPair(f"row{i}", None, caption, Skip.BAD_ROW)
                 continue
             img = (base / str(rel)).resolve()
             if isinstance(caption, str):
                 caption = caption.encode("utf-8", errors="surrogateescape")  # decoded (strictly) later
-            yield RawPair(str(rel), img, caption, None if img.is_file() else "missing_file")
+            yield RawPair(str(rel), img, caption, None if img.is_file() else Skip.MISSING_FILE)
 
 
 class WebDatasetShards(PairSource):
@@ -135,7 +190,7 @@ class WebDatasetShards(PairSource):
                     caption = next((meta[k] for k in CAPTION_COLUMNS if k in meta), None)
                 except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
                     caption = None
-            problem = "missing_image" if image is None else ("missing_caption" if caption is None else None)
+            problem = Skip.MISSING_IMAGE if image is None else (Skip.MISSING_CAPTION if caption is None else None)
             yield RawPair(key, image, caption, problem)
 
 
@@ -159,7 +214,7 @@ class HFDatasetPairs(PairSource):
             image = row[self.image_column]
             if isinstance(image, dict):  # undecoded Image feature: {"bytes": ..., "path": ...}
                 image = image.get("bytes") or image.get("path")
-            yield RawPair(str(i), image, row[self.caption_column], None if image is not None else "missing_image")
+            yield RawPair(str(i), image, row[self.caption_column], None if image is not None else Skip.MISSING_IMAGE)
 
     @classmethod
     def from_imagefolder(cls, directory: str | Path) -> HFDatasetPairs:
@@ -179,7 +234,7 @@ class InMemoryPairs(PairSource):
     def __iter__(self) -> Iterator[RawPair]:
         for i, item in enumerate(self.pairs):
             if not (isinstance(item, tuple | list) and len(item) == 2):
-                yield RawPair(str(i), None, None, "bad_row")
+                yield RawPair(str(i), None, None, Skip.BAD_ROW)
             else:
                 yield RawPair(str(i), item[0], item[1])
 
