@@ -134,6 +134,28 @@ def cmd_benchmark_shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.evaluate import EvaluationError, evaluate, read_classnames, summary_markdown, write_report
+
+    vlm = _load(args)
+    try:
+        names = read_classnames(args.classnames) if args.classnames else None
+        payload = evaluate(vlm, args.data, classnames=names, template=args.template, predictive=args.predictive,
+                           num_samples=args.mc_samples, pseudo_count=args.pseudo_count,
+                           prior_precision=args.prior_precision, cache_dir=args.cache or Path(args.out) / "cache",
+                           batch_size=args.batch_size, seed=args.seed)
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = write_report(payload, args.out)
+    print(summary_markdown(payload))
+    print(f"written to {path} (features {'from the cache' if payload['cache']['hit'] else 'computed'}, "
+          f"{payload['seconds']['total']:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayesvlm-explain",
                                      description="Post-hoc Bayesian uncertainty for CLIP-style models.")
@@ -182,6 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix the posterior's n (default: chosen on in-domain data from a grid)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_benchmark_shift)
+    p = sub.add_parser("evaluate", help="accuracy, calibration and misclassification detection on labelled images")
+    _add_model_args(p)
+    p.add_argument("--data", required=True,
+                   help="image folder with one sub-folder per class, a labels CSV/JSONL (path + caption = class "
+                        "name), or WebDataset tar shards (glob/braces)")
+    p.add_argument("--classnames", default=None, help="text file, one class name per line (default: folders/labels)")
+    p.add_argument("--template", default="a photo of a {}.", help="prompt template with one {} for the class name")
+    p.add_argument("--out", default="evaluation", help="folder for evaluation.json/.md and reliability.png")
+    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
+    p.add_argument("--predictive", choices=["probit", "mc", "map"], default="probit")
+    p.add_argument("--mc-samples", type=int, default=1000)
+    p.add_argument("--pseudo-count", type=float, default=None, help="posterior n (lambda re-optimised unless given)")
+    p.add_argument("--prior-precision", type=float, default=None, help="posterior lambda (both sides)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
