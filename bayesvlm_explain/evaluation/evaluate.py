@@ -173,6 +173,21 @@ def _item_digest(h: Any, item: RawPair, label: int) -> None:
         h.update(repr(type(img)).encode())
 
 
+def save_features(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors and a JSON-able ``meta`` to a safetensors file (atomically, via a temporary file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"json": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def load_features(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and ``meta`` written by :func:`save_features` (safetensors: nothing is unpickled)."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["json"])
+    return load_file(str(path)), meta
+
+
 @dataclass
 class EncodedData:
     """Image features of the usable items, their labels [N] and what was skipped (by reason)."""
@@ -219,9 +234,7 @@ def encode_labeled(vlm: Any, data: LabeledData, *, cache_dir: str | Path | None 
     if cache_dir is not None:
         path = Path(cache_dir) / f"features-{model_fingerprint(vlm)[:16]}-{h.hexdigest()[:16]}.safetensors"
         if path.is_file():
-            t = load_file(str(path))
-            with safe_open(str(path), framework="pt") as fh:
-                meta = json.loads(fh.metadata()["json"])
+            t, meta = load_features(path)
             return EncodedData(Features(t["activations"].double(), t["embeddings"].double()), t["labels"].long(),
                                meta["keys"], meta["skipped"], path, True)
     skipped: Counter = Counter()
@@ -251,12 +264,8 @@ def encode_labeled(vlm: Any, data: LabeledData, *, cache_dir: str | Path | None 
     out = EncodedData(Features(torch.cat(acts).double(), torch.cat(embs).double()), torch.tensor(labels),
                       keys, dict(skipped), path, False)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        meta = {"json": json.dumps({"keys": keys, "skipped": out.skipped})}
-        save_file({"activations": torch.cat(acts).contiguous(), "embeddings": torch.cat(embs).contiguous(),
-                   "labels": out.labels}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        save_features(path, {"activations": torch.cat(acts), "embeddings": torch.cat(embs), "labels": out.labels},
+                      {"keys": keys, "skipped": out.skipped})
     return out
 
 
