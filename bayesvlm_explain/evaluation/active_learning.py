@@ -121,6 +121,11 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, likelihood: 
     return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
 
+def kron_quadratic(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``vec(Δ)ᵀ (A ⊗ B) vec(Δ) = tr(Δᵀ B Δ A)`` for ``Δ`` [D, p], ``A`` [p, p], ``B`` [D, D] (column-stacking vec)."""
+    return (delta * (b @ delta @ a)).sum()
+
+
 def adapt_projection(vlm: Any, support: Features, labels: torch.Tensor, txt: Features, *, steps: int,
                      lr: float, prior: KronPosterior | None = None, prior_weight: float = 1.0) -> torch.Tensor:
     """``ΔW`` [D, p(+1)] after ``steps`` full-batch Adam steps from ``W*`` on the support set's loss.
@@ -139,7 +144,7 @@ def adapt_projection(vlm: Any, support: Features, labels: torch.Tensor, txt: Fea
         logits = vlm.map_logits(Features(support.activations, support.embeddings + x @ delta.T), txt)
         loss = classification_loss(logits, labels, vlm.adapter.likelihood)
         if prior is not None:
-            loss = loss + 0.5 * prior_weight * (delta * (b_prec @ delta @ a_prec)).sum()
+            loss = loss + 0.5 * prior_weight * kron_quadratic(delta, a_prec, b_prec)
         (loss / len(labels)).backward()
         opt.step()
     return delta.detach()
