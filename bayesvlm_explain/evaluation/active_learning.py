@@ -336,7 +336,7 @@ def emoji_active_learning_data(vlm: Any, target_style: str = "emojione", *,
     from .._build import emoji
     from .._build.augment import augment, load_images, normalise
     from ..data.labels import load_label_space
-    from ..fitting import model_fingerprint
+    from ..fitting.features import model_fingerprint
 
     pool_styles = tuple(pool_styles or emoji.TRAIN_STYLES)
     if target_style not in emoji.SHIFT_STYLES:

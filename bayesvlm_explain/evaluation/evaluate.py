@@ -222,7 +222,7 @@ def encode_labeled(vlm: Any, data: LabeledData, *, cache_dir: str | Path | None 
     covers each item's key, label and file (path, size, mtime) or bytes, and the class names.
     Features are stored (and always used) as float32, so a cached rerun gives identical numbers.
     """
-    from ..fitting import model_fingerprint
+    from ..fitting.features import model_fingerprint
 
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([CACHE_VERSION, vlm.image_size, [normalise_name(c) for c in data.classnames]]).encode())
