@@ -34,7 +34,7 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
 from ..adapters import Features
-from ..data.pairs import PairSource, RawPair, open_pairs
+from ..data.pairs import PairSource, RawPair, items_digest, open_pairs
 from ..inputs import InputError, load_image
 from ..numerics import categorical_entropy
 from ..posterior import KronPosterior, Posterior
@@ -157,22 +157,6 @@ def _label_text(caption: str | bytes | None) -> str | None:
     return caption.strip() if isinstance(caption, str) and caption.strip() else None
 
 
-def _item_digest(h: Any, item: RawPair, label: int) -> None:
-    """Feed one item's identity into the data fingerprint: key, label and file stat or content hash."""
-    h.update(f"{item.key}\0{label}\0{item.problem}\0".encode("utf-8", "surrogateescape"))
-    img = item.image
-    if isinstance(img, str | Path):
-        try:
-            st = Path(img).stat()
-            h.update(f"{Path(img).resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
-        except OSError:
-            h.update(b"missing")
-    elif isinstance(img, bytes | bytearray):
-        h.update(hashlib.blake2b(img, digest_size=16).digest())
-    else:
-        h.update(repr(type(img)).encode())
-
-
 def save_features(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors and a JSON-able ``meta`` to a safetensors file (atomically, via a temporary file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +212,7 @@ def encode_labeled(vlm: Any, data: LabeledData, *, cache_dir: str | Path | None 
     h.update(json.dumps([CACHE_VERSION, vlm.image_size, [normalise_name(c) for c in data.classnames]]).encode())
     total = 0
     for item, label in _labelled_items(data, Counter()):
-        _item_digest(h, item, label)
+        h.update(f"{label}:{items_digest([item])}\n".encode())  # one item at a time: shards stay streamed
         total += 1
     path = None
     if cache_dir is not None:
