@@ -134,6 +134,69 @@ def cmd_benchmark_shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.evaluate import EvaluationError, evaluate, read_classnames, summary_markdown, write_report
+
+    vlm = _load(args)
+    try:
+        names = read_classnames(args.classnames) if args.classnames else None
+        payload = evaluate(vlm, args.data, classnames=names, template=args.template, predictive=args.predictive,
+                           num_samples=args.mc_samples, pseudo_count=args.pseudo_count,
+                           prior_precision=args.prior_precision, cache_dir=args.cache or Path(args.out) / "cache",
+                           batch_size=args.batch_size, seed=args.seed)
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = write_report(payload, args.out)
+    print(summary_markdown(payload))
+    print(f"written to {path} (features {'from the cache' if payload['cache']['hit'] else 'computed'}, "
+          f"{payload['seconds']['total']:.1f} s)")
+    return 0
+
+
+def cmd_active_learning(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.active_learning import (
+        ActiveLearningConfig,
+        emoji_active_learning_data,
+        folder_active_learning_data,
+        run_active_learning,
+        summary_markdown,
+        write_results,
+    )
+    from .evaluation.evaluate import EvaluationError, read_classnames
+
+    vlm = _load(args)
+    feature_cache = args.feature_cache or str(Path.home() / ".cache" / "bayesvlm_explain" / "features")
+    try:
+        if args.pool:
+            if not args.test:
+                raise EvaluationError("--pool needs --test (labelled images of the target domain)")
+            names = read_classnames(args.classnames) if args.classnames else None
+            data = folder_active_learning_data(vlm, args.pool, args.test, target=args.target, classnames=names,
+                                               template=args.template, cache_dir=feature_cache)
+        else:
+            data = emoji_active_learning_data(vlm, args.target_style, cache_dir=args.cache,
+                                              pool_styles=args.pool_styles.split(",") if args.pool_styles else None,
+                                              feature_cache=feature_cache)
+        config = ActiveLearningConfig(
+            k=args.k, rounds=args.rounds, seeds=[int(s) for s in args.seeds.split(",")],
+            strategies=args.strategies.split(","), num_targets=args.num_targets, num_samples=args.mc_samples,
+            steps=args.steps, lr=args.lr, prior_weight=args.prior_weight, pool_fraction=args.pool_fraction)
+        payload = run_active_learning(vlm, data, config, progress=lambda line: print(line, flush=True))
+    except (EvaluationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    payload["settings"].update(model=vlm.name, target_style=None if args.pool else args.target_style)
+    path = write_results(payload, args.out)
+    print(summary_markdown(payload))
+    print(f"written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayesvlm-explain",
                                      description="Post-hoc Bayesian uncertainty for CLIP-style models.")
@@ -182,6 +245,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix the posterior's n (default: chosen on in-domain data from a grid)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_benchmark_shift)
+    p = sub.add_parser("evaluate", help="accuracy, calibration and misclassification detection on labelled images")
+    _add_model_args(p)
+    p.add_argument("--data", required=True,
+                   help="image folder with one sub-folder per class, a labels CSV/JSONL (path + caption = class "
+                        "name), or WebDataset tar shards (glob/braces)")
+    p.add_argument("--classnames", default=None, help="text file, one class name per line (default: folders/labels)")
+    p.add_argument("--template", default="a photo of a {}.", help="prompt template with one {} for the class name")
+    p.add_argument("--out", default="evaluation", help="folder for evaluation.json/.md and reliability.png")
+    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
+    p.add_argument("--predictive", choices=["probit", "mc", "map"], default="probit")
+    p.add_argument("--mc-samples", type=int, default=1000)
+    p.add_argument("--pseudo-count", type=float, default=None, help="posterior n (lambda re-optimised unless given)")
+    p.add_argument("--prior-precision", type=float, default=None, help="posterior lambda (both sides)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("active-learning",
+                       help="choose labels by random/entropy/BALD/EPIG, adapt the image projection, score a target")
+    _add_model_args(p)
+    p.add_argument("--out", default="assets/active_learning", help="folder for active_learning.json/.md/.png")
+    p.add_argument("--target-style", default="emojione", help="bundled experiment: the shift style to adapt to")
+    p.add_argument("--pool-styles", default=None, help="bundled experiment: comma-separated pool styles "
+                                                         "(default: the training styles)")
+    p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
+    p.add_argument("--pool", default=None, help="own data: labelled pool (image folder / labels CSV / shards)")
+    p.add_argument("--test", default=None, help="own data: labelled test images of the target domain")
+    p.add_argument("--target", default=None, help="own data: unlabelled EPIG targets (default: the test images)")
+    p.add_argument("--classnames", default=None, help="own data: text file, one class name per line")
+    p.add_argument("--template", default="a photo of a {}.", help="own data: prompt template with one {}")
+    p.add_argument("--feature-cache", default=None, help="feature cache (default ~/.cache/bayesvlm_explain/features)")
+    p.add_argument("--k", type=int, default=10, help="labels chosen per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--strategies", default="random,entropy,bald,epig")
+    p.add_argument("--pool-fraction", type=float, default=0.5, help="share of the pool drawn per seed")
+    p.add_argument("--num-targets", type=int, default=64, help="EPIG target inputs drawn per seed")
+    p.add_argument("--mc-samples", type=int, default=64, help="joint posterior draws per scoring")
+    p.add_argument("--steps", type=int, default=30, help="Adam steps of the adaptation")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--prior-weight", type=float, default=0.1,
+                   help="weight of the posterior as prior in the adaptation (1: exact Bayesian update)")
+    p.set_defaults(func=cmd_active_learning)
     return parser
 
 

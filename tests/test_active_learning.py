@@ -1,0 +1,165 @@
+"""Active learning: the posterior update's Kronecker convention, adaptation, the loop, summaries and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import PROMPTS, random_posterior
+from test_evaluate import make_folder
+
+import bayesvlm_explain as bx
+from bayesvlm_explain.adapters import Features
+from bayesvlm_explain.cli import main
+from bayesvlm_explain.estimation import output_factor_naive
+from bayesvlm_explain.evaluation.active_learning import (
+    ActiveLearningConfig,
+    ActiveLearningData,
+    acquisition_scores,
+    adapt_projection,
+    kron_quadratic,
+    run_active_learning,
+    summarise,
+    t_quantile_975,
+    updated_posterior,
+)
+from bayesvlm_explain.marglik import factor_eigenvalues, log_marginal_likelihood_grad
+from bayesvlm_explain.selection import epig
+
+
+def features(vlm: bx.BayesVLM, n: int, seed: int) -> Features:
+    acts = torch.randn(n, vlm.adapter.image.weight.shape[1], generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
+    return Features(acts, vlm.adapter.image.project(acts).detach())
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_vlm):
+    vlm = bx.BayesVLM(tiny_vlm.model, tiny_vlm.tokenizer, tiny_vlm.preprocess, device="cpu", name="tiny")
+    post = random_posterior(vlm, prior_precision=5.0, seed=3, scale=0.2)
+    for side in post.sides().values():
+        side.num_pairs = 40
+    vlm.posterior = post
+    txt = vlm.encode_prompts(PROMPTS)
+    gen = torch.Generator().manual_seed(0)
+    data = ActiveLearningData(features(vlm, 40, 1), torch.randint(0, 4, (40,), generator=gen), features(vlm, 12, 2),
+                              features(vlm, 16, 3), torch.randint(0, 4, (16,), generator=gen), txt, PROMPTS, "toy")
+    return vlm, data
+
+
+def test_kron_quadratic_is_the_column_stacking_vec_form():
+    gen = torch.Generator().manual_seed(0)
+    delta, a, b = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((3, 5), (5, 5), (3, 3)))
+    a, b = a @ a.T, b @ b.T
+    vec = delta.T.flatten()  # column stacking
+    assert kron_quadratic(delta, a, b) == pytest.approx(float(vec @ torch.kron(a, b) @ vec), rel=1e-12)
+
+
+def test_updated_posterior_adds_sums_on_a_copy(setup):
+    vlm, data = setup
+    base = vlm.posterior
+    before = (base.image.A.clone(), base.image.B.clone(), base.image.prior_precision)
+    support = Features(data.pool.activations[:6], data.pool.embeddings[:6])
+    delta = 0.01 * torch.randn(vlm.adapter.image.dim_out, vlm.adapter.image.dim_in,
+                               generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    new = updated_posterior(vlm, base, support, data.txt, delta)
+    x = vlm.adapter.image.augment(support.activations)
+    shifted = support.embeddings + x @ delta.T
+    a_ref = (math.sqrt(40) * base.image.A + sum(torch.outer(r, r) for r in x)) / math.sqrt(46)
+    b_ref = (math.sqrt(40) * base.image.B
+             + output_factor_naive(shifted, data.txt.embeddings, vlm.adapter.logit_scale)) / math.sqrt(46)
+    torch.testing.assert_close(new.image.A, a_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(new.image.B, b_ref, rtol=1e-8, atol=1e-10)
+    assert new.image.num_pairs == 46 and new.image is not base.image
+    theta_sq = float((vlm.adapter.image.weight_with_bias().detach().double() + delta).square().sum())
+    grad = log_marginal_likelihood_grad(factor_eigenvalues(new.image.A), factor_eigenvalues(new.image.B),
+                                        1.0, new.image.prior_precision, theta_sq)
+    assert abs(float(grad)) < 1e-6  # λ is the marginal-likelihood optimum at the adapted weights
+    torch.testing.assert_close(new.text.B, base.text.B)
+    assert torch.equal(base.image.A, before[0]) and torch.equal(base.image.B, before[1])
+    assert base.image.prior_precision == before[2] and vlm.posterior is base
+
+
+def test_adaptation_fits_the_support_set_and_the_prior_holds_it(setup):
+    vlm, data = setup
+    support = Features(data.pool.activations[:8], data.pool.embeddings[:8])
+    labels = data.pool_labels[:8]
+
+    def loss(delta):
+        x = vlm.adapter.image.augment(support.activations)
+        logits = vlm.map_logits(Features(support.activations, support.embeddings + x @ delta.T), data.txt)
+        return float(torch.nn.functional.cross_entropy(logits, labels))
+
+    free = adapt_projection(vlm, support, labels, data.txt, steps=20, lr=1e-2)
+    held = adapt_projection(vlm, support, labels, data.txt, steps=20, lr=1e-2, prior=vlm.posterior.image,
+                            prior_weight=1e6)
+    zero = torch.zeros_like(free)
+    assert loss(free) < loss(zero) - 0.05
+    assert held.norm() < 0.2 * free.norm()
+    assert torch.equal(adapt_projection(vlm, support, labels, data.txt, steps=0, lr=1e-2), zero)
+
+
+def test_epig_scores_use_joint_draws(setup):
+    vlm, data = setup
+    scores = acquisition_scores(vlm, "epig", data.pool, data.target, data.txt, 32, torch.Generator().manual_seed(4))
+    both = Features(torch.cat([data.pool.activations, data.target.activations]),
+                    torch.cat([data.pool.embeddings, data.target.embeddings]))
+    probs = torch.softmax(vlm.sample_logits_features(both, data.txt, 32, torch.Generator().manual_seed(4)), -1)
+    torch.testing.assert_close(scores, epig(probs[:, :40], probs[:, 40:]))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        acquisition_scores(vlm, "margin", data.pool, data.target, data.txt, 4, torch.Generator())
+
+
+def test_loop_rows_are_complete_deterministic_and_leave_the_model_alone(setup):
+    vlm, data = setup
+    post = vlm.posterior
+    config = ActiveLearningConfig(k=3, rounds=2, seeds=(0, 1), num_samples=16, steps=5, num_targets=8)
+    payload = run_active_learning(vlm, data, config)
+    rows = payload["rows"]
+    assert len(rows) == 4 * 2 * 3
+    assert {(r["strategy"], r["budget"], r["seed"]) for r in rows} == {
+        (s, b, seed) for s in ("random", "entropy", "bald", "epig") for b in (0, 3, 6) for seed in (0, 1)}
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["ece"] <= 1 and r["support_classes"] <= r["budget"]
+    start = {r["accuracy"] for r in rows if r["budget"] == 0}
+    assert len(start) == 1  # every run starts from the same model
+    assert run_active_learning(vlm, data, config)["rows"] == rows
+    assert vlm.posterior is post and post.image.num_pairs == 40
+    assert len(payload["summary"]) == 4 * 3
+    with pytest.raises(ValueError, match="unknown strategies"):
+        run_active_learning(vlm, data, ActiveLearningConfig(strategies=("coreset",)))
+
+
+def test_summary_intervals_and_paired_differences():
+    rows = [{"strategy": s, "budget": 10, "seed": seed, "accuracy": acc, "ece": 0.1}
+            for s, accs in (("random", (0.2, 0.3, 0.4)), ("bald", (0.3, 0.5, 0.5))) for seed, acc in enumerate(accs)]
+    summary = {r["strategy"]: r for r in summarise(rows)}
+    half = 4.303 * 0.1 / math.sqrt(3)
+    assert summary["random"]["accuracy"] == pytest.approx(0.3)
+    assert summary["random"]["accuracy_ci_high"] == pytest.approx(0.3 + half)
+    diffs = torch.tensor([0.1, 0.2, 0.1], dtype=torch.float64)
+    assert summary["bald"]["accuracy_minus_random"] == pytest.approx(float(diffs.mean()))
+    lo, hi = summary["bald"]["accuracy_minus_random_ci"]
+    assert hi - lo == pytest.approx(2 * 4.303 * float(diffs.std()) / math.sqrt(3))
+    assert "accuracy_minus_random" not in summary["random"]
+    assert t_quantile_975(4) == 2.776 and t_quantile_975(30) == pytest.approx(2.042, abs=2e-3)
+    assert t_quantile_975(120) == pytest.approx(1.980, abs=2e-3)
+
+
+def test_cli_on_own_folders(tmp_path, capsys):
+    pool = make_folder(tmp_path / "pool", per_class=3)
+    test = make_folder(tmp_path / "test", per_class=2, corrupt=False)
+    rc = main(["active-learning", "--pool", str(pool), "--test", str(test), "--template", "an emoji of {}",
+               "--out", str(tmp_path / "out"), "--feature-cache", str(tmp_path / "cache"), "--k", "2",
+               "--rounds", "1", "--seeds", "0,1", "--strategies", "random,epig", "--mc-samples", "8",
+               "--steps", "3"])
+    assert rc == 0
+    payload = json.loads((tmp_path / "out" / "active_learning.json").read_text())
+    assert len(payload["rows"]) == 2 * 2 * 2
+    assert all({"strategy", "budget", "seed", "accuracy", "ece"} <= set(r) for r in payload["rows"])
+    assert (tmp_path / "out" / "active_learning.png").stat().st_size > 0
+    assert "| epig | 2 |" in (tmp_path / "out" / "active_learning.md").read_text()
+    assert main(["active-learning", "--pool", str(pool), "--out", str(tmp_path / "o2")]) == 2
+    assert "--pool needs --test" in capsys.readouterr().err
