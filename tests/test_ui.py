@@ -6,6 +6,7 @@ import math
 import os
 import struct
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,12 +158,18 @@ def test_uploads_refused_before_decoding_without_server_paths(tmp_path):
 
 
 # -- served -------------------------------------------------------------------------------------------------
-def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path):
+def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, capfd):
+    import uuid
+
+    from gradio.utils import get_upload_folder
     from gradio_client import Client, handle_file
+
+    from bayesvlm_explain.ui.uploads import MAX_UPLOAD_BYTES
 
     app = build_app(tiny_vlm)
     app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
+        assert app.max_file_size == MAX_UPLOAD_BYTES
         assert urllib.request.urlopen(app.local_url, timeout=30).status == 200
         client = Client(app.local_url, verbose=False)
         assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
@@ -182,20 +189,32 @@ def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path):
         table, csv_file, json_file = client.predict([img, handle_file(png("b.png", (200, 0, 0)))], "a cat\na dog",
                                                     api_name="/batch")
         assert len(table["data"]) == 2 and open(csv_file).read().startswith("image,top prompt")
-        bad = tmp_path / "bad.png"
+        bad = tmp_path / f"bad-{uuid.uuid4().hex}.png"
         bad.write_text("hello")
         calls = {"/predict": (handle_file(str(bad)), "a cat"),
                  "/compare": (img, "a cat", "", "", "", ""),
                  "/explain": (img, "a cat\na dog", "a frog", "total predictive entropy", "saliency", 4),
                  "/batch": ([handle_file(str(bad))], "a cat")}
-        expected = {"/predict": "bad.png: not a JPEG", "/compare": "at least 2", "/explain": "not among",
-                    "/batch": "bad.png: not a JPEG"}
+        expected = {"/predict": f"{bad.name}: not a JPEG", "/compare": "at least 2", "/explain": "not among",
+                    "/batch": f"{bad.name}: not a JPEG"}
         calls["/explain "] = (img, "a cat\na dog", "a cat", "the weather", "saliency", 4)
         expected["/explain "] = "unknown target"
         for name, args in calls.items():
             with pytest.raises(Exception, match=expected[name]) as err:
                 client.predict(*args, api_name=name.strip())
             assert "/tmp" not in str(err.value) and "Traceback" not in str(err.value)
+        assert not list(Path(get_upload_folder()).glob(f"*/{bad.name}"))  # refused uploads are deleted
+        # a small PNG declaring 12000 x 12000 pixels is refused from its header, never decoded
+        bomb = tmp_path / "bomb.png"
+        bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 12000, 12000)
+                         + b"\x08\x00\x00\x00\x00" + b"\x00" * 64)
+        with pytest.raises(Exception, match="12000x12000 pixels exceeds"):
+            client.predict(handle_file(str(bomb)), "a cat", api_name="/predict")
+        huge = tmp_path / "huge.png"
+        huge.write_bytes(b"\x89PNG" + bytes(MAX_UPLOAD_BYTES + 1))
+        with pytest.raises(Exception, match="413|too large|exceed"):
+            client.predict(handle_file(str(huge)), "a cat", api_name="/predict")
+        assert "Traceback" not in capfd.readouterr().err  # user errors are not logged as crashes
         assert client.predict(img, "a cat\na dog", api_name="/predict")[3]["classes"][0]["prompt"] == "a cat"
     finally:
         app.close()
