@@ -231,11 +231,11 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
     original = vlm.predict_features
 
     def slow(*args, **kwargs):
-        time.sleep(2.0)  # a request that takes a while, so that the queue fills up
+        time.sleep(3.0)  # a request that takes a while, so that the queue fills up
         return original(*args, **kwargs)
 
     vlm.predict_features = slow
-    app = build_app(vlm, max_queue=2, per_client=2)
+    app = build_app(vlm, max_queue=1, per_client=2)
     app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         path = tmp_path / "q.png"

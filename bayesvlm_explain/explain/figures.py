@@ -170,8 +170,8 @@ def attribution_overlay_figure(image: Any, attributions: Any, *, patch_size: int
 def attribution_panels_figure(image: Any, attributions: Any, *, patch_size: int | tuple[int, int] | None = None,
                               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                               unit: str = "target units", dpi: int = 90) -> Figure:
-    """The studio's compact heatmap: per-pixel attribution over the greyed image (left) and, for a ViT, the
-    per-patch sums (right), each with a labelled colour bar.
+    """The studio's compact heatmap: per-pixel attribution over the greyed image (top) and, for a ViT, the
+    per-patch sums (below), each with a labelled colour bar; one column, so it stays legible on a phone.
 
     The pixel scale is symmetric and clipped at the 99th percentile of ``|attribution|`` (so a few extreme
     pixels do not wash the map out); the patch scale is not clipped. Shapes as in
@@ -183,8 +183,8 @@ def attribution_panels_figure(image: Any, attributions: Any, *, patch_size: int 
         att = att.sum(0)
     h, w = img.shape[:2]
     panels = 2 if patch_size is not None else 1
-    fig = Figure(figsize=(3.1 * panels, 2.9), dpi=dpi, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, panels))
+    fig = Figure(figsize=(3.6, 0.3 + 2.9 * panels), dpi=dpi, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(panels, 1))
     vmax = float(np.quantile(np.abs(att), 0.99)) or float(np.abs(att).max()) or 1.0
     axes[0].imshow(img.mean(-1), cmap="gray", extent=(0, w, h, 0), vmin=0, vmax=1)
     im = axes[0].imshow(att, cmap=DIVERGING, vmin=-vmax, vmax=vmax, alpha=0.8, extent=(0, w, h, 0),

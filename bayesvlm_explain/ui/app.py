@@ -38,13 +38,13 @@ CSS = """
 .bx-label {overflow-wrap: anywhere}
 .bx-logit {grid-column: 1 / -1; color: #555; font-size: 12px; margin-top: -2px}
 .bx-track {background: #eee; height: 12px; border-radius: 3px; overflow: hidden; display: flex}
+.bx-key {display: inline-block; width: 12px; height: 12px; background: #2b6cb0; vertical-align: middle}
 .bx-bar {background: #2b6cb0; height: 100%}
 .bx-det {background: #a0a0a0}
 .bx-alea {background: #7aa6d6}
 .bx-epi {background: #d9534f}
 .bx-num {text-align: right; font-variant-numeric: tabular-nums}
 .bx-legend {font-size: 12px; color: #555; margin-top: 6px}
-.bx-key {display: inline-block; width: 12px; height: 12px; background: #2b6cb0; vertical-align: middle}
 .bx-cards {display: flex; flex-wrap: wrap; gap: 10px}
 .bx-card {flex: 1 1 220px; border: 1px solid #ccc; border-radius: 6px; padding: 8px}
 .bx-card > div {margin: 3px 0}
@@ -77,10 +77,12 @@ NOTES = {
 
 
 class StudioBlocks(gr.Blocks):
-    """``gr.Blocks`` whose :meth:`launch` caps uploads at :data:`~.uploads.MAX_UPLOAD_BYTES` by default."""
+    """``gr.Blocks`` whose :meth:`launch` caps uploads at :data:`~.uploads.MAX_UPLOAD_BYTES` and adds the
+    studio's style sheet by default."""
 
     def launch(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - same as gr.Blocks.launch
         kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
+        kwargs.setdefault("css", CSS)
         return super().launch(*args, **kwargs)
 
 
@@ -203,7 +205,8 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                         gr.Markdown(", ".join(labels))
         image.change(preview, image, shown, queue=False, api_visibility="private")
         if examples:
-            gr.Examples(examples, [image, prompts], label="examples (the bundled model's own artwork styles)")
+            gr.Examples(examples, [image, prompts], label="examples (the bundled model's own artwork styles)",
+                        examples_per_page=4)
 
         with gr.Tabs():
             with gr.Tab("Inspect", id="inspect"):
@@ -212,7 +215,8 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 bars = gr.HTML(elem_id="bars")
                 table = gr.Dataframe(headers=views.TABLE_HEADERS, label="per prompt", interactive=False,
                                      wrap=True)
-                predict_json = gr.JSON(label="JSON (the /predict API returns this)", open=False)
+                with gr.Accordion("JSON (what the /predict API returns)", open=False):
+                    predict_json = gr.JSON(show_label=False)
                 with gr.Accordion("what does this mean?", open=False):
                     gr.Markdown(NOTES["inspect"])
             with gr.Tab("Compare prompts", id="compare"):
@@ -225,7 +229,8 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 compare_btn = gr.Button("compare", variant="primary", elem_id="compare-btn")
                 compare_md = gr.Markdown(elem_id="compare-summary")
                 compare_cards = gr.HTML()
-                compare_json = gr.JSON(label="JSON (the /compare API returns this)", open=False)
+                with gr.Accordion("JSON (what the /compare API returns)", open=False):
+                    compare_json = gr.JSON(show_label=False)
                 with gr.Accordion("what does this mean?", open=False):
                     gr.Markdown(NOTES["compare"])
             with gr.Tab("Explain", id="explain"):
@@ -242,7 +247,8 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 explain_md = gr.Markdown(elem_id="explain-summary")
                 heat = gr.Plot(format="png", show_label=False, elem_id="heatmap")
                 tokens = gr.HTML(elem_id="tokens")
-                explain_json = gr.JSON(label="JSON (the /explain API returns this)", open=False)
+                with gr.Accordion("JSON (what the /explain API returns)", open=False):
+                    explain_json = gr.JSON(show_label=False)
                 with gr.Accordion("what does this mean?", open=False):
                     gr.Markdown(NOTES["explain"])
             with gr.Tab("Batch", id="batch"):

@@ -34,10 +34,12 @@ MAX_SETS = 4
 MAX_BATCH_IMAGES = 16
 RECOMMENDED = "mc"  # the predictive shown first; the deterministic one is shown beside it
 NUM_SAMPLES = 1000
-TABLE_HEADERS = ["prompt", "p (recommended, MC)", "p (deterministic)", "logit mean", "logit std",
-                 "image share", "text share", "interaction share"]
-BATCH_HEADERS = ["image", "top prompt", "p (MC)", "p (deterministic)", "logit std of top", "entropy (nats)",
-                 "epistemic (nats)", "unusual (percentile)", "out of domain"]
+TABLE_HEADERS = ["prompt", "p (MC)", "p (det.)", "logit mean", "logit std", "image share", "text share",
+                 "inter. share"]
+"""Inspect's table: MC = the recommended Monte Carlo predictive, det. = the deterministic model; the shares
+are the image, text and interaction parts of the logit variance."""
+BATCH_HEADERS = ["image", "top prompt", "p (MC)", "p (det.)", "logit std", "entropy (nats)", "epistemic (nats)",
+                 "unusual (percentile)", "out of domain"]
 EXPLAIN_TARGETS = {"image-side variance of the prompt": "image_variance",
                    "epistemic uncertainty (BALD)": "epistemic",
                    "total predictive entropy": "entropy",
