@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import tempfile
@@ -101,6 +102,19 @@ def bundled_extras(vlm: Any) -> tuple[Yardstick | None, list[str] | None, str]:
     return ys, labels, f"Yardstick: {ys.reference}."
 
 
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
+
+    Attribution runs allocate and free hundreds of MB of short-lived tensors on changing worker threads;
+    glibc keeps the freed pages in per-thread arenas, so the server's memory grows call after call
+    although nothing is leaked (``benchmarks/load_studio.py --explain`` measures it).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _pending(blocks: gr.Blocks, session: str | None) -> int:
     """Requests of one session waiting in or running on the queue (gradio's queue state)."""
     queue = blocks._queue
@@ -151,6 +165,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         return out["summary"], out["html"], out["json"]
 
     def explain(image: Any, prompts_text: str, prompt: str, target: str, method: str, steps: float) -> tuple:
+        trim_heap()  # the previous attribution run's freed memory
         out = views.explain_prompt(vlm, image, prompts_text, prompt, views.EXPLAIN_TARGETS.get(target, target),
                                    views.EXPLAIN_METHODS.get(method, method), int(steps))
         return out["summary"], out["figure"], out["tokens"], out["json"]

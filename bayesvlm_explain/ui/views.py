@@ -87,7 +87,7 @@ def classes_json(pred: Prediction, n: int = 0) -> list[dict[str, Any]]:
              "map_prob": float(det[c])} for c, p in enumerate(pred.prompts)]
 
 
-def _entropy_parts(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def entropy_parts(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Total, aleatoric and epistemic entropy [N] of the MC predictive (same draws as ``pred.probs``)."""
     from ..explain import decompose_uncertainty
 
@@ -95,7 +95,7 @@ def _entropy_parts(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return tuple(t.detach().numpy() for t in (dec.total_entropy, dec.aleatoric, dec.epistemic))  # type: ignore
 
 
-def _predict(vlm: Any, feats: Features, prompts: list[str]) -> Prediction:
+def recommended_prediction(vlm: Any, feats: Features, prompts: list[str]) -> Prediction:
     """The recommended predictive of encoded images against ``prompts`` (fixed seed: reproducible)."""
     return vlm.predict_features(feats, vlm.encode_prompts(prompts), prompts, predictive=RECOMMENDED,
                                 num_samples=NUM_SAMPLES, seed=0)
@@ -156,8 +156,8 @@ def inspect_image(vlm: Any, image: Any, prompts_text: str, yardstick: Yardstick 
     """
     prompts = parse_prompts(prompts_text)
     feats = vlm.encode_images([_image(image)])
-    pred = _predict(vlm, feats, prompts)
-    total, alea, epi = _entropy_parts(pred)
+    pred = recommended_prediction(vlm, feats, prompts)
+    total, alea, epi = entropy_parts(pred)
     ys = yardstick_json(vlm, yardstick, feats)[0]
     classes = classes_json(pred)
     payload = {"classes": classes,
@@ -221,8 +221,8 @@ def compare_sets(vlm: Any, image: Any, set_texts: Sequence[str], labels_text: st
     feats = vlm.encode_images([_image(image)])
     out = []
     for prompts in sets:
-        pred = _predict(vlm, feats, prompts)
-        total, _, epi = _entropy_parts(pred)
+        pred = recommended_prediction(vlm, feats, prompts)
+        total, _, epi = entropy_parts(pred)
         classes = classes_json(pred)
         k = int(pred.probs[0].argmax())
         out.append({"prompts": prompts, "classes": classes,
@@ -293,7 +293,7 @@ def explain_prompt(vlm: Any, image: Any, prompts_text: str, prompt: str | None =
     prompts = parse_prompts(prompts_text)
     img = _image(image)
     x = vlm.preprocess_images([img])
-    pred = _predict(vlm, vlm.encode_images(x), prompts)
+    pred = recommended_prediction(vlm, vlm.encode_images(x), prompts)
     if prompt:
         prompt = clean_prompt(prompt, 0)
         if prompt not in prompts:
@@ -301,7 +301,7 @@ def explain_prompt(vlm: Any, image: Any, prompts_text: str, prompt: str | None =
         k = prompts.index(prompt)
     else:
         k = int(pred.probs[0].argmax())
-    total, alea, epi = _entropy_parts(pred)
+    total, alea, epi = entropy_parts(pred)
     attr = UncertaintyAttribution(vlm, target=target, num_samples=num_samples).attribute(
         x, prompts, prompt_index=k, method=method, n_steps=int(steps))
     tok = TokenAttribution(vlm, target="text_variance").attribute(x, prompts[k], n_steps=int(steps))
@@ -370,8 +370,8 @@ def batch_table(vlm: Any, images: Sequence[Any], prompts_text: str, yardstick: Y
     if len(images) > MAX_BATCH_IMAGES:
         raise InputError(f"{len(images)} images given; a batch takes at most {MAX_BATCH_IMAGES}")
     feats = vlm.encode_images([_image(p) for p in images])
-    pred = _predict(vlm, feats, prompts)
-    total, alea, epi = _entropy_parts(pred)
+    pred = recommended_prediction(vlm, feats, prompts)
+    total, alea, epi = entropy_parts(pred)
     ys = yardstick_json(vlm, yardstick, feats)
     entries = []
     for n, path in enumerate(images):
