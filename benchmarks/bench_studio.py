@@ -12,7 +12,9 @@ layer: *handler* = the studio view function (file check, decoding, library calls
 
     python benchmarks/bench_studio.py [--repeats 15] [--threads 2] [--json benchmarks/bench_studio.json]
 
-Warm (one call of each first), medians. Not a test: prints a table and exits 0.
+Warm (one call of each first), then interleaved rounds, medians; the in-process times are taken before
+the client starts. Not a test: prints a table
+and exits 0.
 """
 
 from __future__ import annotations
@@ -24,21 +26,25 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studio_common import StudioServer  # noqa: E402
 
 
-def median_ms(fn: Any, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(timed: dict[tuple[str, str], Callable[[], object]], repeats: int) -> dict[tuple[str, str], list]:
+    """Seconds per call of each function: one warm-up call each, then ``repeats`` rounds of all in turn (a
+    change in machine load hits all alike)."""
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in timed}
+    for fn in timed.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    for _ in range(repeats):
+        for key, fn in timed.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> int:
@@ -80,23 +86,25 @@ def main() -> int:
     def encode_figure() -> None:
         figure.savefig(io.BytesIO(), format="png")
 
-    rows: dict[str, dict[str, float]] = {}
-    rows["/predict"] = {
-        "library_ms": median_ms(library_predict, args.repeats),
-        "handler_ms": median_ms(lambda: views.inspect_image(vlm, image, text, ys), args.repeats),
+    local = {  # in this process, before any client exists (gradio_client's threads would slow it down)
+        ("/predict", "handler_ms"): lambda: views.inspect_image(vlm, image, text, ys),
+        ("/predict", "library_ms"): library_predict,
+        ("/explain", "handler_ms"): lambda: views.explain_prompt(vlm, image, text, other),
+        ("/explain", "library_ms"): library_explain,
+        ("/explain", "figure_png_ms"): encode_figure,
     }
-    rows["/explain"] = {
-        "library_ms": median_ms(library_explain, max(3, args.repeats // 3)),
-        "figure_png_ms": median_ms(encode_figure, max(3, args.repeats // 3)),
-        "handler_ms": median_ms(lambda: views.explain_prompt(vlm, image, text, other), max(3, args.repeats // 3)),
-    }
+    times = interleaved(local, args.repeats)
     with StudioServer("--threads", str(args.threads)) as server:
         client = Client(server.url, verbose=False)
-        rows["/predict"]["round_trip_ms"] = median_ms(
-            lambda: client.predict(handle_file(image), text, api_name="/predict"), args.repeats)
-        rows["/explain"]["round_trip_ms"] = median_ms(
-            lambda: client.predict(handle_file(image), text, other, "image-side variance of the prompt",
-                                   "integrated gradients", 16, api_name="/explain"), max(3, args.repeats // 3))
+        times.update(interleaved({
+            ("/predict", "round_trip_ms"): lambda: client.predict(handle_file(image), text, api_name="/predict"),
+            ("/explain", "round_trip_ms"): lambda: client.predict(
+                handle_file(image), text, other, "image-side variance of the prompt", "integrated gradients", 16,
+                api_name="/explain"),
+        }, args.repeats))
+    rows: dict[str, dict[str, float]] = {}
+    for (endpoint, what), values in times.items():
+        rows.setdefault(endpoint, {})[what] = 1000 * statistics.median(values)
     for row in rows.values():
         row["app_overhead_ms"] = row["round_trip_ms"] - row["handler_ms"]
     load = os.getloadavg()[0]

@@ -105,9 +105,9 @@ def bundled_extras(vlm: Any) -> tuple[Yardstick | None, list[str] | None, str]:
 def trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
 
-    Attribution runs allocate and free hundreds of MB of short-lived tensors on changing worker threads;
-    glibc keeps the freed pages in per-thread arenas, so the server's memory grows call after call
-    although nothing is leaked (``benchmarks/load_studio.py --explain`` measures it).
+    Requests allocate and free short-lived tensors (hundreds of MB for an attribution run) on changing
+    worker threads; glibc keeps the freed pages in per-thread arenas, so the server's memory grew call after
+    call although nothing leaked (``benchmarks/load_studio.py --explain`` measures it).
     """
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -149,6 +149,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
 
     def guard(fn: Any, uploads: Any) -> Any:
         def run(*args: Any) -> Any:
+            trim_heap()  # what earlier requests freed (costs microseconds)
             try:
                 return fn(*args)
             except USER_ERRORS as err:
@@ -165,7 +166,6 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         return out["summary"], out["html"], out["json"]
 
     def explain(image: Any, prompts_text: str, prompt: str, target: str, method: str, steps: float) -> tuple:
-        trim_heap()  # the previous attribution run's freed memory
         out = views.explain_prompt(vlm, image, prompts_text, prompt, views.EXPLAIN_TARGETS.get(target, target),
                                    views.EXPLAIN_METHODS.get(method, method), int(steps))
         return out["summary"], out["figure"], out["tokens"], out["json"]
@@ -185,9 +185,11 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         if not path:
             return None
         try:
-            return views.open_upload(path)
+            img = views.open_upload(path)
         except InputError as err:
             raise _user_error(err, [path]) from None
+        img.thumbnail((256, 256))
+        return img
 
     def per_client_limit(request: gr.Request, *inputs: Any) -> list[Any]:
         """Refuse, at queue join, a session that already has ``per_client`` requests waiting or running."""
@@ -218,7 +220,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                     use_all.click(lambda: "\n".join(labels), None, prompts, queue=False, api_visibility="private")
                     with gr.Accordion(f"the model's labels ({len(labels)})", open=False):
                         gr.Markdown(", ".join(labels))
-        image.change(preview, image, shown, queue=False, api_visibility="private")
+        image.change(preview, image, shown, api_visibility="private", concurrency_id="light", concurrency_limit=2)
         if examples:
             gr.Examples(examples, [image, prompts], label="examples (the bundled model's own artwork styles)",
                         examples_per_page=4)
