@@ -64,6 +64,7 @@ class Yardstick:
         prompts: the label set entropy and BALD are measured against.
         quantiles: figure -> 101 values, the 0th..100th percentiles over the reference images.
         num_samples / seed: the Monte Carlo draws used for entropy and BALD.
+        variance: the logit-variance mode of the predictions (``BayesVLM.predict``'s ``variance``).
         posterior: what the figures depend on (``model``, ``prior_precision`` per side, ``pseudo_count``);
             :meth:`check` refuses another posterior.
         reference: a description of the reference images (source and count).
@@ -76,12 +77,13 @@ class Yardstick:
     seed: int
     posterior: dict[str, Any]
     reference: str
+    variance: str = "projected"
     rule: OutOfDomainRule | None = None
 
     # -- measuring --------------------------------------------------------------------------------------
     def measure(self, vlm: Any, images: Any | Features) -> dict[str, torch.Tensor]:
         """The figures [N] of images (anything ``vlm.encode_images`` takes, or their :class:`Features`)."""
-        return measure_figures(vlm, images, self.prompts, self.num_samples, self.seed)
+        return measure_figures(vlm, images, self.prompts, self.num_samples, self.seed, self.variance)
 
     def percentiles(self, figures: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Each figure's percentile (0..100) among the reference images; monotone in the figure."""
@@ -152,6 +154,7 @@ class Yardstick:
             return cls(prompts=prompts, quantiles={k: list(map(float, v)) for k, v in quantiles.items()},
                        num_samples=int(payload["num_samples"]), seed=int(payload["seed"]),
                        posterior=dict(payload["posterior"]), reference=str(payload["reference"]),
+                       variance=str(payload.get("variance", "projected")),
                        rule=OutOfDomainRule(**rule) if rule else None)
         except (KeyError, TypeError, ValueError) as err:
             raise YardstickError(f"{FILE_NAME}: malformed field ({err})") from err
@@ -166,13 +169,13 @@ def posterior_signature(vlm: Any) -> dict[str, Any]:
 
 
 def measure_figures(vlm: Any, images: Any | Features, prompts: Sequence[str], num_samples: int = 1000,
-                    seed: int = 0) -> dict[str, torch.Tensor]:
+                    seed: int = 0, variance: str = "projected") -> dict[str, torch.Tensor]:
     """``epistemic`` and ``entropy`` (nats, over ``prompts``) and ``input_scale`` per image, each [N]."""
     from .explain import decompose_uncertainty
 
     img = images if isinstance(images, Features) else vlm.encode_images(images)
     pred = vlm.predict_features(img, vlm.encode_prompts(list(prompts)), list(prompts), predictive="mc",
-                                num_samples=num_samples, seed=seed)
+                                num_samples=num_samples, seed=seed, variance=variance)
     dec = decompose_uncertainty(pred, leave_one_out=False, rank_by="variance")
     scale = vlm.posterior.image.input_scales(vlm.adapter.image.augment(img.activations))
     return {"epistemic": dec.epistemic.detach(), "input_scale": scale.detach().reshape(-1),
@@ -196,15 +199,16 @@ def percentile_of(quantiles: Sequence[float], values: Any) -> np.ndarray:
 
 
 def build_yardstick(vlm: Any, images: Any | Features, prompts: Sequence[str], *, num_samples: int = 1000,
-                    seed: int = 0, reference: str = "") -> Yardstick:
+                    seed: int = 0, reference: str = "", variance: str = "projected") -> Yardstick:
     """Quantiles of the figures over reference ``images`` (the model's in-domain data) for ``vlm``'s posterior."""
-    figures = measure_figures(vlm, images, prompts, num_samples, seed)
+    figures = measure_figures(vlm, images, prompts, num_samples, seed, variance)
     n = int(figures["epistemic"].shape[0])
     if n < 2:
         raise YardstickError("a yardstick needs at least 2 reference images")
     quantiles = {k: np.quantile(v.numpy(), LEVELS / 100.0).tolist() for k, v in figures.items()}
     return Yardstick(prompts=list(prompts), quantiles=quantiles, num_samples=num_samples, seed=seed,
-                     posterior=posterior_signature(vlm), reference=f"{reference} ({n} images)".strip())
+                     posterior=posterior_signature(vlm), reference=f"{reference} ({n} images)".strip(),
+                     variance=variance)
 
 
 def _rule_score(percentiles: Mapping[str, Any], figure: str) -> Any:
@@ -254,14 +258,14 @@ def bundled_yardstick_path() -> Path:
 def build_bundled(num_samples: int = 1000, cache_dir: Any = None) -> Yardstick:
     """The bundled model's yardstick: reference = the shift benchmark's in-domain calibration split; the
     out-of-domain rule is chosen on its held-out in-domain split and every shift style."""
-    from .data import emoji
+    from .data.labels import load_label_space
+    from .evaluation.shift import render_splits
     from .model import BayesVLM
-    from .shift import render_splits
 
     vlm = BayesVLM.from_pretrained("bundled", device="cpu")
     size = vlm.image_size[0] if vlm.image_size else 64
     splits = render_splits(size, cache_dir)
-    prompts = emoji.benchmark_classes().prompts()
+    prompts = load_label_space().prompts()
     ys = build_yardstick(vlm, splits["calibration"].images, prompts, num_samples=num_samples,
                          reference="bundled shift benchmark, in-domain calibration split")
     figures = {name: {k: v.numpy() for k, v in ys.measure(vlm, s.images).items()}

@@ -32,10 +32,10 @@ from studio_common import StudioServer  # noqa: E402
 
 def make_requests(n: int, folder: Path, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` (image path, prompts text) pairs, all different."""
-    from bayesvlm_explain.data.emoji import benchmark_classes
+    from bayesvlm_explain.data.labels import load_label_space
     from bayesvlm_explain.ui import bundled_examples
 
-    labels = benchmark_classes().prompts()
+    labels = load_label_space().prompts()
     sources = [Image.open(path).convert("RGB") for path, _ in bundled_examples()]
     rng = random.Random(seed)
     ops = [lambda im: im, ImageOps.mirror, ImageOps.flip, lambda im: im.rotate(90), ImageOps.invert,

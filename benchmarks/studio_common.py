@@ -14,7 +14,7 @@ class StudioServer:
 
     def __init__(self, *extra: str) -> None:
         self.proc = subprocess.Popen([sys.executable, str(HERE / "studio_server.py"), *extra],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                                      cwd=HERE.parent)
         for line in self.proc.stdout:
             if line.startswith("URL "):
@@ -22,6 +22,17 @@ class StudioServer:
                 break
         else:
             raise RuntimeError("the studio server exited before serving")
+
+    def timings(self) -> dict[str, float]:
+        """Medians (ms) the server measured since the last call (it must run with ``--timings``)."""
+        import json
+
+        self.proc.stdin.write("timings\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("TIMINGS "):
+                return json.loads(line[len("TIMINGS "):])
+        raise RuntimeError("the studio server exited")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

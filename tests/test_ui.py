@@ -225,6 +225,7 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
 
     from conftest import TINY_CLIP, build_tiny, random_posterior
     from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
 
     vlm = build_tiny(TINY_CLIP)
     vlm.posterior = random_posterior(vlm)
@@ -252,7 +253,11 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
                 return "full" if "Queue is full" in text else "mine" if "already have 2" in text else text
 
         mine = [greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict") for _ in range(2)]
-        time.sleep(0.5)  # both running: the greedy client's third request is refused at once
+        deadline = time.monotonic() + 60
+        while not all(j.status().code in (Status.IN_QUEUE, Status.PROCESSING) for j in mine):  # both joined
+            assert time.monotonic() < deadline, [j.status().code for j in mine]
+            time.sleep(0.05)
+        # the greedy client's third request is refused at once
         assert outcome(greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict")) == "mine"
         theirs = [c.submit(handle_file(str(path)), "a\nb", api_name="/predict") for c in others]
         results = [outcome(j) for j in mine + theirs]

@@ -59,17 +59,26 @@ def test_build_save_load_check_and_verdict(tiny_vlm, tmp_path):
         tiny_vlm.posterior.image.prior_precision /= 2
 
 
-def test_rule_respects_the_in_domain_rate_and_flags_shifted_images(tiny_vlm):
-    ys = build_yardstick(tiny_vlm, random_images(tiny_vlm, n=40, seed=1), PROMPTS, num_samples=100)
-    held_out = {k: v.numpy() for k, v in ys.measure(tiny_vlm, random_images(tiny_vlm, n=40, seed=2)).items()}
-    shifted = {"bright": {k: v.numpy() for k, v in
-                          ys.measure(tiny_vlm, 4.0 * random_images(tiny_vlm, n=20, seed=4)).items()}}
-    rule = choose_out_of_domain_rule(ys, held_out, shifted, max_in_domain_rate=0.1)
-    assert rule.flag_rates["in_domain"] <= 0.1 and rule.flag_rates["bright"] > rule.flag_rates["in_domain"]
+def test_rule_respects_the_in_domain_rate_and_flags_shifted_images():
+    rng = np.random.default_rng(1)
+    reference = {"epistemic": rng.gamma(2, 0.01, 2000), "input_scale": rng.normal(0.5, 0.05, 2000),
+                 "entropy": rng.gamma(3, 0.3, 2000)}
+    ys = Yardstick(prompts=["a"], quantiles={k: np.quantile(v, np.linspace(0, 1, 101)).tolist()
+                                             for k, v in reference.items()},
+                   num_samples=10, seed=0, posterior={}, reference="synthetic")
+    held_out = {"epistemic": rng.gamma(2, 0.01, 500), "input_scale": rng.normal(0.5, 0.05, 500),
+                "entropy": rng.gamma(3, 0.3, 500)}
+    # one style shifts the input scale only, one the epistemic part only
+    scale_shift = dict(held_out, input_scale=rng.normal(0.62, 0.05, 500))
+    bald_shift = dict(held_out, epistemic=rng.gamma(2, 0.02, 500))
+    rule = choose_out_of_domain_rule(ys, held_out, {"scale": scale_shift, "bald": bald_shift}, 0.1)
+    rates = rule.flag_rates
+    assert rates["in_domain"] <= 0.1 and rates["scale"] > 2 * rates["in_domain"] < rates["bald"]
+    assert rule.figure == "max(epistemic, input_scale)"  # the only figure that sees both shifts
     ys.rule = rule
-    pct = ys.percentiles(shifted["bright"])
-    flags = ys.out_of_domain(pct)
-    assert flags.mean() == pytest.approx(rule.flag_rates["bright"])
+    assert ys.out_of_domain(ys.percentiles(scale_shift)).mean() == pytest.approx(rates["scale"])
+    with pytest.raises(YardstickError, match="at most"):
+        choose_out_of_domain_rule(ys, {k: v + 100 for k, v in held_out.items()}, {"scale": scale_shift}, 0.1)
 
 
 def test_malformed_yardstick_files_name_the_field(tmp_path):

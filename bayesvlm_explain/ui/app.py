@@ -91,9 +91,9 @@ def bundled_extras(vlm: Any) -> tuple[Yardstick | None, list[str] | None, str]:
     """The bundled model's yardstick and label prompts (``None`` for other models), and a note on them."""
     if vlm.name != "bundled":
         return None, None, "No yardstick is known for this model and posterior."
-    from ..data.emoji import benchmark_classes
+    from ..data.labels import load_label_space
 
-    labels = benchmark_classes().prompts()
+    labels = load_label_space().prompts()
     try:
         ys = Yardstick.load(bundled_yardstick_path().parent)
         ys.check(vlm)

@@ -407,7 +407,7 @@ def bundled_examples() -> list[list[Any]]:
     import json
 
     from ..bundled import bundled_dir
-    from ..data.emoji import PROMPT_TEMPLATE
+    from ..data.labels import PROMPT_TEMPLATE
 
     index = bundled_dir().parent / "examples" / "examples.json"
     if not index.is_file():
