@@ -221,6 +221,7 @@ def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, ca
 
 
 def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
+    import threading
     import time
 
     from conftest import TINY_CLIP, build_tiny, random_posterior
@@ -230,19 +231,26 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
     vlm = build_tiny(TINY_CLIP)
     vlm.posterior = random_posterior(vlm)
     original = vlm.predict_features
+    release = threading.Event()
 
-    def slow(*args, **kwargs):
-        time.sleep(3.0)  # a request that takes a while, so that the queue fills up
+    def held(*args, **kwargs):
+        release.wait(60)  # requests stay running until the test has seen the queue fill up
         return original(*args, **kwargs)
 
-    vlm.predict_features = slow
+    vlm.predict_features = held
     app = build_app(vlm, max_queue=1, per_client=2)
     app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         path = tmp_path / "q.png"
         Image.new("RGB", (32, 32)).save(path)
         greedy = Client(app.local_url, verbose=False)
-        others = [Client(app.local_url, verbose=False) for _ in range(5)]
+        others = [Client(app.local_url, verbose=False) for _ in range(4)]
+
+        def joined(jobs) -> None:
+            deadline = time.monotonic() + 60
+            while any(j.status().code in (Status.STARTING, Status.JOINING_QUEUE) for j in jobs):
+                assert time.monotonic() < deadline, [j.status().code for j in jobs]
+                time.sleep(0.05)
 
         def outcome(job) -> str:
             try:
@@ -253,17 +261,16 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
                 return "full" if "Queue is full" in text else "mine" if "already have 2" in text else text
 
         mine = [greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict") for _ in range(2)]
-        deadline = time.monotonic() + 60
-        while not all(j.status().code in (Status.IN_QUEUE, Status.PROCESSING) for j in mine):  # both joined
-            assert time.monotonic() < deadline, [j.status().code for j in mine]
-            time.sleep(0.05)
-        # the greedy client's third request is refused at once
+        joined(mine)  # both running (2 light requests at once): the greedy client's third is refused
         assert outcome(greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict")) == "mine"
         theirs = [c.submit(handle_file(str(path)), "a\nb", api_name="/predict") for c in others]
+        joined(theirs)  # one waits in the queue of size 1, three are told it is full
+        release.set()
         results = [outcome(j) for j in mine + theirs]
-        assert results[:2] == ["ok", "ok"] and set(results[2:]) == {"ok", "full"}, results
+        assert results[:2] == ["ok", "ok"] and sorted(results[2:]) == ["full", "full", "full", "ok"], results
         assert greedy.predict(handle_file(str(path)), "a\nb", api_name="/predict")[3]["classes"][1]["prompt"] == "b"
     finally:
+        release.set()
         app.close()
 
 
