@@ -1,107 +1,276 @@
-"""The studio serves predictions over HTTP and answers bad input with a message, not a crash."""
+"""The studio: its four views as plain functions, then served over HTTP and driven by gradio_client."""
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import urllib.request
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import bayesvlm_explain as bx
-from bayesvlm_explain.ui import TABLE_HEADERS, build_app, explain_views, parse_prompts, prediction_table
+from bayesvlm_explain.ui import TABLE_HEADERS, build_app, parse_prompts, prediction_table, views
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+CLASS_KEYS = {"prompt", "mean", "var", "var_image", "var_text", "var_interaction", "prob", "map_prob"}
 
 
-def test_prediction_table_rows(tiny_vlm, tmp_path):
-    path = tmp_path / "img.png"
-    Image.new("RGB", (40, 40), (0, 120, 255)).save(path)
-    rows = prediction_table(tiny_vlm, str(path), "a cat\n\n a dog \na truck", num_samples=500)
-    assert [len(r) for r in rows] == [len(TABLE_HEADERS)] * 3
-    assert {r[0] for r in rows} == {"a cat", "a dog", "a truck"}
-    assert abs(sum(r[3] for r in rows) - 1) < 1e-3 and abs(sum(r[5] for r in rows) - 1) < 1e-3
-    for r in rows:
-        assert abs(r[6] + r[7] + r[8] - 1) < 0.01  # variance shares add up
+@pytest.fixture()
+def png(tmp_path):
+    def make(name: str = "img.png", color=(0, 120, 255), size=(40, 40)) -> str:
+        path = tmp_path / name
+        Image.new("RGB", size, color).save(path)
+        return str(path)
+    return make
 
 
-def test_prediction_table_errors(tiny_vlm, tmp_path):
-    with pytest.raises(bx.InputError, match="upload an image"):
-        prediction_table(tiny_vlm, None, "a cat")
+def test_inspect_json_has_the_documented_fields_and_adds_up(tiny_vlm, png):
+    out = views.inspect_image(tiny_vlm, png(), "a cat\n\n a dog \na truck")
+    classes, image = out["json"]["classes"], out["json"]["image"]
+    assert [c["prompt"] for c in classes] == ["a cat", "a dog", "a truck"]
+    assert all(set(c) == CLASS_KEYS for c in classes)
+    assert abs(sum(c["prob"] for c in classes) - 1) < 1e-9 and abs(sum(c["map_prob"] for c in classes) - 1) < 1e-9
+    for c in classes:
+        assert math.isclose(c["var"], c["var_image"] + c["var_text"] + c["var_interaction"], rel_tol=1e-9)
+    assert math.isclose(image["entropy"], image["aleatoric"] + image["epistemic"], rel_tol=1e-9)
+    # the entropy is that of the probabilities shown (the same Monte Carlo draws)
+    probs = np.array([c["prob"] for c in classes])
+    assert math.isclose(image["entropy"], float(-(probs * np.log(probs)).sum()), rel_tol=1e-9)
+    assert image["percentiles"] == {} and image["out_of_domain"] is False  # no yardstick for this model
+    assert [r[0] for r in out["rows"]] == sorted([c["prompt"] for c in classes], key=lambda p: -next(
+        c["prob"] for c in classes if c["prompt"] == p))
+    assert len(out["rows"][0]) == len(TABLE_HEADERS)
+    assert "a cat" in out["bars"] and "logit" in out["bars"]
+
+
+def test_prompts_are_cleaned_and_bad_ones_refused(tiny_vlm, png):
+    assert parse_prompts(" a\x00 cat \n\x07\n a dog") == ["a cat", "a dog"]  # control characters dropped
     with pytest.raises(bx.InputError, match="non-empty"):
-        parse_prompts("  \n ")
+        parse_prompts("  \n \x01\x02 ")
+    with pytest.raises(bx.InputError, match="surrogate"):
+        parse_prompts("a \ud800 cat")
+    with pytest.raises(bx.InputError, match="twice"):
+        parse_prompts("a cat\na cat")
     with pytest.raises(bx.InputError, match="at most"):
         parse_prompts("\n".join(f"p{i}" for i in range(100)))
-    bad = tmp_path / "x.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(bx.InputError):
-        prediction_table(tiny_vlm, str(bad), "a cat")
+    with pytest.raises(bx.InputError, match="upload an image"):
+        prediction_table(tiny_vlm, None, "a cat")
 
 
-def test_studio_serves_and_survives_bad_requests(tiny_vlm, tmp_path):
+def test_compare_expands_templates_and_reports_disagreement(tiny_vlm, png):
+    out = views.compare_sets(tiny_vlm, png(), ["a photo of {}", "", "a drawing of {}", "a cat\na truck"],
+                             "cat\ndog")
+    sets = out["json"]["sets"]
+    assert [s["prompts"] for s in sets] == [["a photo of cat", "a photo of dog"],
+                                          ["a drawing of cat", "a drawing of dog"], ["a cat", "a truck"]]
+    for s in sets:
+        assert set(s) == {"prompts", "classes", "top", "entropy", "epistemic"}
+        k = s["top"]["index"]
+        assert s["top"]["prob"] == max(c["prob"] for c in s["classes"]) == s["classes"][k]["prob"]
+        assert 0 <= s["epistemic"] <= s["entropy"] <= math.log(2) + 1e-9
+    assert out["json"]["most_certain"] == int(np.argmin([s["entropy"] for s in sets]))
+    agree = len({s["top"]["index"] for s in sets}) == 1
+    assert out["json"]["agree"] == agree and ("disagree" in out["summary"]) == (not agree)
+    with pytest.raises(bx.InputError, match="at least 2"):
+        views.compare_sets(tiny_vlm, png(), ["a cat", " ", "", ""])
+    with pytest.raises(bx.InputError, match="labels"):
+        views.compare_sets(tiny_vlm, png(), ["a {}", "b {}"], "")
+
+
+def test_explain_any_prompt_returns_figure_tokens_and_numbers(tiny_vlm, png):
+    from matplotlib.figure import Figure
+
+    path = png(color=(20, 200, 20))
+    inspected = views.inspect_image(tiny_vlm, path, "a cat\na dog\na frog")["json"]["classes"]
+    last = min(inspected, key=lambda c: c["prob"])["prompt"]  # not the most probable prompt
+    out = views.explain_prompt(tiny_vlm, path, "a cat\na dog\na frog", last, "image_variance",
+                               "integrated_gradients", steps=8, num_samples=200)
+    p = out["json"]
+    assert isinstance(out["figure"], Figure) and p["prompt"] == last
+    assert math.isclose(sum(p["shares"].values()), 1.0, rel_tol=1e-9)
+    assert math.isclose(p["entropy"], p["aleatoric"] + p["epistemic"], rel_tol=1e-9)
+    words = [t for t in p["tokens"] if not t["special"]]
+    assert [t["token"] for t in words] == ["a", last.split()[1]] and any(t["special"] for t in p["tokens"])
+    # the explained quantity is the prompt's image-side variance that Inspect reports
+    var_image = next(c["var_image"] for c in inspected if c["prompt"] == last)
+    assert p["attribution"]["target_value"] == pytest.approx(var_image, rel=1e-5)
+    assert p["attribution"]["unit"] == "squared logits" and abs(p["attribution"]["delta"]) < 0.05 * var_image
+    with pytest.raises(bx.InputError, match="not among"):
+        views.explain_prompt(tiny_vlm, path, "a cat\na dog", "a frog")
+    with pytest.raises(bx.InputError, match="steps"):
+        views.explain_prompt(tiny_vlm, path, "a cat\na dog", "", steps=0)
+
+
+def test_batch_sorted_by_epistemic_with_safe_csv(tiny_vlm, png):
+    paths = [png(f"=img{i}.png", color=(40 * i, 255 - 30 * i, 9 * i)) for i in range(4)]
+    out = views.batch_table(tiny_vlm, paths, "a cat\na dog\na red square")
+    epistemic = [row[6] for row in out["rows"]]
+    assert epistemic == sorted(epistemic, reverse=True) and len(out["rows"]) == 4
+    assert [e["image"]["epistemic"] for e in out["json"]["images"]] == sorted(
+        (e["image"]["epistemic"] for e in out["json"]["images"]), reverse=True)
+    lines = out["csv"].splitlines()
+    assert lines[0].split(",") == views.BATCH_HEADERS and all(line.startswith("'=img") for line in lines[1:])
+    with pytest.raises(bx.InputError, match="at most"):
+        views.batch_table(tiny_vlm, [paths[0]] * 17, "a cat")
+
+
+# -- uploads ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt,ext,mode", [("PNG", "png", "RGB"), ("JPEG", "jpg", "RGB"), ("WEBP", "webp", "RGB"),
+                                          ("WEBP", "webp", "RGBA"), ("GIF", "gif", "P"), ("BMP", "bmp", "RGB")])
+def test_upload_header_dimensions_match_pil(tmp_path, fmt, ext, mode):
+    from bayesvlm_explain.ui.uploads import check_upload
+
+    path = tmp_path / f"x.{ext}"
+    Image.new(mode, (37, 23)).save(path, format=fmt, **({"lossless": True} if mode == "RGBA" else {}))
+    assert check_upload(path)[1:] == (37, 23)
+
+
+def test_uploads_refused_before_decoding_without_server_paths(tmp_path):
+    from bayesvlm_explain.ui.uploads import check_upload, open_upload
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    with pytest.raises(bx.InputError) as err:
+        open_upload(text)
+    assert str(err.value).startswith("notes.png:") and str(tmp_path) not in str(err.value)
+    # a PNG whose header declares 12000 x 12000 pixels: refused from the header (the body is garbage)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 12000, 12000)
+                     + b"\x08\x00\x00\x00\x00" + b"\x00" * 64)
+    with pytest.raises(bx.InputError, match="12000x12000"):
+        check_upload(bomb)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(bx.InputError, match="empty"):
+        check_upload(empty)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    with pytest.raises(bx.InputError, match="cut.jpg"):
+        check_upload(cut)
+    tiff = tmp_path / "x.tiff"
+    Image.new("RGB", (8, 8)).save(tiff)
+    with pytest.raises(bx.InputError, match="not a JPEG"):
+        check_upload(tiff)
+
+
+# -- served -------------------------------------------------------------------------------------------------
+def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, capfd):
+    import uuid
+
+    from gradio.utils import get_upload_folder
     from gradio_client import Client, handle_file
 
+    from bayesvlm_explain.ui.uploads import MAX_UPLOAD_BYTES
+
     app = build_app(tiny_vlm)
-    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
-        url = app.local_url
-        assert urllib.request.urlopen(url, timeout=30).status == 200
-        client = Client(url, verbose=False)
-        path = tmp_path / "img.png"
-        Image.new("RGB", (40, 40), (255, 0, 0)).save(path)
-        with pytest.raises(Exception, match="empty|non-empty"):  # the error message reaches the user
-            client.predict(handle_file(str(path)), "   ", api_name="/predict")
-        out = client.predict(handle_file(str(path)), "a red square\na blue circle", api_name="/predict")
-        assert len(out["data"]) == 2 and out["headers"][0] == "prompt"
+        assert app.max_file_size == MAX_UPLOAD_BYTES
+        assert urllib.request.urlopen(app.local_url, timeout=30).status == 200
+        client = Client(app.local_url, verbose=False)
+        assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+            "/predict", "/compare", "/explain", "/batch"}
+        img = handle_file(png())
+        verdict, bars, table, payload = client.predict(img, "a red square\na blue circle", api_name="/predict")
+        assert [c["prompt"] for c in payload["classes"]] == ["a red square", "a blue circle"]
+        assert set(payload["image"]) >= {"entropy", "aleatoric", "epistemic", "percentiles", "out_of_domain"}
+        assert table["headers"] == TABLE_HEADERS and len(table["data"]) == 2 and "entropy" in verdict
+        alone = views.inspect_image(tiny_vlm, png(), "a red square\na blue circle")["json"]["classes"]
+        assert payload["classes"] == alone  # the server returns exactly what the library computes
+        _, _, cmp = client.predict(img, "a {}", "the {}", "", "", "cat\ndog", api_name="/compare")
+        assert [len(s["prompts"]) for s in cmp["sets"]] == [2, 2]
+        summary, figure, tokens, exp = client.predict(img, "a cat\na dog", "a dog", "total predictive entropy",
+                                                      "saliency", 4, api_name="/explain")
+        assert exp["prompt"] == "a dog" and exp["target"] == "entropy" and "a dog" in summary and "bx-tok" in tokens
+        table, csv_file, json_file = client.predict([img, handle_file(png("b.png", (200, 0, 0)))], "a cat\na dog",
+                                                    api_name="/batch")
+        assert len(table["data"]) == 2 and open(csv_file).read().startswith("image,top prompt")
+        bad = tmp_path / f"bad-{uuid.uuid4().hex}.png"
+        bad.write_text("hello")
+        calls = {"/predict": (handle_file(str(bad)), "a cat"),
+                 "/compare": (img, "a cat", "", "", "", ""),
+                 "/explain": (img, "a cat\na dog", "a frog", "total predictive entropy", "saliency", 4),
+                 "/batch": ([handle_file(str(bad))], "a cat")}
+        expected = {"/predict": f"{bad.name}: not a JPEG", "/compare": "at least 2", "/explain": "not among",
+                    "/batch": f"{bad.name}: not a JPEG"}
+        calls["/explain "] = (img, "a cat\na dog", "a cat", "the weather", "saliency", 4)
+        expected["/explain "] = "unknown target"
+        for name, args in calls.items():
+            with pytest.raises(Exception, match=expected[name]) as err:
+                client.predict(*args, api_name=name.strip())
+            assert "/tmp" not in str(err.value) and "Traceback" not in str(err.value)
+        assert not list(Path(get_upload_folder()).glob(f"*/{bad.name}"))  # refused uploads are deleted
+        # a small PNG declaring 12000 x 12000 pixels is refused from its header, never decoded
+        bomb = tmp_path / "bomb.png"
+        bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 12000, 12000)
+                         + b"\x08\x00\x00\x00\x00" + b"\x00" * 64)
+        with pytest.raises(Exception, match="12000x12000 pixels exceeds"):
+            client.predict(handle_file(str(bomb)), "a cat", api_name="/predict")
+        huge = tmp_path / "huge.png"
+        huge.write_bytes(b"\x89PNG" + bytes(MAX_UPLOAD_BYTES + 1))
+        with pytest.raises(Exception, match="413|too large|exceed"):
+            client.predict(handle_file(str(huge)), "a cat", api_name="/predict")
+        assert "Traceback" not in capfd.readouterr().err  # user errors are not logged as crashes
+        assert client.predict(img, "a cat\na dog", api_name="/predict")[3]["classes"][0]["prompt"] == "a cat"
     finally:
         app.close()
 
 
-def test_explain_views_figures(tiny_vlm, tmp_path):
-    import matplotlib.pyplot as plt
-    from matplotlib.figure import Figure
-
-    path = tmp_path / "img.png"
-    Image.new("RGB", (40, 40), (20, 200, 20)).save(path)
-    views = explain_views(tiny_vlm, str(path), "a cat\na dog\na frog", target="epistemic", num_samples=200)
-    assert all(isinstance(views[k], Figure) for k in ("classes", "decomposition", "pixels", "tokens"))
-    total, alea, epi = views["entropy"]
-    assert abs(total - alea - epi) < 1e-9 and epi >= 0
-    assert plt.get_fignums() == []
-
-
-def test_too_many_concurrent_users_get_queue_full_and_the_studio_keeps_serving(tmp_path):
+def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
+    import threading
     import time
 
     from conftest import TINY_CLIP, build_tiny, random_posterior
     from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
 
     vlm = build_tiny(TINY_CLIP)
     vlm.posterior = random_posterior(vlm)
-    original = vlm.predict
+    original = vlm.predict_features
+    release = threading.Event()
 
-    def slow_predict(*args, **kwargs):
-        time.sleep(1.0)  # a request that takes a while, so that the queue fills up
+    def held(*args, **kwargs):
+        release.wait(60)  # requests stay running until the test has seen the queue fill up
         return original(*args, **kwargs)
 
-    vlm.predict = slow_predict
-    app = build_app(vlm, max_queue=2)
+    vlm.predict_features = held
+    app = build_app(vlm, max_queue=1, per_client=2)
     app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         path = tmp_path / "q.png"
         Image.new("RGB", (32, 32)).save(path)
-        client = Client(app.local_url, verbose=False)
-        jobs = [client.submit(handle_file(str(path)), "a\nb", api_name="/predict") for _ in range(8)]
-        outcomes = []
-        for job in jobs:
+        greedy = Client(app.local_url, verbose=False)
+        others = [Client(app.local_url, verbose=False) for _ in range(4)]
+
+        def joined(jobs) -> None:
+            deadline = time.monotonic() + 60
+            while any(j.status().code in (Status.STARTING, Status.JOINING_QUEUE) for j in jobs):
+                assert time.monotonic() < deadline, [j.status().code for j in jobs]
+                time.sleep(0.05)
+
+        def outcome(job) -> str:
             try:
                 job.result()
-                outcomes.append("ok")
+                return "ok"
             except Exception as err:  # noqa: BLE001 - the client raises a plain Exception with the message
-                outcomes.append("full" if "Queue is full" in str(err) else repr(err))
-        assert set(outcomes) == {"ok", "full"}, outcomes  # 2 running + 2 queued are served, the rest refused
-        assert len(client.predict(handle_file(str(path)), "a\nb", api_name="/predict")["data"]) == 2
+                text = str(err)
+                return "full" if "Queue is full" in text else "mine" if "already have 2" in text else text
+
+        mine = [greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict") for _ in range(2)]
+        joined(mine)  # both running (2 light requests at once): the greedy client's third is refused
+        assert outcome(greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict")) == "mine"
+        theirs = [c.submit(handle_file(str(path)), "a\nb", api_name="/predict") for c in others]
+        joined(theirs)  # one waits in the queue of size 1, three are told it is full
+        release.set()
+        results = [outcome(j) for j in mine + theirs]
+        assert results[:2] == ["ok", "ok"] and sorted(results[2:]) == ["full", "full", "full", "ok"], results
+        assert greedy.predict(handle_file(str(path)), "a\nb", api_name="/predict")[3]["classes"][1]["prompt"] == "b"
     finally:
+        release.set()
         app.close()
 
 
@@ -116,4 +285,4 @@ def test_cli_predict(tiny_vlm, tmp_path, monkeypatch, capsys):
     assert lines[0].split("\t") == TABLE_HEADERS and len(lines) == 3
     (tmp_path / "bad.png").write_text("no image")
     assert cli.main(["predict", str(tmp_path / "bad.png"), "a cat"]) == 2
-    assert "not a readable image" in capsys.readouterr().err
+    assert "bad.png: not a JPEG" in capsys.readouterr().err

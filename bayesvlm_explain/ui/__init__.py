@@ -1,0 +1,25 @@
+"""The studio: a Gradio page over :class:`~bayesvlm_explain.BayesVLM` (tabs Inspect, Compare prompts,
+Explain, Batch). :mod:`.views` computes (no web framework), :mod:`.uploads` checks uploaded files,
+:mod:`.app` builds the page (the only module that imports gradio, on first use of :func:`build_app`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .views import TABLE_HEADERS, bundled_examples, inspect_image, parse_prompts
+
+__all__ = ["TABLE_HEADERS", "build_app", "bundled_examples", "parse_prompts", "prediction_table"]
+
+
+def prediction_table(vlm: Any, image: Any, prompts_text: str) -> list[list[Any]]:
+    """Rows of :data:`TABLE_HEADERS` for one image file, the most probable prompt first (no yardstick)."""
+    return inspect_image(vlm, image, prompts_text)["rows"]
+
+
+def build_app(vlm: Any, **kwargs: Any) -> Any:
+    """The studio page (see :func:`.app.build_app`); imports gradio."""
+    from .app import build_app as build
+
+    return build(vlm, **kwargs)
+

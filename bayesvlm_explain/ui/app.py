@@ -1,0 +1,301 @@
+"""The studio's Gradio page: four tabs wired to :mod:`.views` (the only module here that imports gradio).
+
+* every run first clears all outputs it owns, then fills them; an error leaves them cleared, so results
+  of two runs are never shown side by side;
+* uploads arrive as files (never decoded by Gradio) and are checked by :mod:`.uploads` before PIL opens
+  them; refused uploads are deleted at once, the rest by the server's cache cleanup; the upload size is
+  capped by :meth:`StudioBlocks.launch`;
+* at most 2 light requests (predict, compare, batch) and 1 attribution run at once; ``max_queue`` wait,
+  and one browser session (or API client) may have at most ``per_client`` requests waiting or running;
+* user errors come back as messages (no traceback in the server log, no server path in the text).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.utils import get_upload_folder
+
+from ..inputs import InputError
+from ..posterior import PosteriorError
+from ..yardstick import Yardstick, YardstickError, bundled_yardstick_path
+from . import views
+from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard
+
+log = logging.getLogger(__name__)
+USER_ERRORS = (InputError, PosteriorError, YardstickError)
+
+CSS = """
+.bx-bars, .bx-cards {font-size: 14px}
+.bx-row {display: grid; grid-template-columns: minmax(7em, 1.4fr) 1fr 3.6em 1fr 3.6em; gap: 2px 8px;
+         align-items: center; margin: 3px 0}
+.bx-label {overflow-wrap: anywhere}
+.bx-logit {grid-column: 1 / -1; color: #555; font-size: 12px; margin-top: -2px}
+.bx-track {background: #eee; height: 12px; border-radius: 3px; overflow: hidden; display: flex}
+.bx-key {display: inline-block; width: 12px; height: 12px; background: #2b6cb0; vertical-align: middle}
+.bx-bar {background: #2b6cb0; height: 100%}
+.bx-det {background: #a0a0a0}
+.bx-alea {background: #7aa6d6}
+.bx-epi {background: #d9534f}
+.bx-num {text-align: right; font-variant-numeric: tabular-nums}
+.bx-legend {font-size: 12px; color: #555; margin-top: 6px}
+.bx-cards {display: flex; flex-wrap: wrap; gap: 10px}
+.bx-card {flex: 1 1 220px; border: 1px solid #ccc; border-radius: 6px; padding: 8px}
+.bx-card > div {margin: 3px 0}
+.bx-best {border: 2px solid #2b6cb0}
+.bx-cardhead {font-size: 12px; color: #555}
+.bx-top {font-weight: 600; overflow-wrap: anywhere}
+.bx-tokens {display: flex; flex-wrap: wrap; gap: 4px; font-size: 15px}
+.bx-tok {padding: 2px 6px; border-radius: 4px; border: 1px solid #bbb}
+.bx-tok small {margin-left: 4px; font-size: 11px; color: #333}
+.bx-special {color: #888; font-style: italic; background: #f4f4f4}
+"""
+
+NOTES = {
+    "inspect": "Each prompt's logit has a mean and a standard deviation from the Laplace posterior over the two "
+               "projection layers. *p (MC)* averages the softmax over logit draws (the recommended predictive); "
+               "*deterministic* ignores the uncertainty. The shares say whether the variance comes from the "
+               "image projection, the text projection or their interaction. The verdict compares the image "
+               "with the model's own in-domain images (against its own label set): a high percentile means the "
+               "model has seen few images like it.",
+    "compare": "The same image against several wordings. Lower entropy means the wording makes the model more "
+               "certain; the epistemic part is the share caused by not knowing the weights. A set given as one "
+               "line with `{}` is a template, filled with each label.",
+    "explain": "Which pixels raise (red) or lower (blue) the chosen quantity for the chosen prompt; the colour bar "
+               "is in the quantity's unit per pixel (left) and per ViT patch (right). Integrated gradients' "
+               "values add up to the change from a grey image. The tokens show which words carry the prompt's "
+               "text-side variance.",
+    "batch": "One row per image, the most epistemically uncertain first; click a column header to sort. "
+             "Download the table as CSV, or everything (every prompt of every image) as JSON.",
+}
+
+
+class StudioBlocks(gr.Blocks):
+    """``gr.Blocks`` whose :meth:`launch` caps uploads at :data:`~.uploads.MAX_UPLOAD_BYTES` and adds the
+    studio's style sheet by default."""
+
+    def launch(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - same as gr.Blocks.launch
+        kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
+        kwargs.setdefault("css", CSS)
+        return super().launch(*args, **kwargs)
+
+
+def bundled_extras(vlm: Any) -> tuple[Yardstick | None, list[str] | None, str]:
+    """The bundled model's yardstick and label prompts (``None`` for other models), and a note on them."""
+    if vlm.name != "bundled":
+        return None, None, "No yardstick is known for this model and posterior."
+    from ..data.labels import load_label_space
+
+    labels = load_label_space().prompts()
+    try:
+        ys = Yardstick.load(bundled_yardstick_path().parent)
+        ys.check(vlm)
+    except YardstickError as err:
+        return None, labels, f"Yardstick unavailable: {err}."
+    return ys, labels, f"Yardstick: {ys.reference}."
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
+
+    Requests allocate and free short-lived tensors (hundreds of MB for an attribution run) on changing
+    worker threads; glibc keeps the freed pages in per-thread arenas, so the server's memory grew call after
+    call although nothing leaked (``benchmarks/load_studio.py --explain`` measures it).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _pending(blocks: gr.Blocks, session: str | None) -> int:
+    """Requests of one session waiting in or running on the queue (gradio's queue state)."""
+    queue = blocks._queue
+    waiting = sum(ev.session_hash == session for q in queue.event_queue_per_concurrency_id.values()
+                  for ev in q.queue)
+    running = sum(ev.session_hash == session for jobs in queue.active_jobs if jobs for ev in jobs)
+    return waiting + running
+
+
+def _user_error(err: Exception, uploads: list[Any]) -> gr.Error:
+    """A message for the user (logged without traceback); refused uploads in gradio's cache are deleted."""
+    cache = Path(get_upload_folder()).resolve()
+    for path in uploads:
+        if path and Path(path).resolve().is_relative_to(cache):
+            try:
+                check_upload(path)
+            except InputError:
+                discard(path)
+    log.info("refused request: %s", err)
+    return gr.Error(str(err), print_exception=False)
+
+
+def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
+              yardstick: Yardstick | None = None, labels: list[str] | None = None) -> StudioBlocks:
+    """The studio as a :class:`StudioBlocks` (not launched). For the bundled model the yardstick and the
+    label set are found automatically."""
+    auto_ys, auto_labels, ys_note = bundled_extras(vlm)
+    yardstick = yardstick or auto_ys
+    labels = labels or auto_labels
+    downloads = Path(tempfile.mkdtemp(prefix="bayesvlm-studio-"))
+    default_prompts = examples[0][1] if examples else "a photo of a cat\na photo of a dog\na photo of a car"
+
+    def guard(fn: Any, uploads: Any) -> Any:
+        def run(*args: Any) -> Any:
+            trim_heap()  # what earlier requests freed (costs microseconds)
+            try:
+                return fn(*args)
+            except USER_ERRORS as err:
+                files = uploads(*args)
+                raise _user_error(err, files if isinstance(files, list) else [files]) from None
+        return run
+
+    def inspect(image: Any, prompts_text: str) -> tuple[Any, ...]:
+        out = views.inspect_image(vlm, image, prompts_text, yardstick)
+        return out["verdict"], out["bars"], out["rows"], out["json"]
+
+    def compare(image: Any, s1: str, s2: str, s3: str, s4: str, labels_text: str) -> tuple[Any, ...]:
+        out = views.compare_sets(vlm, image, [s1, s2, s3, s4], labels_text)
+        return out["summary"], out["html"], out["json"]
+
+    def explain(image: Any, prompts_text: str, prompt: str, target: str, method: str, steps: float) -> tuple:
+        out = views.explain_prompt(vlm, image, prompts_text, prompt, views.EXPLAIN_TARGETS.get(target, target),
+                                   views.EXPLAIN_METHODS.get(method, method), int(steps))
+        return out["summary"], out["figure"], out["tokens"], out["json"]
+
+    def batch(files: Any, prompts_text: str) -> tuple[Any, ...]:
+        out = views.batch_table(vlm, files if isinstance(files, list) else [files], prompts_text, yardstick)
+        for old in downloads.glob("*"):
+            if time.time() - old.stat().st_mtime > 600:
+                old.unlink(missing_ok=True)
+        stem = downloads / f"batch-{time.time_ns()}"
+        csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+        csv_path.write_text(out["csv"], encoding="utf-8")
+        json_path.write_text(json.dumps(out["json"], indent=1), encoding="utf-8")
+        return out["rows"], str(csv_path), str(json_path)
+
+    def preview(path: Any) -> Any:
+        if not path:
+            return None
+        try:
+            img = views.open_upload(path)
+        except InputError as err:
+            raise _user_error(err, [path]) from None
+        img.thumbnail((256, 256))
+        return img
+
+    def per_client_limit(request: gr.Request, *inputs: Any) -> list[Any]:
+        """Refuse, at queue join, a session that already has ``per_client`` requests waiting or running."""
+        ok = _pending(app, request.session_hash) < per_client
+        message = "" if ok else f"you already have {per_client} requests waiting; wait for them to finish"
+        return [gr.validate(ok, message)] + [gr.validate(True, "")] * (len(inputs) - 1)
+
+    def prompt_choices(text: str) -> Any:
+        lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()][: views.MAX_PROMPTS]
+        return gr.update(choices=[""] + list(dict.fromkeys(lines)), value="")
+
+    with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(600, 3600)) as app:
+        gr.Markdown(
+            "# bayesvlm-explain studio\n"
+            f"Model **{vlm.name}** on `{vlm.device}`. Every (image, prompt) logit has a mean and a variance from "
+            "a Laplace posterior over the two projection layers. " + ys_note)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=240):
+                image = gr.File(label="image (JPEG, PNG, WebP, GIF or BMP)", file_types=EXTENSIONS,
+                                type="filepath", elem_id="image-file")
+                shown = gr.Image(label="the image", interactive=False, height=180, format="png", type="pil",
+                                 buttons=[])
+            with gr.Column(scale=2, min_width=280):
+                prompts = gr.Textbox(lines=6, label="class prompts (one per line)", value=default_prompts,
+                                     elem_id="prompts")
+                if labels:
+                    use_all = gr.Button(f"use all {len(labels)} labels of the model", size="sm")
+                    use_all.click(lambda: "\n".join(labels), None, prompts, queue=False, api_visibility="private")
+                    with gr.Accordion(f"the model's labels ({len(labels)})", open=False):
+                        gr.Markdown(", ".join(labels))
+        image.change(preview, image, shown, api_visibility="private", concurrency_id="light", concurrency_limit=2)
+        if examples:
+            gr.Examples(examples, [image, prompts], label="examples (the bundled model's own artwork styles)",
+                        examples_per_page=4)
+
+        with gr.Tabs():
+            with gr.Tab("Inspect", id="inspect"):
+                predict_btn = gr.Button("predict", variant="primary", elem_id="predict-btn")
+                verdict = gr.Markdown(elem_id="verdict")
+                bars = gr.HTML(elem_id="bars")
+                table = gr.Dataframe(headers=views.TABLE_HEADERS, label="per prompt", interactive=False,
+                                     wrap=True)
+                with gr.Accordion("JSON (what the /predict API returns)", open=False):
+                    predict_json = gr.JSON(show_label=False)
+                with gr.Accordion("what does this mean?", open=False):
+                    gr.Markdown(NOTES["inspect"])
+            with gr.Tab("Compare prompts", id="compare"):
+                with gr.Row():
+                    sets = [gr.Textbox(lines=3, label=f"set {i + 1}", value=v, elem_id=f"set{i + 1}")
+                            for i, v in enumerate(["an emoji of {}", "a drawing of {}", "", ""])]
+                set_labels = gr.Textbox(lines=2, label="labels for templates (one per line; {} is replaced)",
+                                        value="\n".join(views.template_labels(default_prompts)),
+                                        elem_id="set-labels")
+                compare_btn = gr.Button("compare", variant="primary", elem_id="compare-btn")
+                compare_md = gr.Markdown(elem_id="compare-summary")
+                compare_cards = gr.HTML()
+                with gr.Accordion("JSON (what the /compare API returns)", open=False):
+                    compare_json = gr.JSON(show_label=False)
+                with gr.Accordion("what does this mean?", open=False):
+                    gr.Markdown(NOTES["compare"])
+            with gr.Tab("Explain", id="explain"):
+                with gr.Row():
+                    prompt_pick = gr.Dropdown(choices=[""] + default_prompts.splitlines(), value="",
+                                              allow_custom_value=True, label="prompt (empty: the most probable)",
+                                              elem_id="explain-prompt")
+                    target = gr.Dropdown(list(views.EXPLAIN_TARGETS), value=next(iter(views.EXPLAIN_TARGETS)),
+                                         label="explain", allow_custom_value=True)
+                    method = gr.Dropdown(list(views.EXPLAIN_METHODS), value=next(iter(views.EXPLAIN_METHODS)),
+                                         label="method", allow_custom_value=True)
+                    steps = gr.Slider(4, 64, value=16, step=4, label="steps (integrated gradients)")
+                explain_btn = gr.Button("explain", variant="primary", elem_id="explain-btn")
+                explain_md = gr.Markdown(elem_id="explain-summary")
+                heat = gr.Plot(format="png", show_label=False, elem_id="heatmap")
+                tokens = gr.HTML(elem_id="tokens")
+                with gr.Accordion("JSON (what the /explain API returns)", open=False):
+                    explain_json = gr.JSON(show_label=False)
+                with gr.Accordion("what does this mean?", open=False):
+                    gr.Markdown(NOTES["explain"])
+            with gr.Tab("Batch", id="batch"):
+                batch_files = gr.File(label="images", file_count="multiple", file_types=EXTENSIONS,
+                                      type="filepath")
+                batch_btn = gr.Button("run the batch", variant="primary", elem_id="batch-btn")
+                batch_table = gr.Dataframe(headers=views.BATCH_HEADERS, label="one row per image", interactive=False,
+                                           wrap=True)
+                with gr.Row():
+                    batch_csv = gr.File(label="CSV")
+                    batch_json = gr.File(label="JSON")
+                with gr.Accordion("what does this mean?", open=False):
+                    gr.Markdown(NOTES["batch"])
+        prompts.change(prompt_choices, prompts, prompt_pick, queue=False, api_visibility="private")
+
+        def wire(button: gr.Button, fn: Any, inputs: list[Any], outputs: list[Any], name: str, uploads: Any,
+                 concurrency: str, limit: int) -> None:
+            button.click(lambda: [None] * len(outputs), None, outputs, queue=False, api_visibility="private",
+                         show_progress="hidden").then(
+                guard(fn, uploads), inputs, outputs, api_name=name, concurrency_id=concurrency,
+                concurrency_limit=limit, validator=per_client_limit)
+
+        wire(predict_btn, inspect, [image, prompts], [verdict, bars, table, predict_json], "predict",
+             lambda im, *_: im, "light", 2)
+        wire(compare_btn, compare, [image, *sets, set_labels], [compare_md, compare_cards, compare_json], "compare",
+             lambda im, *_: im, "light", 2)
+        wire(explain_btn, explain, [image, prompts, prompt_pick, target, method, steps],
+             [explain_md, heat, tokens, explain_json], "explain", lambda im, *_: im, "attribution", 1)
+        wire(batch_btn, batch, [batch_files, prompts], [batch_table, batch_csv, batch_json], "batch",
+             lambda files, *_: files or [], "light", 2)
+    app.queue(max_size=max_queue, default_concurrency_limit=2)
+    return app
+

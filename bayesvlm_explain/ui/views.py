@@ -1,0 +1,423 @@
+"""What the studio computes and shows, without any web framework: the four views as plain functions.
+
+* :func:`inspect_image`: per prompt the recommended (Monte Carlo) and deterministic probabilities, the
+  logit mean and variance with its image/text/interaction parts; per image the entropy split and the
+  yardstick's percentiles, verdict and out-of-domain flag.
+* :func:`compare_sets`: one image against 2-4 prompt sets (or templates such as ``"a drawing of {}"``).
+* :func:`explain_prompt`: pixel and token attributions of one target for any prompt, with the numbers.
+* :func:`batch_table`: several images x prompts, one row per image, most uncertain first.
+
+Every function returns JSON-ready dicts (floats, strings, lists) plus what the page draws; the Gradio
+layer (:mod:`.app`) only wires them to components.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..adapters import Features
+from ..inputs import InputError, check_prompts
+from ..predictive import Prediction
+from ..yardstick import Yardstick
+from .uploads import display_name, open_upload
+
+MAX_PROMPTS = 64
+MAX_SETS = 4
+MAX_BATCH_IMAGES = 16
+RECOMMENDED = "mc"  # the predictive shown first; the deterministic one is shown beside it
+NUM_SAMPLES = 1000
+TABLE_HEADERS = ["prompt", "p (MC)", "p (det.)", "logit mean", "logit std", "image share", "text share",
+                 "inter. share"]
+"""Inspect's table: MC = the recommended Monte Carlo predictive, det. = the deterministic model; the shares
+are the image, text and interaction parts of the logit variance."""
+BATCH_HEADERS = ["image", "top prompt", "p (MC)", "p (det.)", "logit std", "entropy (nats)", "epistemic (nats)",
+                 "unusual (percentile)", "out of domain"]
+EXPLAIN_TARGETS = {"image-side variance of the prompt": "image_variance",
+                   "epistemic uncertainty (BALD)": "epistemic",
+                   "total predictive entropy": "entropy",
+                   "logit mean of the prompt (contrast)": "mean"}
+EXPLAIN_METHODS = {"integrated gradients": "integrated_gradients", "saliency": "saliency",
+                   "SmoothGrad": "smoothgrad", "occlusion (one patch)": "occlusion"}
+TARGET_UNITS = {"image_variance": "squared logits", "epistemic": "nats", "entropy": "nats", "mean": "logits"}
+
+
+# -- prompts ---------------------------------------------------------------------------------------------
+def clean_prompt(line: str, index: int) -> str:
+    """A prompt line with control characters removed and outer blanks stripped; refuses lone surrogates."""
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in line):
+        raise InputError(f"prompt {index + 1} contains an invalid character (a lone UTF-16 surrogate)")
+    return "".join(ch for ch in line if unicodedata.category(ch) != "Cc").strip()
+
+
+def parse_prompts(text: str | None, what: str = "prompts") -> list[str]:
+    """One prompt per non-blank line (at most :data:`MAX_PROMPTS`, duplicates refused)."""
+    lines = (text or "").splitlines()
+    prompts = [p for i, line in enumerate(lines) if (p := clean_prompt(line, i))]
+    if not prompts:
+        raise InputError(f"{what}: enter at least one prompt (one per line); a prompt must be non-empty")
+    if len(prompts) > MAX_PROMPTS:
+        raise InputError(f"{what}: {len(prompts)} prompts given; the studio takes at most {MAX_PROMPTS}")
+    dup = next((p for i, p in enumerate(prompts) if p in prompts[:i]), None)
+    if dup is not None:
+        raise InputError(f"{what}: the prompt {dup[:60]!r} is given twice")
+    return check_prompts(prompts)
+
+
+def _image(path: Any) -> Any:
+    if not path:
+        raise InputError("upload an image first")
+    return open_upload(path)
+
+
+# -- shared pieces -----------------------------------------------------------------------------------------
+def classes_json(pred: Prediction, n: int = 0) -> list[dict[str, Any]]:
+    """Per prompt of image ``n``: logit ``mean``, ``var`` and its parts, ``prob`` (MC) and ``map_prob``."""
+    prob, det = pred.probs[n], pred.map_probs[n]
+    return [{"prompt": p, "mean": float(pred.mean[n, c]), "var": float(pred.var[n, c]),
+             "var_image": float(pred.var_image[n, c]), "var_text": float(pred.var_text[n, c]),
+             "var_interaction": float(pred.var_interaction[n, c]), "prob": float(prob[c]),
+             "map_prob": float(det[c])} for c, p in enumerate(pred.prompts)]
+
+
+def entropy_parts(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Total, aleatoric and epistemic entropy [N] of the MC predictive (same draws as ``pred.probs``)."""
+    from ..explain import decompose_uncertainty
+
+    dec = decompose_uncertainty(pred, leave_one_out=False, rank_by="variance")
+    return tuple(t.detach().numpy() for t in (dec.total_entropy, dec.aleatoric, dec.epistemic))  # type: ignore
+
+
+def recommended_prediction(vlm: Any, feats: Features, prompts: list[str]) -> Prediction:
+    """The recommended predictive of encoded images against ``prompts`` (fixed seed: reproducible)."""
+    return vlm.predict_features(feats, vlm.encode_prompts(prompts), prompts, predictive=RECOMMENDED,
+                                num_samples=NUM_SAMPLES, seed=0)
+
+
+def yardstick_json(vlm: Any, yardstick: Yardstick | None, feats: Features) -> list[dict[str, Any]]:
+    """Per image: ``percentiles`` (figure -> 0..100), the raw ``figures``, ``out_of_domain`` and ``verdict``."""
+    count = int(feats.embeddings.shape[0])
+    if yardstick is None:
+        return [{"percentiles": {}, "figures": {}, "out_of_domain": False,
+                 "verdict": "No yardstick for this posterior: the figures cannot be compared with the "
+                            "model's in-domain images."}] * count
+    figures = {k: v.numpy() for k, v in yardstick.measure(vlm, feats).items()}
+    pct = yardstick.percentiles(figures)
+    ood = yardstick.out_of_domain(pct)
+    out = []
+    for n in range(len(ood)):
+        p = {k: float(v[n]) for k, v in pct.items()}
+        out.append({"percentiles": p, "figures": {k: float(v[n]) for k, v in figures.items()},
+                    "out_of_domain": bool(ood[n]), "verdict": yardstick.verdict(p)})
+    return out
+
+
+def _rows(classes: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for c in sorted(classes, key=lambda c: -c["prob"]):
+        var = c["var"] or 1.0
+        rows.append([c["prompt"], round(c["prob"], 4), round(c["map_prob"], 4), round(c["mean"], 3),
+                     round(math.sqrt(c["var"]), 3), round(c["var_image"] / var, 3), round(c["var_text"] / var, 3),
+                     round(c["var_interaction"] / var, 3)])
+    return rows
+
+
+def probability_bars_html(classes: list[dict[str, Any]], top_k: int = 12) -> str:
+    """Horizontal bars per prompt (most probable first): MC probability, deterministic beside it, and the
+    logit mean ± std as text. Plain HTML/CSS, so it reflows at any width."""
+    parts = ['<div class="bx-bars">']
+    for c in sorted(classes, key=lambda c: -c["prob"])[:top_k]:
+        p, d = 100 * c["prob"], 100 * c["map_prob"]
+        parts.append(
+            f'<div class="bx-row"><div class="bx-label">{html.escape(c["prompt"])}</div>'
+            f'<div class="bx-track"><div class="bx-bar" style="width:{p:.1f}%"></div></div>'
+            f'<div class="bx-num">{p:.1f}%</div>'
+            f'<div class="bx-track"><div class="bx-bar bx-det" style="width:{d:.1f}%"></div></div>'
+            f'<div class="bx-num bx-detnum">{d:.1f}%</div>'
+            f'<div class="bx-logit">logit {c["mean"]:.2f} ± {math.sqrt(c["var"]):.2f}</div></div>')
+    parts.append('<div class="bx-legend"><span class="bx-key"></span> Bayesian (MC) '
+                 '<span class="bx-key bx-det"></span> deterministic</div></div>')
+    return "".join(parts)
+
+
+# -- Inspect ---------------------------------------------------------------------------------------------
+def inspect_image(vlm: Any, image: Any, prompts_text: str, yardstick: Yardstick | None = None) -> dict[str, Any]:
+    """The Inspect view of one uploaded image.
+
+    Returns ``{"json": {"classes": [...], "image": {...}}, "rows": TABLE_HEADERS rows, "bars": html,
+    "verdict": markdown}``; entropies in nats, over the typed prompts.
+    """
+    prompts = parse_prompts(prompts_text)
+    feats = vlm.encode_images([_image(image)])
+    pred = recommended_prediction(vlm, feats, prompts)
+    total, alea, epi = entropy_parts(pred)
+    ys = yardstick_json(vlm, yardstick, feats)[0]
+    classes = classes_json(pred)
+    payload = {"classes": classes,
+               "image": {"name": display_name(image), "entropy": float(total[0]), "aleatoric": float(alea[0]),
+                         "epistemic": float(epi[0]), **ys}}
+    return {"json": payload, "rows": _rows(classes), "bars": probability_bars_html(classes),
+            "verdict": verdict_markdown(payload["image"])}
+
+
+def verdict_markdown(image: dict[str, Any]) -> str:
+    """The per-image summary: warning (if out of domain), verdict, entropy split and percentiles."""
+    lines = []
+    if image["out_of_domain"]:
+        lines.append("### ⚠ Out of domain for this model")
+    lines.append(f"**{image['verdict']}**")
+    lines.append(f"Predictive entropy over these prompts **{image['entropy']:.3f}** nats = aleatoric "
+                 f"{image['aleatoric']:.3f} + epistemic {image['epistemic']:.3f}.")
+    if image["percentiles"]:
+        p = image["percentiles"]
+        lines.append(f"Against the model's own labels: epistemic (BALD) at the {p['epistemic']:.0f}th percentile, "
+                     f"image input scale at the {p['input_scale']:.0f}th, entropy at the {p['entropy']:.0f}th "
+                     "of its in-domain images.")
+    return "\n\n".join(lines)
+
+
+# -- Compare ------------------------------------------------------------------------------------------------
+def template_labels(prompts_text: str) -> list[str]:
+    """The prompts with their common leading words removed (``"an emoji of frog"`` -> ``"frog"``)."""
+    lines = [ln.strip() for ln in (prompts_text or "").splitlines() if ln.strip()]
+    words = [ln.split(" ") for ln in lines]
+    k = 0
+    while len(lines) > 1 and all(len(w) > k + 1 and w[k] == words[0][k] for w in words):
+        k += 1
+    return [" ".join(w[k:]) for w in words]
+
+
+def expand_set(text: str, labels: Sequence[str], index: int) -> list[str]:
+    """A prompt set: one prompt per line, or one template line with ``{}`` filled with each label."""
+    what = f"set {index + 1}"
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    if len(lines) == 1 and "{}" in lines[0]:
+        if not labels:
+            raise InputError(f"{what} is a template; give the labels to fill it with")
+        return parse_prompts("\n".join(lines[0].strip().replace("{}", label) for label in labels), what)
+    return parse_prompts(text, what)
+
+
+def compare_sets(vlm: Any, image: Any, set_texts: Sequence[str], labels_text: str = "") -> dict[str, Any]:
+    """The Compare view: one image against 2-4 prompt sets (empty sets ignored).
+
+    Returns ``{"json": {"sets": [{"prompts", "classes", "top", "entropy", "epistemic"}], "most_certain",
+    "agree"}, "html": side-by-side summary, "summary": markdown}``.
+    """
+    texts = [t for t in set_texts if t and t.strip()]
+    if len(texts) < 2:
+        raise InputError("give at least 2 prompt sets to compare")
+    if len(texts) > MAX_SETS:
+        raise InputError(f"{len(texts)} prompt sets given; compare at most {MAX_SETS}")
+    labels = [ln.strip() for ln in (labels_text or "").splitlines() if ln.strip()]
+    sets = [expand_set(t, labels, i) for i, t in enumerate(texts)]
+    feats = vlm.encode_images([_image(image)])
+    out = []
+    for prompts in sets:
+        pred = recommended_prediction(vlm, feats, prompts)
+        total, _, epi = entropy_parts(pred)
+        classes = classes_json(pred)
+        k = int(pred.probs[0].argmax())
+        out.append({"prompts": prompts, "classes": classes,
+                    "top": {"index": k, "prompt": prompts[k], "prob": classes[k]["prob"],
+                            "std": math.sqrt(classes[k]["var"])},
+                    "entropy": float(total[0]), "epistemic": float(epi[0])})
+    same_size = len({len(s) for s in sets}) == 1
+    tops = [s["top"]["index"] if same_size else s["top"]["prompt"] for s in out]
+    most = int(np.argmin([s["entropy"] for s in out]))
+    payload = {"sets": out, "most_certain": most, "agree": len(set(tops)) == 1}
+    return {"json": payload, "html": compare_html(payload), "summary": compare_summary(payload, same_size)}
+
+
+def compare_summary(payload: dict[str, Any], aligned: bool) -> str:
+    """Which wording makes the model more certain, and whether the sets pick the same answer."""
+    sets = payload["sets"]
+    best = sets[payload["most_certain"]]
+    text = (f"**Set {payload['most_certain'] + 1} makes the model most certain** (entropy {best['entropy']:.3f} "
+            f"nats, epistemic {best['epistemic']:.3f}).")
+    if payload["agree"]:
+        return text + " All sets pick the same answer" + (" (same position in each set)." if aligned else ".")
+    picks = "; ".join(f"set {i + 1}: {s['top']['prompt']!r}" for i, s in enumerate(sets))
+    return text + f" **The sets disagree**: {picks}."
+
+
+def compare_html(payload: dict[str, Any]) -> str:
+    """One card per set: top answer, its probability ± the logit std, entropy split as a bar."""
+    sets = payload["sets"]
+    scale = max(max(s["entropy"] for s in sets), 1e-9)
+    cards = []
+    for i, s in enumerate(sets):
+        top = s["top"]
+        alea = s["entropy"] - s["epistemic"]
+        best = " bx-best" if i == payload["most_certain"] else ""
+        cards.append(
+            f'<div class="bx-card{best}"><div class="bx-cardhead">set {i + 1} · {len(s["prompts"])} prompts</div>'
+            f'<div class="bx-top">{html.escape(top["prompt"])}</div>'
+            f'<div>p = {100 * top["prob"]:.1f}% · logit std {top["std"]:.2f}</div>'
+            f'<div class="bx-track"><div class="bx-bar" style="width:{100 * top["prob"]:.1f}%"></div></div>'
+            f'<div>entropy {s["entropy"]:.3f} nats (epistemic {s["epistemic"]:.3f})</div>'
+            f'<div class="bx-track"><div class="bx-bar bx-alea" style="width:{100 * alea / scale:.1f}%"></div>'
+            f'<div class="bx-bar bx-epi" style="width:{100 * s["epistemic"] / scale:.1f}%"></div></div></div>')
+    legend = ('<div class="bx-legend"><span class="bx-key bx-alea"></span> aleatoric '
+              '<span class="bx-key bx-epi"></span> epistemic</div>')
+    return f'<div class="bx-cards">{"".join(cards)}</div>{legend}'
+
+
+# -- Explain ------------------------------------------------------------------------------------------------
+def explain_prompt(vlm: Any, image: Any, prompts_text: str, prompt: str | None = None,
+                   target: str = "image_variance", method: str = "integrated_gradients", steps: int = 16,
+                   num_samples: int = 500) -> dict[str, Any]:
+    """The Explain view: pixel attribution of ``target`` for ``prompt`` (any of the prompts; default the
+    most probable) and the prompt's token scores of its text-side variance.
+
+    Returns ``{"json": {...}, "figure": Figure, "tokens": html, "summary": markdown}``; the JSON holds
+    ``entropy``/``aleatoric``/``epistemic`` (nats), the prompt's variance and its ``shares``, the attribution
+    totals and the ``tokens`` (``token``, ``score``, ``special``).
+    """
+    from ..explain import TokenAttribution, UncertaintyAttribution
+    from ..explain import figures as figs
+
+    if target not in TARGET_UNITS:
+        raise InputError(f"unknown target {target!r}; choose one of {sorted(TARGET_UNITS)}")
+    if method not in EXPLAIN_METHODS.values():
+        raise InputError(f"unknown method {method!r}; choose one of {sorted(EXPLAIN_METHODS.values())}")
+    if not 1 <= int(steps) <= 64:
+        raise InputError("steps must be between 1 and 64")
+    prompts = parse_prompts(prompts_text)
+    img = _image(image)
+    x = vlm.preprocess_images([img])
+    pred = recommended_prediction(vlm, vlm.encode_images(x), prompts)
+    if prompt:
+        prompt = clean_prompt(prompt, 0)
+        if prompt not in prompts:
+            raise InputError(f"the prompt to explain, {prompt[:60]!r}, is not among the prompts")
+        k = prompts.index(prompt)
+    else:
+        k = int(pred.probs[0].argmax())
+    total, alea, epi = entropy_parts(pred)
+    attr = UncertaintyAttribution(vlm, target=target, num_samples=num_samples).attribute(
+        x, prompts, prompt_index=k, method=method, n_steps=int(steps))
+    tok = TokenAttribution(vlm, target="text_variance").attribute(x, prompts[k], n_steps=int(steps))
+    unit = TARGET_UNITS[target]
+    norm = getattr(vlm.preprocess, "transforms", [None])[-1]
+    figure = figs.attribution_panels_figure(
+        x[0], attr.attributions[0], patch_size=attr.patch_size, mean=getattr(norm, "mean", None),
+        std=getattr(norm, "std", None), unit=unit)
+    var = float(pred.var[0, k])
+    heat = attr.attributions[0].sum(0)
+    tokens = [{"token": t, "score": float(s), "special": bool(sp)}
+              for t, s, sp in zip(tok.tokens, tok.scores, tok.special, strict=True)]
+    payload = {
+        "prompt": prompts[k], "prompt_index": k, "target": target, "method": method, "steps": int(steps),
+        "entropy": float(total[0]), "aleatoric": float(alea[0]), "epistemic": float(epi[0]),
+        "prob": float(pred.probs[0, k]), "map_prob": float(pred.map_probs[0, k]),
+        "mean": float(pred.mean[0, k]), "var": var,
+        "shares": {"image": float(pred.var_image[0, k]) / var, "text": float(pred.var_text[0, k]) / var,
+                   "interaction": float(pred.var_interaction[0, k]) / var},
+        "attribution": {"unit": unit, "target_value": float(attr.target_values[0]), "sum": float(heat.sum()),
+                        "max_abs": float(heat.abs().max()),
+                        "delta": None if attr.delta is None else float(attr.delta[0])},
+        "tokens": tokens,
+        "token_target": {"name": "text_variance", "unit": "squared logits", "value": tok.target_value},
+    }
+    return {"json": payload, "figure": figure, "tokens": token_html(tokens), "summary": explain_summary(payload)}
+
+
+def explain_summary(p: dict[str, Any]) -> str:
+    """The explained prompt's numbers in two lines."""
+    s = p["shares"]
+    return (f"**{p['prompt']}**: p = {100 * p['prob']:.1f}% (deterministic {100 * p['map_prob']:.1f}%), logit "
+            f"{p['mean']:.2f} ± {math.sqrt(p['var']):.2f}; variance shares image {s['image']:.0%}, text "
+            f"{s['text']:.0%}, interaction {s['interaction']:.0%}.\n\nImage: entropy {p['entropy']:.3f} nats = "
+            f"aleatoric {p['aleatoric']:.3f} + epistemic {p['epistemic']:.3f}. Heatmap: {p['target']} in "
+            f"{p['attribution']['unit']} ({p['method']}), total {p['attribution']['sum']:+.3g}.")
+
+
+def token_html(tokens: list[dict[str, Any]]) -> str:
+    """The prompt's tokens as chips coloured by score (red adds text-side variance, blue removes it)."""
+    vmax = max((abs(t["score"]) for t in tokens if not t["special"]), default=0.0) or 1.0
+    chips = []
+    for t in tokens:
+        if t["special"]:
+            chips.append(f'<span class="bx-tok bx-special">{html.escape(t["token"])}</span>')
+            continue
+        a = min(1.0, abs(t["score"]) / vmax)
+        rgb = "214,39,40" if t["score"] > 0 else "31,119,180"
+        chips.append(f'<span class="bx-tok" style="background:rgba({rgb},{0.15 + 0.6 * a:.2f})">'
+                     f'{html.escape(t["token"])}<small>{t["score"]:+.2g}</small></span>')
+    return (f'<div class="bx-tokens">{"".join(chips)}</div><div class="bx-legend">score = share of the '
+            "prompt's text-side logit variance (squared logits); red raises it, blue lowers it</div>")
+
+
+# -- Batch --------------------------------------------------------------------------------------------------
+def batch_table(vlm: Any, images: Sequence[Any], prompts_text: str, yardstick: Yardstick | None = None
+                ) -> dict[str, Any]:
+    """The Batch view: one row per image (:data:`BATCH_HEADERS`), the most epistemically uncertain first.
+
+    Returns ``{"rows", "json": {"images": [{"name", "classes", "image"}]}, "csv": text}``.
+    """
+    prompts = parse_prompts(prompts_text)
+    images = [p for p in (images or []) if p]
+    if not images:
+        raise InputError("upload one or more images first")
+    if len(images) > MAX_BATCH_IMAGES:
+        raise InputError(f"{len(images)} images given; a batch takes at most {MAX_BATCH_IMAGES}")
+    feats = vlm.encode_images([_image(p) for p in images])
+    pred = recommended_prediction(vlm, feats, prompts)
+    total, alea, epi = entropy_parts(pred)
+    ys = yardstick_json(vlm, yardstick, feats)
+    entries = []
+    for n, path in enumerate(images):
+        entries.append({"name": display_name(path), "classes": classes_json(pred, n),
+                        "image": {"entropy": float(total[n]), "aleatoric": float(alea[n]),
+                                  "epistemic": float(epi[n]), **ys[n]}})
+    entries.sort(key=lambda e: -e["image"]["epistemic"])
+    rows = []
+    for e in entries:
+        top = max(e["classes"], key=lambda c: c["prob"])
+        pct = e["image"]["percentiles"]
+        unusual = round(max(pct["epistemic"], pct["input_scale"]), 1) if pct else None
+        rows.append([e["name"], top["prompt"], round(top["prob"], 4), round(top["map_prob"], 4),
+                     round(math.sqrt(top["var"]), 3), round(e["image"]["entropy"], 4),
+                     round(e["image"]["epistemic"], 4), unusual, e["image"]["out_of_domain"]])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(BATCH_HEADERS)
+    writer.writerows([[_csv_cell(v) for v in row] for row in rows])
+    return {"rows": rows, "json": {"prompts": prompts, "images": entries}, "csv": buf.getvalue()}
+
+
+def _csv_cell(value: Any) -> Any:
+    """User text that a spreadsheet would run as a formula gets a leading apostrophe."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def bundled_examples() -> list[list[Any]]:
+    """``[[image_path, prompts_text], ...]`` from ``assets/examples/examples.json`` when present.
+
+    Each example's prompts are its own label and two other examples' labels, in the bundled template.
+    """
+    import json
+
+    from ..bundled import bundled_dir
+    from ..data.labels import PROMPT_TEMPLATE
+
+    index = bundled_dir().parent / "examples" / "examples.json"
+    if not index.is_file():
+        return []
+    items = json.loads(index.read_text()).get("examples", [])
+    labels = [str(item["label"]) for item in items]
+    out = []
+    for i, item in enumerate(items):
+        path = index.parent / str(item["file"]).rsplit("/", 1)[-1]
+        if path.is_file():
+            chosen = [labels[i], labels[(i + 1) % len(labels)], labels[(i + 3) % len(labels)]]
+            out.append([str(path), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in chosen)])
+    return out

@@ -1,0 +1,129 @@
+"""Serve the studio on the bundled model in this process and print its URL (for the load test and the
+studio benchmark, which start it as a separate process so that the client side is measured as a user sees
+it): ``python benchmarks/studio_server.py [--port 0] [--threads 2] [--max-queue 64] [--timings]``.
+
+With ``--timings`` the server times, per request, the studio's view function (*handler*) and the library
+calls inside it (*library*: encoding, predictions, decompositions, yardstick, attributions; nested calls
+counted once), and every PNG encoding of a figure; a line ``timings`` on stdin prints the medians in ms
+as JSON and starts afresh. Serves until stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+class Timings:
+    """Per-request handler and library seconds, and figure encodings (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.values: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.values[key].append(seconds)
+
+    def handler(self, name: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self.local.library, self.local.depth = 0.0, 0
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(f"{name}/handler_ms", time.perf_counter() - start)
+                self.add(f"{name}/library_ms", self.local.library)
+        return run
+
+    def library(self, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            depth = getattr(self.local, "depth", 0)
+            self.local.depth = depth + 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.local.depth = depth
+                if depth == 0 and hasattr(self.local, "library"):
+                    self.local.library += time.perf_counter() - start
+        return run
+
+    def medians_ms(self) -> dict[str, float]:
+        with self.lock:
+            out = {k: 1000 * statistics.median(v) for k, v in self.values.items() if v}
+            self.values.clear()
+        return out
+
+
+def instrument(timings: Timings) -> None:
+    """Wrap the studio's view functions and the library calls they make."""
+    from matplotlib.figure import Figure
+
+    from bayesvlm_explain import explain
+    from bayesvlm_explain.explain import TokenAttribution, UncertaintyAttribution
+    from bayesvlm_explain.model import BayesVLM
+    from bayesvlm_explain.ui import views
+    from bayesvlm_explain.yardstick import Yardstick
+
+    views.inspect_image = timings.handler("/predict", views.inspect_image)
+    views.explain_prompt = timings.handler("/explain", views.explain_prompt)
+    for owner, name in ((BayesVLM, "encode_images"), (BayesVLM, "predict_features"),
+                        (BayesVLM, "preprocess_images"), (Yardstick, "measure"),
+                        (UncertaintyAttribution, "attribute"), (TokenAttribution, "attribute")):
+        setattr(owner, name, timings.library(getattr(owner, name)))
+    explain.decompose_uncertainty = timings.library(explain.decompose_uncertainty)
+    savefig = Figure.savefig
+
+    def timed_savefig(self: Figure, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return savefig(self, *args, **kwargs)
+        finally:
+            timings.add("/explain/figure_png_ms", time.perf_counter() - start)
+
+    Figure.savefig = timed_savefig
+
+
+def main() -> None:
+    import torch
+
+    import bayesvlm_explain as bx
+    from bayesvlm_explain.ui import build_app, bundled_examples
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--per-client", type=int, default=16)
+    parser.add_argument("--timings", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    timings = Timings()
+    if args.timings:
+        instrument(timings)
+    vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
+    app = build_app(vlm, examples=bundled_examples(), max_queue=args.max_queue, per_client=args.per_client)
+    app.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True)
+    print(f"URL {app.local_url}", flush=True)
+    for line in sys.stdin:  # serve until the parent closes our stdin
+        if line.strip() == "timings":
+            print("TIMINGS " + json.dumps(timings.medians_ms()), flush=True)
+    app.close()
+
+
+if __name__ == "__main__":
+    main()

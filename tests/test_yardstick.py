@@ -1,0 +1,112 @@
+"""The yardstick: percentiles of an image's uncertainty among the model's own in-domain images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPTS, random_images
+
+from bayesvlm_explain.yardstick import (
+    FIGURES,
+    Yardstick,
+    YardstickError,
+    build_yardstick,
+    bundled_yardstick_path,
+    choose_out_of_domain_rule,
+    percentile_of,
+)
+
+
+def test_percentiles_are_monotone_and_match_the_empirical_rank():
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([np.zeros(30), rng.gamma(2.0, 1.0, 970)])  # ties at zero, like BALD on sure images
+    quantiles = np.quantile(ref, np.linspace(0, 1, 101))
+    x = np.sort(rng.uniform(-1, 12, 5000))
+    p = percentile_of(quantiles, x)
+    assert (np.diff(p) >= 0).all() and p.min() == 0.0 and p.max() == 100.0
+    inside = (x > quantiles[0]) & (x < quantiles[-1])
+    empirical = 100 * np.searchsorted(np.sort(ref), x[inside], side="right") / len(ref)
+    assert np.abs(p[inside] - empirical).max() < 2.0  # within the 1% grid of stored quantiles
+    assert percentile_of([1.0] * 101, [0.5, 1.0, 2.0]).tolist() == [0.0, 50.0, 100.0]
+
+
+def test_build_save_load_check_and_verdict(tiny_vlm, tmp_path):
+    images = random_images(tiny_vlm, n=24, seed=3)
+    ys = build_yardstick(tiny_vlm, images, PROMPTS, num_samples=200, reference="random")
+    assert set(ys.quantiles) == set(FIGURES) and ys.reference == "random (24 images)"
+    figures = ys.measure(tiny_vlm, images)
+    # the reference images' own percentiles are spread over 0..100 (their median near 50)
+    pct = ys.percentiles({k: v.numpy() for k, v in figures.items()})
+    assert all(35 <= float(np.median(v)) <= 65 for v in pct.values())
+    # input_scale is the posterior's f^T A^-1 f, checked against a direct solve
+    f = tiny_vlm.adapter.image.augment(tiny_vlm.encode_images(images).activations)
+    a = tiny_vlm.posterior.image.covariance_factors()[0]
+    assert torch.allclose(figures["input_scale"], ((f @ a) * f).sum(-1))
+    loaded = Yardstick.load(ys.save(tmp_path).parent)
+    assert loaded.quantiles == ys.quantiles and loaded.prompts == PROMPTS
+    loaded.check(tiny_vlm)
+    far = {"epistemic": 1e9, "input_scale": 1e9, "entropy": 1e9}
+    assert "More unusual" not in ys.verdict(ys.percentiles(far))  # no rule: no out-of-domain claim
+    assert ">99%" in ys.verdict(ys.percentiles(far))
+    tiny_vlm.posterior.image.prior_precision *= 2
+    try:
+        with pytest.raises(YardstickError, match="prior_precision_image"):
+            loaded.check(tiny_vlm)
+    finally:
+        tiny_vlm.posterior.image.prior_precision /= 2
+
+
+def test_rule_respects_the_in_domain_rate_and_flags_shifted_images():
+    rng = np.random.default_rng(1)
+    reference = {"epistemic": rng.gamma(2, 0.01, 2000), "input_scale": rng.normal(0.5, 0.05, 2000),
+                 "entropy": rng.gamma(3, 0.3, 2000)}
+    ys = Yardstick(prompts=["a"], quantiles={k: np.quantile(v, np.linspace(0, 1, 101)).tolist()
+                                             for k, v in reference.items()},
+                   num_samples=10, seed=0, posterior={}, reference="synthetic")
+    held_out = {"epistemic": rng.gamma(2, 0.01, 500), "input_scale": rng.normal(0.5, 0.05, 500),
+                "entropy": rng.gamma(3, 0.3, 500)}
+    # one style shifts the input scale only, one the epistemic part only
+    scale_shift = dict(held_out, input_scale=rng.normal(0.62, 0.05, 500))
+    bald_shift = dict(held_out, epistemic=rng.gamma(2, 0.02, 500))
+    rule = choose_out_of_domain_rule(ys, held_out, {"scale": scale_shift, "bald": bald_shift}, 0.1)
+    rates = rule.flag_rates
+    assert rates["in_domain"] <= 0.1 and rates["scale"] > 2 * rates["in_domain"] < rates["bald"]
+    assert rule.figure == "max(epistemic, input_scale)"  # the only figure that sees both shifts
+    ys.rule = rule
+    assert ys.out_of_domain(ys.percentiles(scale_shift)).mean() == pytest.approx(rates["scale"])
+    with pytest.raises(YardstickError, match="at most"):
+        choose_out_of_domain_rule(ys, {k: v + 100 for k, v in held_out.items()}, {"scale": scale_shift}, 0.1)
+
+
+def test_malformed_yardstick_files_name_the_field(tmp_path):
+    with pytest.raises(YardstickError, match="no yardstick.json"):
+        Yardstick.load(tmp_path)
+    (tmp_path / "yardstick.json").write_text("[1, 2]")
+    with pytest.raises(YardstickError, match="format_version"):
+        Yardstick.load(tmp_path)
+    good = json.loads(bundled_yardstick_path().read_text())
+    for field, value, message in [("quantiles", {"epistemic": [0.0] * 101}, "quantiles"),
+                                  ("prompts", [], "prompts"), ("seed", "abc", "malformed")]:
+        bad = dict(good, **{field: value})
+        (tmp_path / "yardstick.json").write_text(json.dumps(bad))
+        with pytest.raises(YardstickError, match=message):
+            Yardstick.load(tmp_path)
+    bad = dict(good, quantiles=dict(good["quantiles"], entropy=good["quantiles"]["entropy"][::-1]))
+    (tmp_path / "yardstick.json").write_text(json.dumps(bad))
+    with pytest.raises(YardstickError, match="non-decreasing"):
+        Yardstick.load(tmp_path)
+
+
+def test_bundled_yardstick_fits_the_bundled_posterior_and_reports_its_flag_rates():
+    import bayesvlm_explain as bx
+
+    vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
+    ys = Yardstick.load(bundled_yardstick_path().parent)
+    ys.check(vlm)
+    assert len(ys.prompts) == 93 and ys.rule is not None
+    rates = ys.rule.flag_rates
+    assert set(rates) == {"in_domain", "noto-v1", "emojione", "openmoji", "openmoji-black", "fluent-hc"}
+    assert rates["in_domain"] <= 0.1 and all(rates[s] > rates["in_domain"] for s in rates if s != "in_domain")
