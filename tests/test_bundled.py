@@ -22,10 +22,12 @@ from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, LabelSpaceError, load_
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO / "bayesvlm_explain" / "pretrained" / "examples"
 
-# The shipped model ranks the true class first among the 93 benchmark classes for 8 of the 8 committed
-# example images (measured at release). Its clean in-domain top-1 over all 279 training-style renderings of
-# the label space is 72 % (training.json), so 8/8 is partly luck; the test asks for 6 of 8.
-MIN_EXAMPLES_TOP1 = 6
+# The shipped model (trained without the held-out calibration / test renders) ranks the true class first
+# among the 93 classes for 5 of the 8 committed examples and within the top 4 for all 8 (measured at
+# release; 4 of the examples are held-out renders). Its clean top-1 is 41 % on the test renders and 71 %
+# on the label-space classes' training renders (training.json), so the test asks for 4 of 8 first and
+# all 8 in the top 5.
+MIN_EXAMPLES_TOP1 = 4
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +120,12 @@ def test_examples_ranked_first(loaded, examples):
         txt = model.encode_text(tokenizer(bench.prompts()), normalize=True)
         x = torch.stack([preprocess(Image.open(EXAMPLES_DIR / e["file"])) for e in examples])
         img = model.encode_image(x, normalize=True)
-    pred = (img @ txt.T).argmax(1).tolist()
+    logits = img @ txt.T
+    pred = logits.argmax(1).tolist()
     hits = [bench.labels[p] == e["label"] for p, e in zip(pred, examples, strict=True)]
     assert sum(hits) >= MIN_EXAMPLES_TOP1, list(zip([bench.labels[p] for p in pred], examples, strict=True))
+    top5 = logits.topk(5, dim=1).indices.tolist()
+    assert all(bench.labels.index(e["label"]) in t for t, e in zip(top5, examples, strict=True))
 
 
 def test_examples_are_permissive_benchmark_classes(examples):

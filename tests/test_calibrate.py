@@ -41,7 +41,7 @@ def test_chooses_the_grid_minimum_and_leaves_the_posterior_there(vlm, data):
     nll = [_mc_nll(vlm, images, labels, n) for n in GRID]
     assert [c["nlpd"] for c in res.curve] == pytest.approx(nll, rel=1e-9)
     assert res.pseudo_count == GRID[min(range(len(GRID)), key=nll.__getitem__)]
-    assert res.pseudo_count == min(GRID) and nll[0] < nll[-1]
+    assert res.pseudo_count == min(GRID) and nll[0] < nll[-1] and res.at_grid_edge
     vlm.optimize_prior_precision(pseudo_count=res.pseudo_count)  # λ is the marginal-likelihood one for that n
     lam = {"image": vlm.posterior.image.prior_precision, "text": vlm.posterior.text.prior_precision}
     calibrate_posterior(vlm, (images, labels, PROMPTS), pseudo_counts=GRID)
@@ -65,6 +65,9 @@ def test_raw_images_are_encoded(vlm):
     x = random_images(vlm, n=6, seed=2)
     res = vlm.calibrate_posterior((x, [0, 1, 2, 3, 0, 1], PROMPTS), pseudo_counts=(1.0, 10.0), num_samples=50)
     assert len(res.curve) == 2 and all(0.0 <= c["accuracy"] <= 1.0 for c in res.curve)
+    inner = vlm.calibrate_posterior((x, [0, 1, 2, 3, 0, 1], PROMPTS), pseudo_counts=(1e-6, 1.0, 1e6),
+                                    objective="nll", num_samples=50)
+    assert inner.at_grid_edge == (inner.pseudo_count != 1.0)
 
 
 @pytest.mark.parametrize(("bad", "match"), [

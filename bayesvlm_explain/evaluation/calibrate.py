@@ -2,9 +2,9 @@
 
 The pseudo-count scales both Kronecker factors (``Ã = √n A + √λ I``, ``B̃ = √n B + √λ I``, method.md
 §2.4) and moves the logit standard deviations by orders of magnitude, far more than any detail of the
-predictive. :func:`calibrate_posterior` scans a grid of ``n``; for each it re-optimises ``λ`` by the
-marginal likelihood (:meth:`BayesVLM.optimize_prior_precision`, method.md §2.5), scores the chosen
-predictive on the labelled data (NLL or ECE) and leaves the posterior at the best ``(n, λ)``.
+predictive. :func:`calibrate_posterior` scans a grid of ``n`` (default 0.001…1000); for each it
+re-optimises ``λ`` by the marginal likelihood (:meth:`BayesVLM.optimize_prior_precision`, method.md
+§2.5), scores the chosen predictive on the labelled data (NLL or ECE) and leaves the posterior at the best ``(n, λ)``.
 
 ``labeled_data`` is ``(images, labels, prompts)`` (a tuple, or a mapping with those keys):
 
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 Objective = Literal["nll", "ece"]
-PSEUDO_COUNTS: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+PSEUDO_COUNTS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 """Default grid of pseudo-counts (logit std from broad to nearly deterministic on the bundled model)."""
 
 
@@ -63,6 +63,7 @@ class PosteriorCalibration:
 
     ``curve`` has one entry per grid value: ``pseudo_count``, ``lambda_image``, ``lambda_text`` and the
     predictive's ``accuracy``, ``ece``, ``nlpd`` (nats) and ``brier`` on the labelled data.
+    ``at_grid_edge``: the choice is the smallest or largest grid value (widen the grid to be sure).
     """
 
     pseudo_count: float
@@ -70,10 +71,12 @@ class PosteriorCalibration:
     objective: str
     predictive: str
     curve: list[dict[str, float]] = field(default_factory=list)
+    at_grid_edge: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"pseudo_count": self.pseudo_count, "prior_precision": dict(self.prior_precision),
-                "objective": self.objective, "predictive": self.predictive, "curve": list(self.curve)}
+                "objective": self.objective, "predictive": self.predictive, "curve": list(self.curve),
+                "at_grid_edge": self.at_grid_edge}
 
 
 def _labels(labels: Any, num_classes: int) -> torch.Tensor:
@@ -154,7 +157,8 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
                       **{k: m[k] for k in ("accuracy", "ece", "nlpd", "brier")}})
     best = min(range(len(grid)), key=lambda i: curve[i][key])
     lam = vlm.optimize_prior_precision(pseudo_count=grid[best])
-    result = PosteriorCalibration(grid[best], lam, objective, predictive, curve)
+    edge = len(grid) > 1 and grid[best] in (min(grid), max(grid))
+    result = PosteriorCalibration(grid[best], lam, objective, predictive, curve, edge)
     vlm.posterior.metadata["calibration"] = {"pseudo_count": grid[best], "objective": objective,
                                              "predictive": predictive, "variance": variance,
                                              "num_examples": int(data.labels.shape[0])}

@@ -201,6 +201,10 @@ def _verdict(lo: float, hi: float, higher_is_better: bool) -> str:
 
 
 # statistics of (values, targets) pairs on the rows ix, for the point estimates and the bootstrap
+def _accuracy(d: tuple[torch.Tensor, torch.Tensor], ix: torch.Tensor) -> float:
+    return float((d[0][ix].argmax(-1) == d[1][ix]).double().mean())
+
+
 def _ece(d: tuple[torch.Tensor, torch.Tensor], ix: torch.Tensor) -> float:
     return expected_calibration_error(d[0][ix], d[1][ix])
 
@@ -255,11 +259,11 @@ def _evaluate(vlm: Any, splits: dict[str, Split], feats: dict[str, Any], txt: An
         for method in METHODS:
             rows.append({"split": name, "method": method, **calibration_metrics(probs[method], y)})
         resamples = cluster_resamples(split.keys, bootstrap, seed=1)
-        for metric, fn in (("ece", _ece), ("nlpd", _nlpd)):
+        for metric, fn in (("accuracy", _accuracy), ("ece", _ece), ("nlpd", _nlpd)):
             for base in ("deterministic", "temperature"):
                 comparisons.append({"split": name, "metric": metric, "method": "bayes_mc", "baseline": base,
                                     **_compare(fn, (probs["bayes_mc"], y), (probs[base], y), len(y), resamples,
-                                               False)})
+                                               metric == "accuracy")})
         # confidence scores: (confidence [N], correct [N]) of the prediction each score accompanies
         map_ok = probs["deterministic"].argmax(-1) == y
         mc_ok = s["mc"].argmax(-1) == y
@@ -305,6 +309,7 @@ def _evaluate(vlm: Any, splits: dict[str, Split], feats: dict[str, Any], txt: An
         "settings": {
             "classes": len(prompts), "template": load_label_space().template,
             "pseudo_count": chosen.pseudo_count, "chosen_on": "calibration split, MC predictive NLL",
+            "pseudo_count_at_grid_edge": chosen.at_grid_edge,
             "calibration_curve": chosen.curve,
             "prior_precision": chosen.prior_precision,
             "temperature": temperature, "mc_samples": num_samples, "ece_bins": 20,
@@ -340,7 +345,7 @@ def summary_table(payload: dict[str, Any]) -> str:
     for r in payload["ood_rows"]:
         lines.append(f"| {r['split']} | {r['score']} | {r['auroc']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
                      f"{vs(r)} |")
-    lines += ["", "Bayes (MC) minus baseline, lower is better (95% CI):", "",
+    lines += ["", "Bayes (MC) minus baseline (95% CI); accuracy: higher is better, ECE and NLPD: lower:", "",
               "| split | metric | baseline | Δ | CI | verdict |", "|---|---|---|---|---|---|"]
     for c in payload["comparisons"]:
         lines.append(f"| {c['split']} | {c['metric']} | {c['baseline']} | {c['delta']:+.4f} | "
