@@ -177,6 +177,13 @@ class BayesVLM:
         post.metadata.update(marglik=mode, marglik_curves=curves)
         return {"image": post.image.prior_precision, "text": post.text.prior_precision}
 
+    def calibrate_posterior(self, labeled_data: Any, objective: str = "nll", **kwargs: Any) -> Any:
+        """Choose the pseudo-count ``n`` (``λ`` by marginal likelihood for each) on held-out labelled data
+        ``(images, labels, prompts)``; see :func:`bayesvlm_explain.evaluation.calibrate.calibrate_posterior`."""
+        from .evaluation.calibrate import calibrate_posterior
+
+        return calibrate_posterior(self, labeled_data, objective, **kwargs)
+
     # -- encoders --------------------------------------------------------------------------------
     @property
     def image_size(self) -> tuple[int, int] | None:

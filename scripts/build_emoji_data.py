@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sources in {modules} ({time.perf_counter() - t0:.1f}s); {len(concepts)} concepts")
 
     styles = _styles(args.styles)
+    for s in styles:  # a name-keyed set must never draw two concepts with one icon
+        collisions = emoji.name_collisions(concepts, emoji.EMOJI_STYLES[s], modules)
+        if collisions:
+            raise SystemExit(f"{s}: icons matched to several concepts: {collisions}")
     t1 = time.perf_counter()
     build = emoji.build_dataset(styles, args.size, args.cache_dir, concepts, args.overwrite, progress=True)
     per_style: dict[str, int] = {}

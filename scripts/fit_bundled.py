@@ -1,9 +1,10 @@
 """Fit the bundled model's posterior with the library's own ``fit``; write ``pretrained/bundled/posterior/``.
 
-Pairs: every training-style render (Noto, Twemoji, Fluent Flat; 64 px) in ``--repeats`` seeded augmented
-draws, each with a caption sampled like the training captions (label, tags, template). Class batches of
-``--num-candidates`` pairs; λ by marginal likelihood (exact log-determinant) at pseudo-count 1. The
-benchmark (``bayesvlm-explain benchmark-shift``) later chooses the pseudo-count in-domain.
+Pairs: every training render of the model (training styles Noto, Twemoji, Fluent Flat; 64 px; the ids in
+the model's ``training.json``, so never a held-out calibration or test render) in ``--repeats`` seeded
+augmented draws, each with a caption sampled like the training captions (label, tags, template). Class
+batches of ``--num-candidates`` pairs; λ by marginal likelihood (exact log-determinant) at pseudo-count 1.
+The benchmark (``bayesvlm-explain benchmark-shift``) later chooses the pseudo-count on the calibration split.
 
     python scripts/fit_bundled.py [--repeats 3] [--num-candidates 1024] [--seed 0]
 """
@@ -26,6 +27,7 @@ from bayesvlm_explain._build import emoji  # noqa: E402
 from bayesvlm_explain._build.augment import augment, load_images  # noqa: E402
 from bayesvlm_explain.bundled import bundled_dir  # noqa: E402
 from bayesvlm_explain.data.pairs import InMemoryPairs  # noqa: E402
+from bayesvlm_explain.evaluation.shift import model_splits  # noqa: E402
 
 
 def main() -> int:
@@ -40,7 +42,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     concepts = {c.key: c for c in emoji.load_concepts(args.cache_dir)}
-    records = emoji.build_dataset(emoji.TRAIN_STYLES, 64, args.cache_dir, write_manifest=False).records
+    train_ids = set(model_splits()["train"])  # refuses a model without recorded splits
+    records = [r for r in emoji.build_dataset(emoji.TRAIN_STYLES, 64, args.cache_dir, write_manifest=False).records
+               if emoji.render_id(r.style, r.key) in train_ids]
+    if len(records) != len(train_ids):
+        raise SystemExit(f"{len(train_ids) - len(records)} training renders are missing from the cache")
     raw = load_images(records)
     gen, rng = torch.Generator().manual_seed(args.seed), random.Random(args.seed)
     pairs = []
@@ -53,7 +59,7 @@ def main() -> int:
     pairs = [pairs[i] for i in order]
     vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
     source = InMemoryPairs(pairs)
-    source.description = (f"emoji training styles {list(emoji.TRAIN_STYLES)}, {len(records)} renders x "
+    source.description = (f"emoji training renders (train split) of {list(emoji.TRAIN_STYLES)}, {len(records)} x "
                           f"{args.repeats} augmented draws, sampled captions, seed {args.seed}")
     report = vlm.fit(source, num_candidates=args.num_candidates, batch_size=256)
     vlm.posterior.metadata["script"] = "scripts/fit_bundled.py"

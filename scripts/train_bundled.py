@@ -1,7 +1,9 @@
 """Train the bundled CLIP-style model from scratch on CPU and write ``bayesvlm_explain/pretrained/bundled/``.
 
 Data: the permissive training styles (Noto, Twemoji, Fluent Flat) rendered by
-``bayesvlm_explain._build.emoji`` into the cache (fetched and rendered on demand). Seeded; one torch thread.
+``bayesvlm_explain._build.emoji`` into the cache (fetched and rendered on demand), minus the held-out
+calibration and test renders of the label-space classes (``bayesvlm_explain._build.emoji.splits``; their
+ids go to ``training.json`` with the training ids). Seeded; one torch thread.
 
 Examples::
 
@@ -144,11 +146,14 @@ def topk_acc(img: torch.Tensor, txt: torch.Tensor, y: torch.Tensor) -> tuple[flo
 
 @torch.no_grad()
 def evaluate(model, tokenizer, concepts: list[emoji.Concept], cache_dir, size: int, seed: int,
-             full: bool = True, bench_path: Path | None = None) -> dict:
+             full: bool = True, bench_path: Path | None = None, split_seed: int = 0) -> dict:
     """Zero-shot accuracy on the benchmark label space (and, if ``full``, alternatives).
 
-    * ``in_domain_aug``: training styles, fresh seeded augmentations (held-out draws), benchmark classes;
-    * ``in_domain_clean``: training styles, no augmentation;
+    * ``in_domain_aug``: the held-out test renders (training styles, never trained on), three fresh
+      seeded augmentations each;
+    * ``in_domain_clean``: the same renders, no augmentation;
+    * ``calibration_clean``: the held-out calibration renders, no augmentation;
+    * ``train_clean``: the label-space classes' training renders, no augmentation (for the gap);
     * ``shift/<style>``: each shift style, no augmentation;
     * ``all_concepts``: every concept as a class (1,914-way), training styles, clean;
     * ``subgroups``: emojibase subgroups as classes ("an emoji of <subgroup words>"), training styles, clean.
@@ -164,15 +169,22 @@ def evaluate(model, tokenizer, concepts: list[emoji.Concept], cache_dir, size: i
     recs: dict[str, list[emoji.EmojiRecord]] = {}
     for r in build.records:
         recs.setdefault(r.style, []).append(r)
-    train_recs = [r for s in emoji.TRAIN_STYLES for r in recs.get(s, [])]
-    xs = load_images(train_recs)
-    y = torch.tensor([idx[r.key] for r in train_recs])
+    parts = emoji.split_records([r for s in emoji.TRAIN_STYLES for r in recs.get(s, [])], bench.keys,
+                                seed=split_seed)
+    test_recs = parts["test"]
+    xs = load_images(test_recs)
+    y = torch.tensor([idx[r.key] for r in test_recs])
     g = torch.Generator().manual_seed(seed + 12345)
     accs = [topk_acc(encode_images(model, normalise(augment(xs, g))), txt, y) for _ in range(3)]
     out["in_domain_aug"] = {"top1": float(np.mean([a[0] for a in accs])), "top5": float(np.mean([a[1] for a in accs])),
-                            "n_images": 3 * len(train_recs)}
+                            "n_images": 3 * len(test_recs), "renders": "test split"}
     t1, t5 = topk_acc(encode_images(model, normalise(xs.float() / 255)), txt, y)
-    out["in_domain_clean"] = {"top1": t1, "top5": t5, "n_images": len(train_recs)}
+    out["in_domain_clean"] = {"top1": t1, "top5": t5, "n_images": len(test_recs), "renders": "test split"}
+    for name in ("calibration", "train"):
+        xp = load_images(parts[name])
+        yp = torch.tensor([idx[r.key] for r in parts[name]])
+        t1, t5 = topk_acc(encode_images(model, normalise(xp.float() / 255)), txt, yp)
+        out[f"{name}_clean"] = {"top1": t1, "top5": t5, "n_images": len(parts[name])}
     if full:
         out["shift"] = {}
         for s in emoji.SHIFT_STYLES:
@@ -183,6 +195,7 @@ def evaluate(model, tokenizer, concepts: list[emoji.Concept], cache_dir, size: i
             out["shift"][s] = {"top1": t1, "top5": t5, "n_images": len(rs)}
         # alternative label spaces, for the record
         all_build = emoji.build_dataset(emoji.TRAIN_STYLES, size, cache_dir, concepts, write_manifest=False)
+        # every training-style render (training and held-out alike), as before: a record of the alternatives
         key_idx = {c.key: i for i, c in enumerate(concepts)}
         xa = encode_images(model, normalise(load_images(all_build.records).float() / 255))
         ya = torch.tensor([key_idx[r.key] for r in all_build.records])
@@ -245,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-only", action="store_true", help="evaluate the model in --out and exit")
     p.add_argument("--benchmark", type=Path, default=None, help="label-space JSON for --eval-only")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the held-out calibration / test renders (bayesvlm_explain._build.emoji.splits)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -261,19 +276,22 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["BAYESVLM_BUNDLED_DIR"] = str(args.out.resolve())
         model, tokenizer, _ = bundled.load_bundled()
-        metrics = evaluate(model, tokenizer, concepts, args.cache_dir, args.size, args.seed, bench_path=args.benchmark)
+        metrics = evaluate(model, tokenizer, concepts, args.cache_dir, args.size, args.seed, bench_path=args.benchmark,
+                           split_seed=args.split_seed)
         print(json.dumps(metrics, indent=1))
         return 0
 
     t0 = time.perf_counter()
     build = emoji.build_dataset(emoji.TRAIN_STYLES, args.size, args.cache_dir, concepts)
     t_data = time.perf_counter() - t0
-    records = build.records
+    held_out = emoji.held_out_renders(load_label_space().keys, seed=args.split_seed)
+    records = emoji.split_records(build.records, load_label_space().keys, seed=args.split_seed)["train"]
     by_key = {c.key: c for c in concepts}
     key_ids = {c.key: i for i, c in enumerate(concepts)}
     images = load_images(records)
     cids = torch.tensor([key_ids[r.key] for r in records])
-    print(f"{len(records)} training images of {len({r.key for r in records})} concepts "
+    print(f"{len(records)} training images of {len({r.key for r in records})} concepts, "
+          f"{sum(map(len, held_out.values()))} held out "
           f"(skipped per style {build.skipped}); data {t_data:.1f}s", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -335,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"scale {model.logit_scale.exp().item():.1f} {el / 60:.1f} min", flush=True)
             log.append({"step": step, "loss": round(loss.item(), 4), "minutes": round(el / 60, 2)})
         if args.eval_every and step % args.eval_every == 0 and step < total_steps:
-            ev = evaluate(model, tokenizer, concepts, args.cache_dir, args.size, args.seed, full=False)
+            ev = evaluate(model, tokenizer, concepts, args.cache_dir, args.size, args.seed, full=False,
+                          split_seed=args.split_seed)
             print(f"  eval step {step}: in-domain aug top1 {ev['in_domain_aug']['top1']:.3f} "
                   f"clean top1 {ev['in_domain_clean']['top1']:.3f}", flush=True)
             log.append({"step": step, "eval_in_domain_aug_top1": round(ev["in_domain_aug"]["top1"], 4),
@@ -353,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_config(args.size)}, indent=2) + "\n"
     )
     t_eval = time.perf_counter()
-    metrics = evaluate(model, tokenizer, concepts, args.cache_dir, args.size, args.seed, full=True)
+    metrics = evaluate(model, tokenizer, concepts, args.cache_dir, args.size, args.seed, full=True,
+                       split_seed=args.split_seed)
     eval_s = time.perf_counter() - t_eval
     print(json.dumps(metrics, indent=1), flush=True)
     summary = {
@@ -385,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
                     "open_clip": open_clip.__version__, "cpu": platform.processor() or platform.machine()},
         "metrics": metrics,
         "log": log,
+        "splits": {
+            "unit": "render (style/key); per label-space class one training-style render held out, "
+                    "alternately to calibration and test (bayesvlm_explain._build.emoji.splits)",
+            "seed": args.split_seed,
+            "held_out": held_out,
+            "train": sorted(emoji.render_id(r.style, r.key) for r in records),
+        },
     }
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {args.out}; train {train_s / 60:.1f} min", flush=True)

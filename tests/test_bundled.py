@@ -22,10 +22,12 @@ from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, LabelSpaceError, load_
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO / "bayesvlm_explain" / "pretrained" / "examples"
 
-# The shipped model ranks the true class first among the 93 benchmark classes for 8 of the 8 committed
-# example images (measured at release). Its clean in-domain top-1 over all 279 training-style renderings of
-# the label space is 72 % (training.json), so 8/8 is partly luck; the test asks for 6 of 8.
-MIN_EXAMPLES_TOP1 = 6
+# The shipped model (trained without the held-out calibration / test renders) ranks the true class first
+# among the 93 classes for 5 of the 8 committed examples and within the top 4 for all 8 (measured at
+# release; 4 of the examples are held-out renders). Its clean top-1 is 41 % on the test renders and 71 %
+# on the label-space classes' training renders (training.json), so the test asks for 4 of 8 first and
+# all 8 in the top 5.
+MIN_EXAMPLES_TOP1 = 4
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +120,12 @@ def test_examples_ranked_first(loaded, examples):
         txt = model.encode_text(tokenizer(bench.prompts()), normalize=True)
         x = torch.stack([preprocess(Image.open(EXAMPLES_DIR / e["file"])) for e in examples])
         img = model.encode_image(x, normalize=True)
-    pred = (img @ txt.T).argmax(1).tolist()
+    logits = img @ txt.T
+    pred = logits.argmax(1).tolist()
     hits = [bench.labels[p] == e["label"] for p, e in zip(pred, examples, strict=True)]
     assert sum(hits) >= MIN_EXAMPLES_TOP1, list(zip([bench.labels[p] for p in pred], examples, strict=True))
+    top5 = logits.topk(5, dim=1).indices.tolist()
+    assert all(bench.labels.index(e["label"]) in t for t, e in zip(top5, examples, strict=True))
 
 
 def test_examples_are_permissive_benchmark_classes(examples):
@@ -261,3 +266,82 @@ def test_benchmark_classes():
     assert bench.template == PROMPT_TEMPLATE == "an emoji of {label}"
     assert bench.prompts()[0] == f"an emoji of {bench.labels[0]}"
     assert not any(":" in label for label in bench.labels)
+
+
+# ---------------------------------------------------------------------------- splits and name matching
+
+
+def test_held_out_renders_are_disjoint_balanced_and_seeded():
+    keys = [f"k{i:03d}" for i in range(93)]
+    held = emoji.held_out_renders(keys)
+    cal, test = set(held["calibration"]), set(held["test"])
+    assert len(cal) == 47 and len(test) == 46 and not cal & test
+    held_keys = [rid.split("/", 1)[1] for rid in cal | test]
+    assert sorted(held_keys) == keys  # one render per class, calibration and test hold different classes
+    for ids in (cal, test):  # each training style held out about equally often in both splits
+        counts = [sum(rid.startswith(f"{s}/") for rid in ids) for s in emoji.TRAIN_STYLES]
+        assert max(counts) - min(counts) <= 1
+    assert emoji.held_out_renders(keys) == held and emoji.held_out_renders(keys, seed=1) != held
+    with pytest.raises(emoji.SplitError, match="unique"):
+        emoji.held_out_renders(["a", "a"])
+
+
+def test_split_records_keeps_held_out_renders_out_of_training():
+    keys = ["a", "b", "c", "d"]
+    records = [emoji.EmojiRecord("p", "cap", k, s, k) for s in emoji.TRAIN_STYLES for k in [*keys, "other"]]
+    parts = emoji.split_records(records, keys)
+    ids = {name: {emoji.render_id(r.style, r.key) for r in rs} for name, rs in parts.items()}
+    held = emoji.held_out_renders(keys)
+    assert ids["calibration"] == set(held["calibration"]) and ids["test"] == set(held["test"])
+    assert not ids["train"] & (ids["calibration"] | ids["test"])
+    assert sum(map(len, parts.values())) == len(records)
+    assert {f"{s}/other" for s in emoji.TRAIN_STYLES} <= ids["train"]  # concepts outside the label space train
+    with pytest.raises(emoji.SplitError, match="missing"):
+        emoji.split_records([r for r in records if emoji.render_id(r.style, r.key) not in ids["test"]], keys)
+
+
+def test_shipped_model_never_trained_on_held_out_renders():
+    summary = json.loads((bundled.BUNDLED_DIR / "training.json").read_text())
+    splits = summary["splits"]
+    held = emoji.held_out_renders(load_label_space().keys, seed=splits["seed"])
+    assert splits["held_out"] == held
+    train = set(splits["train"])
+    assert len(train) == summary["n_train_images"]
+    assert not train & (set(held["calibration"]) | set(held["test"]))
+    # every label-space class keeps its two other training-style renders
+    for key in load_label_space().keys:
+        assert sum(emoji.render_id(s, key) in train for s in emoji.TRAIN_STYLES) == 2
+
+
+def _icon_sets(root: Path, sets: dict[str, tuple[list[str], dict[str, str]]]) -> Path:
+    """A fake ``node_modules`` with iconify sets ``{package: (icon names, chars)}``."""
+    for package, (names, chars) in sets.items():
+        d = root / package
+        d.mkdir(parents=True)
+        icons = {n: {"body": f"<path d='M0 0h{i + 1}'/>"} for i, n in enumerate(names)}
+        (d / "icons.json").write_text(json.dumps({"icons": icons, "width": 16, "height": 16}))
+        if chars:
+            (d / "chars.json").write_text(json.dumps(chars))
+    return root
+
+
+def test_name_keyed_match_refuses_names_that_mean_two_concepts(tmp_path):
+    bird = _concept("turkey", (), "animal-bird", "1f983", 0)
+    flag = _concept("flag: Turkey", (), "country-flag", "1f1f9-1f1f7", 1)
+    dog = _concept("dog face", key="1f436", order=2)
+    # a codepoint-keyed set calls the flag of Turkey "turkey"; the name-keyed set has one "turkey" icon
+    sets = {s.package: ([], {}) for s in emoji.EMOJI_STYLES.values() if s.keyed_by == "codepoint"}
+    sets["@iconify-json/noto"] = (["turkey", "dog-face"], {"1F1F9-1F1F7": "turkey", "1f436": "dog-face"})
+    sets["@iconify-json/noto-v1"] = (["turkey", "dog-face"], {})
+    modules = _icon_sets(tmp_path, sets)
+    style = emoji.EMOJI_STYLES["noto-v1"]
+    concepts = [bird, flag, dog]
+    naive = {}  # without claims: the slug and the other set's name both reach the one icon
+    assert emoji.name_collisions(concepts, style, modules, naive) == {"turkey": ["1f983", "1f1f9-1f1f7"]}
+    claims = emoji.name_claims(concepts, modules)
+    assert claims["turkey"] == {"1f983", "1f1f9-1f1f7"} and claims["dog-face"] == {"1f436"}
+    assert emoji.icon_name(bird, style, modules, claims) is None
+    assert emoji.icon_name(flag, style, modules, claims) is None
+    assert emoji.icon_name(dog, style, modules, claims) == "dog-face"
+    assert emoji.name_collisions(concepts, style, modules, claims) == {}
+    assert emoji.icon_name(flag, emoji.EMOJI_STYLES["noto"], modules, claims) == "turkey"  # by codepoint: fine

@@ -1,16 +1,20 @@
-"""Calibration metrics and temperature scaling for classification over prompts.
+"""Calibration, selective-prediction and detection metrics, temperature scaling, clustered bootstrap.
 
 ECE is torchmetrics' top-label L1 calibration error with equal-width bins (20 by default, as in the
 paper's zero-shot tables, method.md §5); NLPD is the mean negative log predictive probability of the
 true class; Brier is the mean squared distance between the probability vector and the one-hot label.
+AUROC is torchmetrics' binary AUROC (ties count one half); selective accuracy keeps the most confident
+fraction of the inputs. Confidence intervals resample whole clusters (e.g. every image of one emoji),
+because augmented copies and styles of one concept are not independent draws.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.functional.classification import binary_auroc, multiclass_calibration_error
 
 EPS = 1e-12
 
@@ -66,3 +70,57 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
         if hi - lo < 1e-9:
             break
     return math.exp(0.5 * (lo + hi))
+
+
+def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` [N] for detecting ``positives`` [N] (bool); NaN if one class."""
+    positives = positives.bool()
+    if scores.shape != positives.shape or scores.ndim != 1:
+        raise ValueError(f"scores and positives must both be [N], got {tuple(scores.shape)}, {tuple(positives.shape)}")
+    if bool(positives.all()) or not bool(positives.any()):
+        return math.nan
+    return float(binary_auroc(scores.double(), positives.long(), validate_args=False))
+
+
+def misclassification_auroc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
+    """How well low ``confidence`` [N] flags the wrong predictions (``correct`` [N] bool): AUROC in [0, 1]."""
+    return auroc(-confidence.double(), ~correct.bool())
+
+
+def selective_accuracy(confidence: torch.Tensor, correct: torch.Tensor, coverage: float) -> float:
+    """Accuracy on the ``ceil(coverage * N)`` most confident inputs (ties kept in input order)."""
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    if confidence.shape != correct.shape or confidence.ndim != 1 or confidence.numel() == 0:
+        raise ValueError("confidence and correct must both be [N] with N >= 1")
+    keep = math.ceil(coverage * confidence.numel())
+    order = torch.sort(-confidence.double(), stable=True).indices[:keep]
+    return float(correct.bool()[order].double().mean())
+
+
+def cluster_resamples(clusters: Sequence[str], num: int, seed: int = 0) -> list[torch.Tensor]:
+    """``num`` bootstrap index sets [M] that draw whole clusters with replacement (rows grouped by label).
+
+    A drawn cluster contributes all its rows; the sets differ in length when clusters differ in size.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(clusters):
+        groups.setdefault(c, []).append(i)
+    members = [torch.tensor(ix) for ix in groups.values()]
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(num):
+        pick = torch.randint(len(members), (len(members),), generator=gen)
+        out.append(torch.cat([members[int(j)] for j in pick]))
+    return out
+
+
+def bootstrap_interval(stat: Callable[[torch.Tensor], float], resamples: Sequence[torch.Tensor],
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``stat(index)`` over the resamples (NaN replicates, e.g. one class only, dropped)."""
+    values = torch.tensor([stat(ix) for ix in resamples], dtype=torch.float64)
+    values = values[~values.isnan()]
+    if values.numel() == 0:
+        return math.nan, math.nan
+    lo, hi = torch.quantile(values, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)

@@ -28,6 +28,8 @@ __all__ = [
     "crop_to_alpha_bbox",
     "flatten_on_white",
     "icon_name",
+    "name_claims",
+    "name_collisions",
     "render",
     "svg_document",
     "to_line_art",
@@ -99,24 +101,70 @@ def _load_icon_set(modules: str, package: str) -> _IconSet:
     )
 
 
-def icon_name(concept: Concept, style: StyleInfo, modules: Path) -> str | None:
-    """The icon name of ``concept`` in ``style`` (sets installed under ``modules``), or None when lacking."""
+def _codepoint_names(key: str, modules: Path) -> list[str]:
+    """The names the codepoint-keyed sets give to ``key`` (in :data:`EMOJI_STYLES` order, repeats kept)."""
+    names = []
+    for other in EMOJI_STYLES.values():
+        if other.keyed_by == "codepoint":
+            n = _load_icon_set(str(modules), other.package).chars.get(key)
+            if n:
+                names.append(n)
+    return names
+
+
+def name_claims(concepts: Iterable[Concept], modules: Path) -> dict[str, frozenset[str]]:
+    """Icon name -> keys of the concepts that name could mean: its CLDR slug or a codepoint-keyed set's name.
+
+    A name claimed by more than one concept (``"keycap"`` for ``keycap: *`` and ``keycap: #``; a set's
+    ``"turkey"`` for the flag of Turkey and the bird) cannot be matched by name without guessing.
+    """
+    claims: dict[str, set[str]] = {}
+    for c in concepts:
+        for n in [*_codepoint_names(c.key, modules), slugify(c.label)]:
+            claims.setdefault(n, set()).add(c.key)
+    return {n: frozenset(keys) for n, keys in claims.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _default_claims(modules: str) -> dict[str, frozenset[str]]:
+    """:func:`name_claims` of every emojibase concept installed under ``modules`` (cached per tree)."""
+    from .concepts import load_concepts
+
+    return name_claims(load_concepts(Path(modules).parent.parent), Path(modules))
+
+
+def icon_name(concept: Concept, style: StyleInfo, modules: Path,
+              claims: dict[str, frozenset[str]] | None = None) -> str | None:
+    """The icon name of ``concept`` in ``style`` (sets installed under ``modules``), or None when lacking.
+
+    Name-keyed sets are matched by the names the codepoint-keyed sets use for this codepoint, then by the
+    CLDR slug; a name that ``claims`` (default: :func:`name_claims` of all emojibase concepts) gives to
+    another concept too is never used, so an ambiguous name leaves the concept without artwork in that
+    set rather than drawn as something else.
+    """
     iset = _load_icon_set(str(modules), style.package)
     if style.keyed_by == "codepoint":
         return iset.chars.get(concept.key)
-    # name-keyed sets: try the names other (codepoint-keyed) sets use for this codepoint, then the CLDR slug
+    claims = _default_claims(str(modules)) if claims is None else claims
     names = iset.names()
-    candidates: list[str] = []
-    for other in EMOJI_STYLES.values():
-        if other.keyed_by == "codepoint":
-            n = _load_icon_set(str(modules), other.package).chars.get(concept.key)
-            if n:
-                candidates.append(n)
-    candidates.append(slugify(concept.label))
-    for cand in candidates:
-        if cand in names:
+    for cand in [*_codepoint_names(concept.key, modules), slugify(concept.label)]:
+        if cand in names and claims.get(cand, frozenset({concept.key})) == {concept.key}:
             return cand
     return None
+
+
+def name_collisions(concepts: Iterable[Concept], style: StyleInfo, modules: Path,
+                    claims: dict[str, frozenset[str]] | None = None) -> dict[str, list[str]]:
+    """Icons of ``style`` that :func:`icon_name` gives to more than one concept: ``{icon: [keys]}``.
+
+    Empty for a sound mapping (codepoint-keyed sets are one-to-one by construction); the build checks it.
+    """
+    used: dict[str, list[str]] = {}
+    for c in concepts:
+        n = icon_name(c, style, modules, claims)
+        if n is not None:
+            used.setdefault(n, []).append(c.key)
+    return {n: keys for n, keys in used.items() if len(keys) > 1}
 
 
 def available_keys(
