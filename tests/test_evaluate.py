@@ -15,10 +15,9 @@ from bayesvlm_explain.evaluation.evaluate import (
     evaluate,
     misclassification_rows,
     open_labeled,
-    selective_accuracy,
     write_report,
 )
-from bayesvlm_explain.evaluation.metrics import calibration_metrics
+from bayesvlm_explain.evaluation.metrics import calibration_metrics, selective_accuracy
 from bayesvlm_explain.explain.figures import reliability_diagram
 
 CLASSES = ("red_thing", "green thing", "blue-thing")

@@ -274,7 +274,7 @@ def test_variance_modes_against_true_cosine_monte_carlo(spread):
 def test_mc_predictive_is_closest_to_the_true_cosine_predictive():
     """KL(true-cosine MC predictive ‖ q): Gaussian MC with the projected class covariance beats the
     probit approximation and the deterministic model (benchmarks/bench_predictive.py measures the same
-    on the bundled model: 30-70x closer than probit)."""
+    on the bundled model: 12-31x closer than probit)."""
     vlm, img, txt, _, z = _exact_cosine_vs_analytic(30.0, 20_000)
     true = torch.softmax(z, -1).mean(0)
     pred = vlm.predict_features(img, txt, PROMPTS, variance="projected", num_samples=20_000)

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
 from ..adapters import Features
@@ -39,7 +38,7 @@ from ..inputs import InputError, load_image
 from ..numerics import categorical_entropy
 from ..posterior import KronPosterior, Posterior
 from ..selection import bald
-from .metrics import calibration_metrics
+from .metrics import calibration_metrics, misclassification_auroc, selective_accuracy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -297,13 +296,6 @@ def confidence_scores(map_probs: torch.Tensor, probs: torch.Tensor, bald_score: 
     return out
 
 
-def selective_accuracy(score: torch.Tensor, correct: torch.Tensor, coverage: float) -> float:
-    """Accuracy on the ``coverage`` fraction of inputs with the highest score (ties by index)."""
-    keep = max(1, round(coverage * score.numel()))
-    order = torch.sort(score, descending=True, stable=True).indices[:keep]
-    return float(correct[order].double().mean())
-
-
 def misclassification_rows(map_probs: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
                            bald_score: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per ``(method, score)``: AUROC of the score for correct-vs-wrong and selective accuracies.
@@ -314,9 +306,7 @@ def misclassification_rows(map_probs: torch.Tensor, probs: torch.Tensor, labels:
     rows = []
     for (method, name), score in confidence_scores(map_probs, probs, bald_score).items():
         ok = correct[method]
-        auroc = (float(binary_auroc(score.double(), ok.long())) if 0 < int(ok.sum()) < ok.numel()
-                 else float("nan"))
-        rows.append({"method": method, "score": name, "auroc": auroc,
+        rows.append({"method": method, "score": name, "auroc": misclassification_auroc(score, ok),
                      **{f"selective_accuracy_{round(100 * c)}": selective_accuracy(score, ok, c) for c in COVERAGES}})
     return rows
 
