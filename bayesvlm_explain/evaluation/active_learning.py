@@ -350,7 +350,7 @@ def emoji_active_learning_data(vlm: Any, target_style: str = "emojione", *,
     size = max(vlm.image_size or (64, 64))
     build = emoji.build_dataset(pool_styles + (target_style,), size, cache_dir,
                                 [concepts[k] for k in classes.keys], write_manifest=False)
-    pool_recs = pool_records(build.records, pool_styles)
+    pool_recs = pool_records(build.records, pool_styles, emoji.held_out_renders(classes.keys))
     target_recs = [r for r in build.records if r.style == target_style]
     key = hashlib.blake2b(json.dumps([model_fingerprint(vlm), target_style, repeats, test_repeats, seed, size,
                                       [(r.style, r.key) for r in build.records]]).encode(), digest_size=8).hexdigest()
@@ -384,9 +384,12 @@ def emoji_active_learning_data(vlm: Any, target_style: str = "emojione", *,
                               t["test_labels"].long(), vlm.encode_prompts(prompts), prompts, description)
 
 
-def pool_records(records: list[Any], styles: Sequence[str]) -> list[Any]:
-    """The labelled pool among the rendered records: every render of ``styles``."""
-    return [r for r in records if r.style in styles]
+def pool_records(records: list[Any], styles: Sequence[str], held_out: dict[str, list[str]]) -> list[Any]:
+    """The labelled pool among the rendered records: the renders of ``styles`` except those held out of the
+    bundled model's training (``held_out``: split name -> render ids ``"style/key"``, its calibration and test
+    renders), so that no evaluation render is ever a label."""
+    held = {rid for ids in held_out.values() for rid in ids}
+    return [r for r in records if r.style in styles and f"{r.style}/{r.key}" not in held]
 
 
 def learning_curve_figure(payload: dict[str, Any]) -> Any:
