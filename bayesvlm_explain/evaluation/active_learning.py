@@ -330,8 +330,8 @@ def emoji_active_learning_data(vlm: Any, target_style: str = "emojione", *,
     labelled (so EPIG's targets are the test renders, unlabelled and differently augmented).
     Features are cached in ``feature_cache``.
 
-    The default pool is every in-domain render of the label-space classes (:func:`pool_records`; swap
-    it for a train split once the bundled model has one).
+    The pool is every render of ``pool_styles`` except the renders held out of the bundled model's
+    training (:func:`pool_records`), so no calibration or test render is ever a label.
     """
     from .._build import emoji
     from .._build.augment import augment, load_images, normalise
