@@ -409,7 +409,10 @@ def learning_curve_figure(payload: dict[str, Any]) -> Any:
         ax.set_ylabel(f"{metric} on the target style")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.suptitle(f"active learning: {payload['settings'].get('data', '')[:90]}", fontsize="small")
+    st = payload["settings"]
+    fig.suptitle(f"active learning on {st.get('target_style', 'the target')}: {st.get('pool', '?')} pool images, "
+                 f"{st.get('test', '?')} test images, {len(st.get('seeds', []))} seeds (95% intervals)",
+                 fontsize="small")
     return fig
 
 
