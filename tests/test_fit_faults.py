@@ -270,7 +270,8 @@ def test_two_concurrent_fits_give_identical_factors_or_a_clear_error(data, refer
     assert any(not isinstance(o, Exception) for o in outcomes), outcomes
     for o in outcomes:
         if isinstance(o, FitError):
-            assert f"is in use by process {os.getpid()}" in str(o), o
+            # the holder is named unless it finished (and removed its record) before the loser looked
+            assert f"is in use by process {os.getpid()}" in str(o) or "is in use by another process" in str(o), o
         else:
             _assert_same(o, reference[0])
 
