@@ -474,9 +474,11 @@ def _archive_images(vlm: Any, archive: Any) -> tuple[list[dict[str, Any]], Featu
         tree = image_files(root, name)
         items = tree.all_images()
         _check_count(len(items), name, "images")
-        images = [open_upload(f) for f, _ in items]
+        parts = [vlm.encode_images([open_upload(f) for f, _ in items[i:i + 16]])  # 16 decoded at a time
+                 for i in range(0, len(items), 16)]
         entries = [{"image": f.relative_to(root).as_posix(), "folder": c} for f, c in items]
-    return entries, vlm.encode_images(images), tree.refused
+    feats = Features(torch.cat([f.activations for f in parts]), torch.cat([f.embeddings for f in parts]))
+    return entries, feats, tree.refused
 
 
 def _spaced(count: int, limit: int) -> list[int]:
