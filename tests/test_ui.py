@@ -173,7 +173,7 @@ def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, ca
         assert urllib.request.urlopen(app.local_url, timeout=30).status == 200
         client = Client(app.local_url, verbose=False)
         assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
-            "/predict", "/compare", "/explain", "/batch"}
+            "/predict", "/compare", "/explain", "/batch", "/calibrate", "/select"}
         img = handle_file(png())
         verdict, bars, table, payload = client.predict(img, "a red square\na blue circle", api_name="/predict")
         assert [c["prompt"] for c in payload["classes"]] == ["a red square", "a blue circle"]
@@ -288,3 +288,119 @@ def test_cli_predict(tiny_vlm, tmp_path, monkeypatch, capsys):
     (tmp_path / "bad.png").write_text("no image")
     assert cli.main(["predict", str(tmp_path / "bad.png"), "a cat"]) == 2
     assert "bad.png: not a JPEG" in capsys.readouterr().err
+
+
+# -- Calibrate and Select (zip uploads) ---------------------------------------------------------------------
+def _zip(path, members: dict[str, tuple[int, int, int] | bytes]) -> str:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, color in members.items():
+            if isinstance(color, bytes):
+                zf.writestr(name, color)
+                continue
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 32), color).save(buf, format="PNG")
+            zf.writestr(name, buf.getvalue())
+    return str(path)
+
+
+LABELLED = {**{f"set/red_square/{i}.png": (180 + 10 * i, 20 * i, 10) for i in range(4)},
+            **{f"set/blue_circle/{i}.png": (10, 30 * i, 160 + 20 * i) for i in range(4)},
+            "set/blue_circle/broken.png": b"not an image"}
+
+
+def test_calibrate_reports_the_library_evaluation_of_the_zip(tiny_vlm, tmp_path):
+    from matplotlib.figure import Figure
+
+    from bayesvlm_explain.evaluation.evaluate import evaluate
+
+    z = _zip(tmp_path / "shapes.zip", LABELLED)
+    out = views.calibrate_archive(tiny_vlm, z, "a photo of a {}.")
+    p = out["json"]
+    assert isinstance(out["figure"], Figure) and p["data"] == "shapes.zip" and p["images"] == 8
+    assert p["classes"] == ["blue circle", "red square"] and p["refused"] == [
+        "set/blue_circle/broken.png: not a JPEG, PNG, WebP, GIF or BMP image"]
+    # the same images as a folder, through the library's evaluate: identical metrics
+    folder = tmp_path / "folder"
+    for name, color in LABELLED.items():
+        if not isinstance(color, bytes):
+            (folder / Path(name).parent.name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), color).save(folder / Path(name).parent.name / Path(name).name)
+    ref = evaluate(tiny_vlm, folder, template="a photo of a {}.", predictive=views.RECOMMENDED,
+                   num_samples=views.NUM_SAMPLES, progress=False)
+    assert p["rows"] == ref["rows"] and p["misclassification"] == ref["misclassification"]
+    assert {r["method"] for r in p["rows"]} == {"deterministic", "bayes"} and "| bayes |" in out["summary"]
+    assert str(tmp_path) not in str(p) and "/tmp" not in out["summary"]
+    with pytest.raises(bx.InputError, match="template"):
+        views.calibrate_archive(tiny_vlm, z, "a photo")
+    flat = _zip(tmp_path / "flat.zip", {"a.png": (1, 2, 3), "b.png": (4, 5, 6)})
+    with pytest.raises(bx.InputError, match="flat.zip: expected one folder per class"):
+        views.calibrate_archive(tiny_vlm, flat, "a {}")
+
+
+def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
+    import torch
+
+    from bayesvlm_explain.selection import bald, epig, predictive_entropy
+
+    colors = [(25 * i, 255 - 25 * i, (70 * i) % 256) for i in range(7)]
+    pool = _zip(tmp_path / "pool.zip", {f"p{i}.png": c for i, c in enumerate(colors)})
+    prompts = "a red square\na blue circle\na green leaf"
+    out = views.select_archive(tiny_vlm, pool, prompts)
+    p = out["json"]
+    assert p["images"] == 7 and p["targets"] == 7 and p["target_source"] == "the pool"
+    # reference: the library's functions on one joint draw of the pool followed by itself as targets
+    feats = tiny_vlm.encode_images([Image.new("RGB", (32, 32), c) for c in colors])
+    both = bx.Features(torch.cat([feats.activations] * 2), torch.cat([feats.embeddings] * 2))
+    probs = torch.softmax(tiny_vlm.sample_logits_features(both, tiny_vlm.encode_prompts(prompts.splitlines()),
+                                                          views.SELECT_SAMPLES, torch.Generator().manual_seed(0)), -1)
+    ref = {"entropy": predictive_entropy(probs[:, :7]), "bald": bald(probs[:, :7]),
+           "epig": epig(probs[:, :7], probs[:, 7:])}
+    by_name = {e["image"]: e for e in p["scores"]}
+    for k, v in ref.items():
+        assert [by_name[f"p{i}.png"][k] for i in range(7)] == pytest.approx(v.tolist(), rel=1e-9, abs=1e-12)
+        assert p["ranking"][k] == [f"p{int(i)}.png" for i in torch.sort(v, descending=True, stable=True).indices]
+    assert all(0 <= e["bald"] <= e["entropy"] + 1e-12 and e["epig"] >= 0 for e in p["scores"])
+    assert max(e["epig"] for e in p["scores"]) > 1e-4  # joint draws: EPIG is not collapsed to zero
+    assert [r[1] for r in out["rows"]] == p["ranking"]["entropy"] and len(out["rows"][0]) == len(
+        views.SELECT_HEADERS)
+    lines = out["csv"].splitlines()
+    assert lines[0].split(",") == views.SELECT_CSV_HEADERS and len(lines) == 8
+    targets = _zip(tmp_path / "targets.zip", {"t/a.png": (0, 0, 0), "t/b.png": (255, 255, 255)})
+    with_targets = views.select_archive(tiny_vlm, pool, prompts, targets)["json"]
+    assert with_targets["targets"] == 2 and with_targets["target_source"] == "targets.zip"
+    assert [e["entropy"] for e in with_targets["scores"]] == [e["entropy"] for e in p["scores"]]
+    assert [e["epig"] for e in with_targets["scores"]] != [e["epig"] for e in p["scores"]]
+    with pytest.raises(bx.InputError, match="at least 2 class prompts"):
+        views.select_archive(tiny_vlm, pool, "a cat")
+
+
+def test_calibrate_and_select_served(tiny_vlm, tmp_path, capfd):
+    from gradio_client import Client, handle_file
+
+    app = build_app(tiny_vlm)
+    app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.local_url, verbose=False)
+        z = _zip(tmp_path / "shapes.zip", LABELLED)
+        summary, plot, payload = client.predict(handle_file(z), "a photo of a {}.", api_name="/calibrate")
+        assert payload["images"] == 8 and payload["classes"] == ["blue circle", "red square"] and plot
+        summary, table, csv_file, sel = client.predict(handle_file(z), "a red square\na blue circle", None,
+                                                       api_name="/select")
+        assert sel["images"] == 8 and len(table["data"]) == 8 and table["headers"] == views.SELECT_HEADERS
+        assert open(csv_file).read().startswith("image,folder,entropy")
+        evil = tmp_path / "evil.zip"
+        import zipfile
+
+        with zipfile.ZipFile(evil, "w") as zf:
+            zf.writestr("../../escape.png", b"x")
+        for name, args in {"/calibrate": (handle_file(str(evil)), "a {}"),
+                           "/select": (handle_file(str(evil)), "a cat\na dog", None)}.items():
+            with pytest.raises(Exception, match="evil.zip: entry .* '..' path component") as err:
+                client.predict(*args, api_name=name)
+            assert "/tmp" not in str(err.value) and "Traceback" not in str(err.value)
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        app.close()

@@ -1,11 +1,13 @@
-"""The studio's Gradio page: four tabs wired to :mod:`.views` (the only module here that imports gradio).
+"""The studio's Gradio page: six tabs wired to :mod:`.views` (the only module here that imports gradio).
 
 * every run first clears all outputs it owns, then fills them; an error leaves them cleared, so results
   of two runs are never shown side by side;
 * uploads arrive as files (never decoded by Gradio) and are checked by :mod:`.uploads` before PIL opens
   them; refused uploads are deleted at once, the rest by the server's cache cleanup; the upload size is
   capped by :meth:`StudioBlocks.launch`;
-* at most 2 light requests (predict, compare, batch) and 1 attribution run at once; ``max_queue`` wait,
+* zip uploads (Calibrate, Select) are checked and extracted by :mod:`.archives` into a temporary folder
+  that is removed after the run;
+* at most 2 light requests (predict, compare, batch) and 1 attribution or zip run at once; ``max_queue`` wait,
   and one browser session (or API client) may have at most ``per_client`` requests waiting or running;
 * user errors come back as messages (no traceback in the server log, no server path in the text).
 """
@@ -74,6 +76,18 @@ NOTES = {
                "text-side variance.",
     "batch": "One row per image, the most epistemically uncertain first; click a column header to sort. "
              "Download the table as CSV, or everything (every prompt of every image) as JSON.",
+    "calibrate": "Upload a zip with one folder per class (the folder name fills the template's `{}`). "
+                 "Calibration: among images predicted with confidence p, a fraction p should be right; the "
+                 "reliability diagram plots accuracy against confidence, and ECE is the average gap. NLPD and "
+                 "Brier score the probability given to the true class (lower is better). *deterministic* is "
+                 "the model without uncertainty, *bayes* the Monte Carlo predictive of the other tabs. The "
+                 "AUROC rows say how well each confidence score separates right from wrong predictions; "
+                 "selective accuracy is the accuracy on the 50% / 80% most confident images.",
+    "select": "Which unlabelled images would be most useful to label next (active learning). *Entropy*: the "
+              "model is unsure (for any reason). *BALD*: the uncertainty comes from not knowing the weights, so "
+              "a label would teach the model something. *EPIG*: the label would reduce uncertainty about the "
+              "target images (the pool itself, or the optional target zip): picks that matter where you will "
+              "use the model. All in nats, from the same joint posterior draws. The CSV lists every image.",
 }
 
 
@@ -170,16 +184,30 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                                    views.EXPLAIN_METHODS.get(method, method), int(steps))
         return out["summary"], out["figure"], out["tokens"], out["json"]
 
-    def batch(files: Any, prompts_text: str) -> tuple[Any, ...]:
-        out = views.batch_table(vlm, files if isinstance(files, list) else [files], prompts_text, yardstick)
+    def prune_downloads() -> None:
         for old in downloads.glob("*"):
             if time.time() - old.stat().st_mtime > 600:
                 old.unlink(missing_ok=True)
+
+    def batch(files: Any, prompts_text: str) -> tuple[Any, ...]:
+        out = views.batch_table(vlm, files if isinstance(files, list) else [files], prompts_text, yardstick)
+        prune_downloads()
         stem = downloads / f"batch-{time.time_ns()}"
         csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
         csv_path.write_text(out["csv"], encoding="utf-8")
         json_path.write_text(json.dumps(out["json"], indent=1), encoding="utf-8")
         return out["rows"], str(csv_path), str(json_path)
+
+    def calibrate(archive: Any, template: str) -> tuple[Any, ...]:
+        out = views.calibrate_archive(vlm, archive, template)
+        return out["summary"], out["figure"], out["json"]
+
+    def select(pool: Any, prompts_text: str, targets: Any) -> tuple[Any, ...]:
+        out = views.select_archive(vlm, pool, prompts_text, targets)
+        prune_downloads()
+        csv_path = downloads / f"select-{time.time_ns()}.csv"
+        csv_path.write_text(out["csv"], encoding="utf-8")
+        return out["summary"], out["rows"], str(csv_path), out["json"]
 
     def preview(path: Any) -> Any:
         if not path:
@@ -279,6 +307,35 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                     batch_json = gr.File(label="JSON")
                 with gr.Accordion("what does this mean?", open=False):
                     gr.Markdown(NOTES["batch"])
+            with gr.Tab("Calibrate", id="calibrate"):
+                with gr.Row():
+                    cal_zip = gr.File(label="labelled images (zip: one folder per class)", file_types=[".zip"],
+                                      type="filepath", elem_id="calibrate-zip")
+                    cal_template = gr.Textbox(label="class prompt template ({} = the folder name)",
+                                              value=views.default_template(vlm), elem_id="calibrate-template")
+                cal_btn = gr.Button("calibrate", variant="primary", elem_id="calibrate-btn")
+                cal_md = gr.Markdown(elem_id="calibrate-summary")
+                cal_plot = gr.Plot(format="png", show_label=False, elem_id="reliability")
+                with gr.Accordion("JSON (what the /calibrate API returns)", open=False):
+                    cal_json = gr.JSON(show_label=False)
+                with gr.Accordion("what does this mean?", open=False):
+                    gr.Markdown(NOTES["calibrate"])
+            with gr.Tab("Select", id="select"):
+                with gr.Row():
+                    pool_zip = gr.File(label="pool images (zip; flat or in folders)", file_types=[".zip"],
+                                       type="filepath", elem_id="select-pool")
+                    target_zip = gr.File(label="EPIG target images (zip; optional, default: the pool)",
+                                         file_types=[".zip"], type="filepath", elem_id="select-targets")
+                gr.Markdown("The class prompts are the ones typed above.")
+                sel_btn = gr.Button("rank the pool", variant="primary", elem_id="select-btn")
+                sel_md = gr.Markdown(elem_id="select-summary")
+                sel_table = gr.Dataframe(headers=views.SELECT_HEADERS, label="top picks per acquisition function",
+                                         interactive=False, wrap=True)
+                sel_csv = gr.File(label="CSV (every pool image)")
+                with gr.Accordion("JSON (what the /select API returns)", open=False):
+                    sel_json = gr.JSON(show_label=False)
+                with gr.Accordion("what does this mean?", open=False):
+                    gr.Markdown(NOTES["select"])
         prompts.change(prompt_choices, prompts, prompt_pick, queue=False, api_visibility="private")
 
         def wire(button: gr.Button, fn: Any, inputs: list[Any], outputs: list[Any], name: str, uploads: Any,
@@ -296,6 +353,10 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
              [explain_md, heat, tokens, explain_json], "explain", lambda im, *_: im, "attribution", 1)
         wire(batch_btn, batch, [batch_files, prompts], [batch_table, batch_csv, batch_json], "batch",
              lambda files, *_: files or [], "light", 2)
+        wire(cal_btn, calibrate, [cal_zip, cal_template], [cal_md, cal_plot, cal_json], "calibrate",
+             lambda z, *_: [], "attribution", 1)
+        wire(sel_btn, select, [pool_zip, prompts, target_zip], [sel_md, sel_table, sel_csv, sel_json], "select",
+             lambda *_: [], "attribution", 1)
     app.queue(max_size=max_queue, default_concurrency_limit=2)
     return app
 

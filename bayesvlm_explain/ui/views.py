@@ -6,6 +6,10 @@
 * :func:`compare_sets`: one image against 2-4 prompt sets (or templates such as ``"a drawing of {}"``).
 * :func:`explain_prompt`: pixel and token attributions of one target for any prompt, with the numbers.
 * :func:`batch_table`: several images x prompts, one row per image, most uncertain first.
+* :func:`calibrate_archive`: a zip of labelled images (one folder per class): deterministic vs Bayesian
+  calibration metrics and the reliability diagram (:mod:`bayesvlm_explain.evaluation.evaluate`).
+* :func:`select_archive`: a zip of pool images ranked by entropy, BALD and EPIG
+  (:mod:`bayesvlm_explain.selection`).
 
 Every function returns JSON-ready dicts (floats, strings, lists) plus what the page draws; the Gradio
 layer (:mod:`.app`) only wires them to components.
@@ -22,16 +26,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..adapters import Features
 from ..inputs import InputError, check_prompts
 from ..predictive import Prediction
 from ..yardstick import Yardstick
+from .archives import ArchiveError, extracted, image_files
 from .uploads import display_name, open_upload
 
 MAX_PROMPTS = 64
 MAX_SETS = 4
 MAX_BATCH_IMAGES = 16
+MAX_ARCHIVE_IMAGES = 1000  # images used from one zip (Calibrate, Select pool, Select targets)
+SELECT_SAMPLES = 256  # joint posterior draws for the acquisition functions
+MAX_EPIG_TARGETS = 64  # EPIG averages over at most this many targets (an evenly spaced subset)
+SELECT_SHOWN = 20  # ranked picks shown per acquisition function (the CSV has every image)
+SELECT_HEADERS = ["rank", "entropy: image", "entropy (nats)", "BALD: image", "BALD (nats)", "EPIG: image",
+                  "EPIG (nats)"]
+SELECT_CSV_HEADERS = ["image", "folder", "entropy", "bald", "epig", "rank_entropy", "rank_bald", "rank_epig"]
 RECOMMENDED = "mc"  # the predictive shown first; the deterministic one is shown beside it
 NUM_SAMPLES = 1000
 TABLE_HEADERS = ["prompt", "p (MC)", "p (det.)", "logit mean", "logit std", "image share", "text share",
@@ -397,6 +410,152 @@ def batch_table(vlm: Any, images: Sequence[Any], prompts_text: str, yardstick: Y
 def _csv_cell(value: Any) -> Any:
     """User text that a spreadsheet would run as a formula gets a leading apostrophe."""
     return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+# -- Calibrate ------------------------------------------------------------------------------------------
+def default_template(vlm: Any) -> str:
+    """The class-prompt template offered for ``vlm``: the bundled label template, else the photo one."""
+    from ..data.labels import PROMPT_TEMPLATE
+    from ..evaluation.evaluate import DEFAULT_TEMPLATE
+
+    return PROMPT_TEMPLATE.replace("{label}", "{}") if vlm.name == "bundled" else DEFAULT_TEMPLATE
+
+
+def _check_count(count: int, archive: str, what: str) -> None:
+    if count > MAX_ARCHIVE_IMAGES:
+        raise ArchiveError(f"{archive}: {count} {what}; the studio takes at most {MAX_ARCHIVE_IMAGES}")
+
+
+def calibrate_archive(vlm: Any, archive: Any, template: str) -> dict[str, Any]:
+    """The Calibrate view: a labelled zip (one folder per class) evaluated deterministic vs Bayes.
+
+    The folder names (``_`` as spaces) fill ``template``; metrics, misclassification AUROCs and settings
+    are those of :func:`~bayesvlm_explain.evaluation.evaluate.evaluate` with the studio's recommended
+    predictive. Returns ``{"json": evaluation payload (+ "refused"), "figure": reliability diagram,
+    "summary": markdown}``.
+    """
+    from ..data.pairs import InMemoryPairs
+    from ..evaluation.evaluate import EvaluationError, LabeledData, class_prompts, evaluate, summary_markdown
+    from ..explain.figures import reliability_diagram
+
+    if not archive:
+        raise InputError("upload a zip of labelled images first (one folder per class)")
+    name = display_name(archive)
+    with extracted(archive) as root:
+        tree = image_files(root, name, need_classes=True)
+        _check_count(len(tree.all_images()), name, "images")
+        classnames = [c.replace("_", " ").strip() for c in tree.classes]
+        if len(classnames) > MAX_PROMPTS:
+            raise ArchiveError(f"{name}: {len(classnames)} class folders; the studio takes at most {MAX_PROMPTS}")
+        try:
+            parse_prompts("\n".join(class_prompts(classnames, (template or "").strip())), "class prompts")
+            data = LabeledData(InMemoryPairs([(str(f), c.replace("_", " ").strip()) for f, c in tree.all_images()]),
+                               classnames, name)
+            payload = evaluate(vlm, data, template=template.strip(), predictive=RECOMMENDED,
+                               num_samples=NUM_SAMPLES, progress=False)
+        except EvaluationError as err:
+            raise InputError(str(err).replace("--template", "the template")) from None
+    payload["data"] = name
+    payload["refused"] = tree.refused
+    figure = reliability_diagram(payload.pop("_probs"), payload.pop("_labels"),
+                                 n_bins=payload["settings"]["ece_bins"], title=f"reliability: {name}")
+    payload.pop("cache", None)  # no feature cache in the studio
+    summary = summary_markdown(payload).split("\n", 1)[1].strip()
+    if tree.refused:
+        summary += f"\n\nRefused files ({len(tree.refused)}): " + "; ".join(tree.refused[:5])
+    return {"json": payload, "figure": figure, "summary": summary}
+
+
+# -- Select ---------------------------------------------------------------------------------------------
+def _archive_images(vlm: Any, archive: Any) -> tuple[list[dict[str, Any]], Features, list[str]]:
+    """``[{"image", "folder"}]``, the encoded features [N, ...] and the refused files of one image zip."""
+    name = display_name(archive)
+    with extracted(archive) as root:
+        tree = image_files(root, name)
+        items = tree.all_images()
+        _check_count(len(items), name, "images")
+        parts = [vlm.encode_images([open_upload(f) for f, _ in items[i:i + 16]])  # 16 decoded at a time
+                 for i in range(0, len(items), 16)]
+        entries = [{"image": f.relative_to(root).as_posix(), "folder": c} for f, c in items]
+    feats = Features(torch.cat([f.activations for f in parts]), torch.cat([f.embeddings for f in parts]))
+    return entries, feats, tree.refused
+
+
+def _spaced(count: int, limit: int) -> list[int]:
+    """At most ``limit`` evenly spaced indices of ``range(count)``."""
+    return list(range(count)) if count <= limit else [round(i * (count - 1) / (limit - 1)) for i in range(limit)]
+
+
+def select_archive(vlm: Any, pool: Any, prompts_text: str, targets: Any = None) -> dict[str, Any]:
+    """The Select view: every pool image scored by predictive entropy, BALD and EPIG (nats).
+
+    Pool and EPIG targets (the pool itself, or the images of ``targets``; at most
+    :data:`MAX_EPIG_TARGETS`, evenly spaced) are drawn jointly: one
+    :meth:`~bayesvlm_explain.BayesVLM.sample_logits_features` call on the concatenated features with
+    :data:`SELECT_SAMPLES` draws (seed 0), so draw ``s`` of every image uses the same weight sample.
+    Returns ``{"json": {...}, "rows": SELECT_HEADERS rows (top picks), "csv": every image}``.
+    """
+    from ..evaluation.active_learning import _sigmoid_as_classes
+    from ..selection import bald, epig, predictive_entropy
+
+    prompts = parse_prompts(prompts_text)
+    if len(prompts) < 2:
+        raise InputError("give at least 2 class prompts to rank the pool by")
+    if not pool:
+        raise InputError("upload a zip of pool images first")
+    entries, feats, refused = _archive_images(vlm, pool)
+    if targets:
+        _, target_feats, t_refused = _archive_images(vlm, targets)
+        refused += [f"{display_name(targets)}/{r}" for r in t_refused]
+        target_source = display_name(targets)
+    else:
+        target_feats, target_source = feats, "the pool"
+    keep = _spaced(int(target_feats.embeddings.shape[0]), MAX_EPIG_TARGETS)
+    n = int(feats.embeddings.shape[0])
+    both = Features(torch.cat([feats.activations, target_feats.activations[keep]]),
+                    torch.cat([feats.embeddings, target_feats.embeddings[keep]]))
+    logits = vlm.sample_logits_features(both, vlm.encode_prompts(prompts), SELECT_SAMPLES,
+                                        torch.Generator().manual_seed(0))  # joint draws: pool and targets
+    probs = torch.softmax(logits, -1) if vlm.adapter.likelihood == "infonce" else _sigmoid_as_classes(logits)
+    scores = {"entropy": predictive_entropy(probs[:, :n]), "bald": bald(probs[:, :n]),
+              "epig": epig(probs[:, :n], probs[:, n:])}
+    ranks = {k: torch.sort(v, descending=True, stable=True).indices.tolist() for k, v in scores.items()}
+    for e_i, e in enumerate(entries):
+        e.update({k: float(v[e_i]) for k, v in scores.items()})
+    for k, order in ranks.items():
+        for r, i in enumerate(order):
+            entries[i][f"rank_{k}"] = r + 1
+    rows = []
+    for r in range(min(SELECT_SHOWN, n)):
+        row: list[Any] = [r + 1]
+        for k in ("entropy", "bald", "epig"):
+            e = entries[ranks[k][r]]
+            row += [e["image"], round(e[k], 4)]
+        rows.append(row)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(SELECT_CSV_HEADERS)
+    for e in sorted(entries, key=lambda e: e["rank_epig"]):
+        writer.writerow([_csv_cell(e["image"]), _csv_cell(e["folder"] or ""), *(e[h] for h in SELECT_CSV_HEADERS[2:])])
+    payload = {"prompts": prompts, "pool": display_name(pool), "images": n, "targets": len(keep),
+               "target_source": target_source, "num_samples": SELECT_SAMPLES, "seed": 0,
+               "ranking": {k: [entries[i]["image"] for i in order] for k, order in ranks.items()},
+               "scores": entries, "refused": refused}
+    return {"json": payload, "rows": rows, "csv": buf.getvalue(), "summary": select_summary(payload)}
+
+
+def select_summary(p: dict[str, Any]) -> str:
+    """Pool and target sizes, and whether the three functions agree on the first pick."""
+    firsts = {k: v[0] for k, v in p["ranking"].items()}
+    text = (f"{p['images']} pool images ranked over {len(p['prompts'])} class prompts, {p['num_samples']} joint "
+            f"posterior draws; EPIG targets: {p['targets']} images of {p['target_source']}.")
+    if len(set(firsts.values())) == 1:
+        text += f" All three functions pick **{firsts['entropy']}** first."
+    else:
+        text += " First picks: " + "; ".join(f"{k}: **{v}**" for k, v in firsts.items()) + "."
+    if p["refused"]:
+        text += f"\n\nRefused files ({len(p['refused'])}): " + "; ".join(p["refused"][:5])
+    return text
 
 
 def bundled_examples() -> list[list[Any]]:
