@@ -28,6 +28,15 @@ def _check_draws(probs: torch.Tensor, name: str) -> None:
                          f"got {tuple(probs.shape)}")
 
 
+def class_probabilities(logits: torch.Tensor, likelihood: str = "infonce") -> torch.Tensor:
+    """Class probabilities [..., C] from logit draws: the softmax for contrastive (InfoNCE) models; for
+    sigmoid models (SigLIP) the per-class sigmoids renormalised over the classes."""
+    if likelihood == "infonce":
+        return torch.softmax(logits, -1)
+    p = torch.sigmoid(logits)
+    return p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+
+
 def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Entropy of the Monte Carlo predictive, [S, N, C] -> [N] (nats)."""
     _check_draws(probs, "probs")

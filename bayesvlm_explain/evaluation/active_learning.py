@@ -41,7 +41,7 @@ from ..adapters import Features
 from ..estimation import input_factor, output_factor
 from ..marglik import factor_eigenvalues, optimize_prior_precision
 from ..posterior import KronPosterior, Posterior
-from ..selection import bald, epig, predictive_entropy, top_k
+from ..selection import bald, class_probabilities, epig, predictive_entropy, top_k
 from .evaluate import load_features, save_features, with_posterior
 from .metrics import calibration_metrics
 
@@ -189,7 +189,7 @@ def acquisition_scores(vlm: Any, strategy: str, pool: Features, target: Features
     n = pool.activations.shape[0]
     both = _cat(pool, target) if strategy == "epig" else pool
     logits = vlm.sample_logits_features(both, txt, num_samples, generator)  # shared weight draws
-    probs = torch.softmax(logits, -1) if vlm.adapter.likelihood == "infonce" else _sigmoid_as_classes(logits)
+    probs = class_probabilities(logits, vlm.adapter.likelihood)
     if strategy == "entropy":
         return predictive_entropy(probs)
     if strategy == "bald":
@@ -197,12 +197,6 @@ def acquisition_scores(vlm: Any, strategy: str, pool: Features, target: Features
     if strategy == "epig":
         return epig(probs[:, :n], probs[:, n:])
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-
-
-def _sigmoid_as_classes(logits: torch.Tensor) -> torch.Tensor:
-    """Per-class sigmoids renormalised over classes: the class distribution of a sigmoid model."""
-    p = torch.sigmoid(logits)
-    return p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
 
 
 def evaluate_state(vlm: Any, state: AdaptedState, data: ActiveLearningData, ece_bins: int = 20) -> dict[str, float]:

@@ -495,8 +495,7 @@ def select_archive(vlm: Any, pool: Any, prompts_text: str, targets: Any = None) 
     :data:`SELECT_SAMPLES` draws (seed 0), so draw ``s`` of every image uses the same weight sample.
     Returns ``{"json": {...}, "rows": SELECT_HEADERS rows (top picks), "csv": every image}``.
     """
-    from ..evaluation.active_learning import _sigmoid_as_classes
-    from ..selection import bald, epig, predictive_entropy
+    from ..selection import bald, class_probabilities, epig, predictive_entropy
 
     prompts = parse_prompts(prompts_text)
     if len(prompts) < 2:
@@ -516,7 +515,7 @@ def select_archive(vlm: Any, pool: Any, prompts_text: str, targets: Any = None) 
                     torch.cat([feats.embeddings, target_feats.embeddings[keep]]))
     logits = vlm.sample_logits_features(both, vlm.encode_prompts(prompts), SELECT_SAMPLES,
                                         torch.Generator().manual_seed(0))  # joint draws: pool and targets
-    probs = torch.softmax(logits, -1) if vlm.adapter.likelihood == "infonce" else _sigmoid_as_classes(logits)
+    probs = class_probabilities(logits, vlm.adapter.likelihood)
     scores = {"entropy": predictive_entropy(probs[:, :n]), "bald": bald(probs[:, :n]),
               "epig": epig(probs[:, :n], probs[:, n:])}
     ranks = {k: torch.sort(v, descending=True, stable=True).indices.tolist() for k, v in scores.items()}
