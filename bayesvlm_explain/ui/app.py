@@ -28,8 +28,24 @@ from gradio.utils import get_upload_folder
 from ..inputs import InputError
 from ..posterior import PosteriorError
 from ..yardstick import Yardstick, YardstickError, bundled_yardstick_path
-from . import views
 from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard
+from .views import (
+    BATCH_HEADERS,
+    EXPLAIN_METHODS,
+    EXPLAIN_TARGETS,
+    MAX_PROMPTS,
+    SELECT_HEADERS,
+    TABLE_HEADERS,
+    batch_table,
+    calibrate_archive,
+    compare_sets,
+    default_template,
+    explain_prompt,
+    inspect_image,
+    open_upload,
+    select_archive,
+    template_labels,
+)
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (InputError, PosteriorError, YardstickError)
@@ -172,16 +188,16 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         return run
 
     def inspect(image: Any, prompts_text: str) -> tuple[Any, ...]:
-        out = views.inspect_image(vlm, image, prompts_text, yardstick)
+        out = inspect_image(vlm, image, prompts_text, yardstick)
         return out["verdict"], out["bars"], out["rows"], out["json"]
 
     def compare(image: Any, s1: str, s2: str, s3: str, s4: str, labels_text: str) -> tuple[Any, ...]:
-        out = views.compare_sets(vlm, image, [s1, s2, s3, s4], labels_text)
+        out = compare_sets(vlm, image, [s1, s2, s3, s4], labels_text)
         return out["summary"], out["html"], out["json"]
 
     def explain(image: Any, prompts_text: str, prompt: str, target: str, method: str, steps: float) -> tuple:
-        out = views.explain_prompt(vlm, image, prompts_text, prompt, views.EXPLAIN_TARGETS.get(target, target),
-                                   views.EXPLAIN_METHODS.get(method, method), int(steps))
+        out = explain_prompt(vlm, image, prompts_text, prompt, EXPLAIN_TARGETS.get(target, target),
+                                   EXPLAIN_METHODS.get(method, method), int(steps))
         return out["summary"], out["figure"], out["tokens"], out["json"]
 
     def prune_downloads() -> None:
@@ -190,7 +206,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 old.unlink(missing_ok=True)
 
     def batch(files: Any, prompts_text: str) -> tuple[Any, ...]:
-        out = views.batch_table(vlm, files if isinstance(files, list) else [files], prompts_text, yardstick)
+        out = batch_table(vlm, files if isinstance(files, list) else [files], prompts_text, yardstick)
         prune_downloads()
         stem = downloads / f"batch-{time.time_ns()}"
         csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
@@ -199,11 +215,11 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         return out["rows"], str(csv_path), str(json_path)
 
     def calibrate(archive: Any, template: str) -> tuple[Any, ...]:
-        out = views.calibrate_archive(vlm, archive, template)
+        out = calibrate_archive(vlm, archive, template)
         return out["summary"], out["figure"], out["json"]
 
     def select(pool: Any, prompts_text: str, targets: Any) -> tuple[Any, ...]:
-        out = views.select_archive(vlm, pool, prompts_text, targets)
+        out = select_archive(vlm, pool, prompts_text, targets)
         prune_downloads()
         csv_path = downloads / f"select-{time.time_ns()}.csv"
         csv_path.write_text(out["csv"], encoding="utf-8")
@@ -213,7 +229,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         if not path:
             return None
         try:
-            img = views.open_upload(path)
+            img = open_upload(path)
         except InputError as err:
             raise _user_error(err, [path]) from None
         img.thumbnail((256, 256))
@@ -226,7 +242,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         return [gr.validate(ok, message)] + [gr.validate(True, "")] * (len(inputs) - 1)
 
     def prompt_choices(text: str) -> Any:
-        lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()][: views.MAX_PROMPTS]
+        lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()][: MAX_PROMPTS]
         return gr.update(choices=[""] + list(dict.fromkeys(lines)), value="")
 
     with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(600, 3600)) as app:
@@ -258,7 +274,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 predict_btn = gr.Button("predict", variant="primary", elem_id="predict-btn")
                 verdict = gr.Markdown(elem_id="verdict")
                 bars = gr.HTML(elem_id="bars")
-                table = gr.Dataframe(headers=views.TABLE_HEADERS, label="per prompt", interactive=False,
+                table = gr.Dataframe(headers=TABLE_HEADERS, label="per prompt", interactive=False,
                                      wrap=True)
                 with gr.Accordion("JSON (what the /predict API returns)", open=False):
                     predict_json = gr.JSON(show_label=False)
@@ -269,7 +285,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                     sets = [gr.Textbox(lines=3, label=f"set {i + 1}", value=v, elem_id=f"set{i + 1}")
                             for i, v in enumerate(["an emoji of {}", "a drawing of {}", "", ""])]
                 set_labels = gr.Textbox(lines=2, label="labels for templates (one per line; {} is replaced)",
-                                        value="\n".join(views.template_labels(default_prompts)),
+                                        value="\n".join(template_labels(default_prompts)),
                                         elem_id="set-labels")
                 compare_btn = gr.Button("compare", variant="primary", elem_id="compare-btn")
                 compare_md = gr.Markdown(elem_id="compare-summary")
@@ -283,9 +299,9 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                     prompt_pick = gr.Dropdown(choices=[""] + default_prompts.splitlines(), value="",
                                               allow_custom_value=True, label="prompt (empty: the most probable)",
                                               elem_id="explain-prompt")
-                    target = gr.Dropdown(list(views.EXPLAIN_TARGETS), value=next(iter(views.EXPLAIN_TARGETS)),
+                    target = gr.Dropdown(list(EXPLAIN_TARGETS), value=next(iter(EXPLAIN_TARGETS)),
                                          label="explain", allow_custom_value=True)
-                    method = gr.Dropdown(list(views.EXPLAIN_METHODS), value=next(iter(views.EXPLAIN_METHODS)),
+                    method = gr.Dropdown(list(EXPLAIN_METHODS), value=next(iter(EXPLAIN_METHODS)),
                                          label="method", allow_custom_value=True)
                     steps = gr.Slider(4, 64, value=16, step=4, label="steps (integrated gradients)")
                 explain_btn = gr.Button("explain", variant="primary", elem_id="explain-btn")
@@ -300,7 +316,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 batch_files = gr.File(label="images", file_count="multiple", file_types=EXTENSIONS,
                                       type="filepath")
                 batch_btn = gr.Button("run the batch", variant="primary", elem_id="batch-btn")
-                batch_table = gr.Dataframe(headers=views.BATCH_HEADERS, label="one row per image", interactive=False,
+                batch_frame = gr.Dataframe(headers=BATCH_HEADERS, label="one row per image", interactive=False,
                                            wrap=True)
                 with gr.Row():
                     batch_csv = gr.File(label="CSV")
@@ -312,7 +328,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                     cal_zip = gr.File(label="labelled images (zip: one folder per class)", file_types=[".zip"],
                                       type="filepath", elem_id="calibrate-zip")
                     cal_template = gr.Textbox(label="class prompt template ({} = the folder name)",
-                                              value=views.default_template(vlm), elem_id="calibrate-template")
+                                              value=default_template(vlm), elem_id="calibrate-template")
                 cal_btn = gr.Button("calibrate", variant="primary", elem_id="calibrate-btn")
                 cal_md = gr.Markdown(elem_id="calibrate-summary")
                 cal_plot = gr.Plot(format="png", show_label=False, elem_id="reliability")
@@ -329,7 +345,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 gr.Markdown("The class prompts are the ones typed above.")
                 sel_btn = gr.Button("rank the pool", variant="primary", elem_id="select-btn")
                 sel_md = gr.Markdown(elem_id="select-summary")
-                sel_table = gr.Dataframe(headers=views.SELECT_HEADERS, label="top picks per acquisition function",
+                sel_table = gr.Dataframe(headers=SELECT_HEADERS, label="top picks per acquisition function",
                                          interactive=False, wrap=True)
                 sel_csv = gr.File(label="CSV (every pool image)")
                 with gr.Accordion("JSON (what the /select API returns)", open=False):
@@ -351,7 +367,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
              lambda im, *_: im, "light", 2)
         wire(explain_btn, explain, [image, prompts, prompt_pick, target, method, steps],
              [explain_md, heat, tokens, explain_json], "explain", lambda im, *_: im, "attribution", 1)
-        wire(batch_btn, batch, [batch_files, prompts], [batch_table, batch_csv, batch_json], "batch",
+        wire(batch_btn, batch, [batch_files, prompts], [batch_frame, batch_csv, batch_json], "batch",
              lambda files, *_: files or [], "light", 2)
         wire(cal_btn, calibrate, [cal_zip, cal_template], [cal_md, cal_plot, cal_json], "calibrate",
              lambda z, *_: [], "attribution", 1)
