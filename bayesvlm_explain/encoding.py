@@ -71,6 +71,11 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        """Drop every entry (the next lookups encode afresh)."""
+        with self._lock:
+            self._entries.clear()
+
     def lookup(self, key: tuple[Hashable, ...], prompts: Sequence[str]) -> dict[str, tuple[torch.Tensor, ...]]:
         """The cached features among ``prompts`` (marked recently used)."""
         with self._lock:

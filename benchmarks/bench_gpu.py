@@ -73,7 +73,7 @@ def _plain(model: torch.nn.Module, x: torch.Tensor, tokens: torch.Tensor, device
 
 def _bayes(vlm: bx.BayesVLM, x: torch.Tensor, prompts: list[str], algebra: torch.device) -> dict[str, float]:
     """Our predict: encoders (cold and warm prompt cache) and the head (mean, variance, probit)."""
-    vlm.encoder.prompt_cache.lookup(("cleared",), [])  # empty the prompt cache: a cold start
+    vlm.encoder.prompt_cache.clear()  # a cold start
     t_img, img = _timed(lambda: vlm.encode_images(x), vlm.device, 1)
     t_cold, _ = _timed(lambda: vlm.encode_prompts(prompts), vlm.device, 1)
     t_warm, txt = _timed(lambda: vlm.encode_prompts(prompts), vlm.device, 1)
