@@ -68,7 +68,7 @@ def main() -> None:
         return torch.softmax(tau * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T, -1)
 
     def bayes_encoders():
-        vlm._prompt_cache.clear()
+        vlm.encoder.prompt_cache.clear()
         return vlm.encode_images(images), vlm.encode_prompts(prompts)
 
     def bayes_head(feats, cov=False):
