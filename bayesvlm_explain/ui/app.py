@@ -154,6 +154,15 @@ def _pending(blocks: gr.Blocks, session: str | None) -> int:
     return waiting + running
 
 
+def _json_and_note(api_name: str, note: str) -> gr.JSON:
+    """A tab's footer: the endpoint's JSON (collapsed) and its "what does this mean?" note; returns the JSON."""
+    with gr.Accordion(f"JSON (what the /{api_name} API returns)", open=False):
+        out = gr.JSON(show_label=False)
+    with gr.Accordion("what does this mean?", open=False):
+        gr.Markdown(NOTES[note])
+    return out
+
+
 def _user_error(err: Exception, uploads: list[Any]) -> gr.Error:
     """A message for the user (logged without traceback); refused uploads in gradio's cache are deleted."""
     cache = Path(get_upload_folder()).resolve()
@@ -276,10 +285,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 bars = gr.HTML(elem_id="bars")
                 table = gr.Dataframe(headers=TABLE_HEADERS, label="per prompt", interactive=False,
                                      wrap=True)
-                with gr.Accordion("JSON (what the /predict API returns)", open=False):
-                    predict_json = gr.JSON(show_label=False)
-                with gr.Accordion("what does this mean?", open=False):
-                    gr.Markdown(NOTES["inspect"])
+                predict_json = _json_and_note("predict", "inspect")
             with gr.Tab("Compare prompts", id="compare"):
                 with gr.Row():
                     sets = [gr.Textbox(lines=3, label=f"set {i + 1}", value=v, elem_id=f"set{i + 1}")
@@ -290,10 +296,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 compare_btn = gr.Button("compare", variant="primary", elem_id="compare-btn")
                 compare_md = gr.Markdown(elem_id="compare-summary")
                 compare_cards = gr.HTML()
-                with gr.Accordion("JSON (what the /compare API returns)", open=False):
-                    compare_json = gr.JSON(show_label=False)
-                with gr.Accordion("what does this mean?", open=False):
-                    gr.Markdown(NOTES["compare"])
+                compare_json = _json_and_note("compare", "compare")
             with gr.Tab("Explain", id="explain"):
                 with gr.Row():
                     prompt_pick = gr.Dropdown(choices=[""] + default_prompts.splitlines(), value="",
@@ -308,10 +311,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 explain_md = gr.Markdown(elem_id="explain-summary")
                 heat = gr.Plot(format="png", show_label=False, elem_id="heatmap")
                 tokens = gr.HTML(elem_id="tokens")
-                with gr.Accordion("JSON (what the /explain API returns)", open=False):
-                    explain_json = gr.JSON(show_label=False)
-                with gr.Accordion("what does this mean?", open=False):
-                    gr.Markdown(NOTES["explain"])
+                explain_json = _json_and_note("explain", "explain")
             with gr.Tab("Batch", id="batch"):
                 batch_files = gr.File(label="images", file_count="multiple", file_types=EXTENSIONS,
                                       type="filepath")
@@ -332,10 +332,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 cal_btn = gr.Button("calibrate", variant="primary", elem_id="calibrate-btn")
                 cal_md = gr.Markdown(elem_id="calibrate-summary")
                 cal_plot = gr.Plot(format="png", show_label=False, elem_id="reliability")
-                with gr.Accordion("JSON (what the /calibrate API returns)", open=False):
-                    cal_json = gr.JSON(show_label=False)
-                with gr.Accordion("what does this mean?", open=False):
-                    gr.Markdown(NOTES["calibrate"])
+                cal_json = _json_and_note("calibrate", "calibrate")
             with gr.Tab("Select", id="select"):
                 with gr.Row():
                     pool_zip = gr.File(label="pool images (zip; flat or in folders)", file_types=[".zip"],
@@ -348,10 +345,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                 sel_table = gr.Dataframe(headers=SELECT_HEADERS, label="top picks per acquisition function",
                                          interactive=False, wrap=True)
                 sel_csv = gr.File(label="CSV (every pool image)")
-                with gr.Accordion("JSON (what the /select API returns)", open=False):
-                    sel_json = gr.JSON(show_label=False)
-                with gr.Accordion("what does this mean?", open=False):
-                    gr.Markdown(NOTES["select"])
+                sel_json = _json_and_note("select", "select")
         prompts.change(prompt_choices, prompts, prompt_pick, queue=False, api_visibility="private")
 
         def wire(button: gr.Button, fn: Any, inputs: list[Any], outputs: list[Any], name: str, uploads: Any,
