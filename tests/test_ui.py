@@ -228,6 +228,8 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.utils import Status
 
+    from bayesvlm_explain.ui.app import _pending
+
     vlm = build_tiny(TINY_CLIP)
     vlm.posterior = random_posterior(vlm)
     original = vlm.predict_features
@@ -261,7 +263,12 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
                 return "full" if "Queue is full" in text else "mine" if "already have 2" in text else text
 
         mine = [greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict") for _ in range(2)]
-        joined(mine)  # both running (2 light requests at once): the greedy client's third is refused
+        joined(mine)
+        deadline = time.monotonic() + 60
+        while _pending(app, greedy.session_hash) < 2:  # as the server sees it (the client's status runs ahead)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # both running (2 light requests at once): the greedy client's third is refused
         assert outcome(greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict")) == "mine"
         theirs = []
         for c in others:  # one at a time: gradio's queue-size check is not atomic across simultaneous joins
@@ -274,6 +281,35 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
     finally:
         release.set()
         app.close()
+
+
+def test_per_client_limit_reads_the_queue_and_turns_off_when_its_shape_is_unknown(tiny_vlm, caplog,
+                                                                                   monkeypatch):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from bayesvlm_explain.ui.app import _pending
+
+    app = build_app(tiny_vlm)
+    assert _pending(app, "nobody") == 0  # this gradio's queue state is readable
+    app._queue.event_queue_per_concurrency_id["light"] = SimpleNamespace(
+        queue=[SimpleNamespace(session_hash="s1"), SimpleNamespace(session_hash="s2")])
+    app._queue.active_jobs = [None, [SimpleNamespace(session_hash="s1")]]
+    assert (_pending(app, "s1"), _pending(app, "s2"), _pending(app, "s3")) == (2, 1, 0)
+
+    queue = gr.Blocks.queue
+
+    def queue_of_another_shape(self, *args, **kwargs):  # a future gradio that keeps its queue differently
+        out = queue(self, *args, **kwargs)
+        self._queue = SimpleNamespace()
+        return out
+
+    monkeypatch.setattr(gr.Blocks, "queue", queue_of_another_shape)
+    with caplog.at_level("WARNING", logger="bayesvlm_explain.ui.app"):
+        other = build_app(tiny_vlm)
+    assert _pending(other, "s1") is None
+    assert "per-client limit is off" in caplog.text
 
 
 def test_cli_predict(tiny_vlm, tmp_path, monkeypatch, capsys):
