@@ -1,6 +1,7 @@
-"""End to end in a real browser: Playwright drives Debian's Chromium (headless) through the studio on the
-bundled model: upload an example, predict, compare two prompt sets, explain a prompt that is not the top
-one, and screenshot each view at desktop width and at 390 px (a phone).
+"""End to end in a real browser: Playwright drives Debian's Chromium (headless) through every tab of the
+studio on the bundled model: upload an example, predict, compare two prompt sets, explain a prompt that is
+not the top one, run a batch of examples, calibrate on a zip with one folder per class, rank a pool zip for
+labelling, and screenshot each view at desktop width and at 390 px (a phone).
 
 Screenshots go to ``$STUDIO_SCREENSHOTS`` when set (the README's are made so), else to a temporary folder.
 """
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+TABS = {"Inspect": "inspect", "Compare prompts": "compare", "Explain": "explain", "Batch": "batch",
+        "Calibrate": "calibrate", "Select": "select"}
 
 
 def open_tab(page, name: str) -> None:
@@ -28,10 +32,35 @@ def open_tab(page, name: str) -> None:
     page.wait_for_timeout(300)
 
 
+def example_zip(path: Path, examples: dict[str, str], folders: bool) -> list[str]:
+    """Zip the example images (``{file: label}``), each also mirrored (so a class has two images); with
+    ``folders`` in one folder per class (``grinning_face/``). Returns the member names."""
+    from PIL import Image, ImageOps
+
+    names = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for file, label in examples.items():
+            stem = Path(file).stem
+            mirrored = path.parent / f"{stem}-mirrored.png"
+            ImageOps.mirror(Image.open(file).convert("RGB")).save(mirrored)
+            for source in (Path(file), mirrored):
+                name = f"{label.replace(' ', '_')}/{source.name}" if folders else source.name
+                zf.write(source, name)
+                names.append(name)
+    return names
+
+
+def grid_column(page, label: str, col: int) -> list[str]:
+    """The texts of column ``col`` of the Gradio Dataframe labelled ``label``, in row order."""
+    cells = page.get_by_role("grid", name=label).locator(f"[role=gridcell][data-col='{col}']")
+    return [cells.nth(i).inner_text().strip() for i in range(cells.count())]
+
+
 def test_studio_in_a_browser(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     import bayesvlm_explain as bx
+    from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, load_label_space
     from bayesvlm_explain.ui import build_app, bundled_examples
 
     out = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path)
@@ -39,6 +68,14 @@ def test_studio_in_a_browser(tmp_path):
     vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
     examples = bundled_examples()
     frog = next(path for path, _ in examples if "frog" in path)
+    # each example's own label is the first of its prompts; the labels are classes of the bundled model
+    prefix = PROMPT_TEMPLATE.split("{label}")[0]
+    labelled = {path: prompts.splitlines()[0].removeprefix(prefix) for path, prompts in examples}
+    assert len(labelled) >= 4 and set(labelled.values()) <= set(load_label_space().labels)
+    prompts = [PROMPT_TEMPLATE.format(label=label) for label in ("frog", "grapes", "anchor")]
+    # a batch of the three prompts' own images and one (the airplane) that none of them names
+    batch = [path for path, label in labelled.items() if label in ("frog", "grapes", "anchor", "airplane")]
+    assert len(batch) == 4
     app = build_app(vlm, examples=examples)
     app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
@@ -47,7 +84,8 @@ def test_studio_in_a_browser(tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(app.local_url)
             page.locator("#image-file input[type=file]").set_input_files(frog)
-            page.locator("#prompts textarea").fill("an emoji of frog\nan emoji of grapes\nan emoji of anchor")
+            expect(page.locator("#image-file")).to_contain_text(Path(frog).stem[:8])  # uploaded (name shortened)
+            page.locator("#prompts textarea").fill("\n".join(prompts))
 
             page.locator("#predict-btn").click()
             expect(page.locator("#verdict")).to_contain_text("in-domain images", timeout=60_000)
@@ -72,9 +110,70 @@ def test_studio_in_a_browser(tmp_path):
             expect(page.locator("#heatmap img")).to_be_visible()
             shots["explain"] = page.screenshot(full_page=True)
 
+            open_tab(page, "Batch")
+            panel = page.get_by_role("tabpanel")
+            panel.locator("input[type=file][multiple]").set_input_files(batch)
+            expect(panel.locator("td.filename")).to_have_count(len(batch))  # uploaded
+            page.locator("#batch-btn").click()
+            table = page.get_by_role("grid", name="one row per image")
+            expect(table).to_have_attribute("aria-rowcount", str(len(batch) + 1), timeout=60_000)
+            names, top_prompts = grid_column(page, "one row per image", 0), grid_column(page, "one row per image", 1)
+            tops = dict(zip(names, top_prompts, strict=True))
+            assert sorted(tops) == sorted(Path(p).name for p in batch)
+            assert set(tops.values()) <= set(prompts)
+            for path in batch:  # an image the prompts name is recognised
+                if labelled[path] != "airplane":
+                    assert tops[Path(path).name] == PROMPT_TEMPLATE.format(label=labelled[path]), tops
+            for ext in ("csv", "json"):
+                link = panel.locator(f"a[download^='batch-'][download$='.{ext}']")
+                expect(link).to_be_visible()
+                body = page.request.get(link.get_attribute("href")).text()
+                assert all(Path(p).name in body for p in batch), f"the {ext} download misses images"
+            shots["batch"] = page.screenshot(full_page=True)
+
+            open_tab(page, "Calibrate")
+            labelled_zip = tmp_path / "emoji-classes.zip"
+            example_zip(labelled_zip, labelled, folders=True)
+            page.locator("#calibrate-zip input[type=file]").set_input_files(labelled_zip)
+            expect(page.locator("#calibrate-zip")).to_contain_text("emoji-classes")
+            page.locator("#calibrate-btn").click()
+            summary = page.locator("#calibrate-summary")
+            expect(summary).to_contain_text(f"{2 * len(labelled)} images, {len(labelled)} classes",
+                                            timeout=120_000)
+            metrics, auroc = summary.locator("table").nth(0), summary.locator("table").nth(1)
+            expect(metrics).to_contain_text("ECE")
+            rows = metrics.locator("tbody tr")
+            expect(rows).to_have_count(2)
+            for row, method in zip(rows.all(), ("deterministic", "bayes"), strict=True):
+                cells = row.locator("td").all_inner_texts()
+                assert cells[0] == method and all(0 <= float(v) <= 1 for v in (cells[1], cells[2])), cells
+            expect(auroc).to_contain_text("AUROC")
+            expect(auroc.locator("tbody tr", has_text="neg_bald")).to_have_count(1)
+            plot = page.locator("#reliability img")
+            expect(plot).to_be_visible()
+            assert plot.evaluate("img => img.naturalWidth") > 200
+            shots["calibrate"] = page.screenshot(full_page=True)
+
+            open_tab(page, "Select")
+            pool_zip = tmp_path / "emoji-pool.zip"
+            pool = example_zip(pool_zip, labelled, folders=False)
+            page.locator("#select-pool input[type=file]").set_input_files(pool_zip)
+            expect(page.locator("#select-pool")).to_contain_text("emoji-pool")
+            page.locator("#select-btn").click()
+            expect(page.locator("#select-summary")).to_contain_text(
+                f"{len(pool)} pool images ranked over {len(prompts)} class prompts", timeout=120_000)
+            expect(page.locator("#select-summary")).to_contain_text(f"{len(pool)} images of the pool")
+            picks = "top picks per acquisition function"
+            expect(page.get_by_role("grid", name=picks)).to_have_attribute("aria-rowcount", str(len(pool) + 1))
+            assert grid_column(page, picks, 0) == [str(r + 1) for r in range(len(pool))]
+            for col in (1, 3, 5):  # entropy, BALD and EPIG each rank every pool image once
+                assert sorted(grid_column(page, picks, col)) == sorted(pool)
+            shots["select"] = page.screenshot(full_page=True)
+            expect(page.get_by_test_id("toast-body")).to_have_count(0)  # no error on the way
+
             # the same page on a phone: every view stays readable at 390 px
             page.set_viewport_size({"width": 390, "height": 844})
-            for tab, name in (("Inspect", "inspect"), ("Compare prompts", "compare"), ("Explain", "explain")):
+            for tab, name in TABS.items():
                 open_tab(page, tab)
                 shots[f"{name}-390"] = page.screenshot(full_page=True)
                 width = page.evaluate("document.documentElement.scrollWidth")
