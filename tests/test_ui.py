@@ -407,7 +407,9 @@ def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
     targets = _zip(tmp_path / "targets.zip", {"t/a.png": (0, 0, 0), "t/b.png": (255, 255, 255)})
     with_targets = views.select_archive(tiny_vlm, pool, prompts, targets)["json"]
     assert with_targets["targets"] == 2 and with_targets["target_source"] == "targets.zip"
-    assert [e["entropy"] for e in with_targets["scores"]] == [e["entropy"] for e in p["scores"]]
+    # the pool's own scores do not depend on the targets (up to float rounding: the joint draw is larger)
+    assert [e["entropy"] for e in with_targets["scores"]] == pytest.approx([e["entropy"] for e in p["scores"]],
+                                                                          rel=1e-12)
     assert [e["epig"] for e in with_targets["scores"]] != [e["epig"] for e in p["scores"]]
     with pytest.raises(bx.InputError, match="at least 2 class prompts"):
         views.select_archive(tiny_vlm, pool, "a cat")

@@ -289,8 +289,8 @@ def reliability_diagram(probs: Any | Mapping[str, Any], labels: Any, *, n_bins: 
                        label=f"{name} (ECE {b['ece']:.3f})")[0]
         offset = (j - (len(sets) - 1) / 2) * width
         ax_h.bar(centers + offset, b["count"], width=width, color=line.get_color(), alpha=0.7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(-0.03, 1.05)  # markers at accuracy 0 or 1 stay whole
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize="small")
     ax.set_title(title or f"reliability ({n_bins} equal-width bins, top label)")

@@ -132,6 +132,11 @@ def yardstick_json(vlm: Any, yardstick: Yardstick | None, feats: Features) -> li
     return out
 
 
+def significant(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant figures, so that small uncertainties (nats) do not show as 0."""
+    return float(f"{x:.{digits}g}")
+
+
 def _rows(classes: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for c in sorted(classes, key=lambda c: -c["prob"]):
@@ -398,8 +403,8 @@ def batch_table(vlm: Any, images: Sequence[Any], prompts_text: str, yardstick: Y
         pct = e["image"]["percentiles"]
         unusual = round(max(pct["epistemic"], pct["input_scale"]), 1) if pct else None
         rows.append([e["name"], top["prompt"], round(top["prob"], 4), round(top["map_prob"], 4),
-                     round(math.sqrt(top["var"]), 3), round(e["image"]["entropy"], 4),
-                     round(e["image"]["epistemic"], 4), unusual, e["image"]["out_of_domain"]])
+                     round(math.sqrt(top["var"]), 3), significant(e["image"]["entropy"]),
+                     significant(e["image"]["epistemic"]), unusual, e["image"]["out_of_domain"]])
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(BATCH_HEADERS)
@@ -529,7 +534,7 @@ def select_archive(vlm: Any, pool: Any, prompts_text: str, targets: Any = None) 
         row: list[Any] = [r + 1]
         for k in ("entropy", "bald", "epig"):
             e = entries[ranks[k][r]]
-            row += [e["image"], round(e[k], 4)]
+            row += [e["image"], significant(e[k])]
         rows.append(row)
     buf = io.StringIO()
     writer = csv.writer(buf)
