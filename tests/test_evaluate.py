@@ -91,7 +91,8 @@ def test_captions_csv_matches_folder(tiny_vlm, tmp_path):
     b = evaluate(tiny_vlm, folder / "labels.csv", classnames=names, progress=False)
     assert b["skipped"] == {"unknown_label": 1} and a["skipped"] == {}
     for ra, rb in zip(a["rows"], b["rows"], strict=True):
-        assert ra["accuracy"] == rb["accuracy"] and ra["nlpd"] == pytest.approx(rb["nlpd"], abs=1e-12)
+        # the same images in another order: float32 encodings may differ in the last bit
+        assert ra["accuracy"] == rb["accuracy"] and ra["nlpd"] == pytest.approx(rb["nlpd"], rel=1e-6)
 
 
 def test_bad_folders_raise_clear_errors(tmp_path):

@@ -47,6 +47,11 @@ def test_inspect_json_has_the_documented_fields_and_adds_up(tiny_vlm, png):
     assert "a cat" in out["bars"] and "logit" in out["bars"]
 
 
+def test_small_uncertainties_are_shown_not_rounded_to_zero():
+    assert [views.nats(x) for x in (0.0, 1.2346, 0.0012, 4.62e-06)] == ["0", "1.235", "0.001", "4.6e-06"]
+    assert [views.significant(x) for x in (0.123456, 4.6201e-06, 12.345)] == [0.123, 4.62e-06, 12.3]
+
+
 def test_prompts_are_cleaned_and_bad_ones_refused(tiny_vlm, png):
     assert parse_prompts(" a\x00 cat \n\x07\n a dog") == ["a cat", "a dog"]  # control characters dropped
     with pytest.raises(bx.InputError, match="non-empty"):

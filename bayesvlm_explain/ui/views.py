@@ -137,6 +137,11 @@ def significant(x: float, digits: int = 3) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def nats(x: float) -> str:
+    """An entropy for the page: 3 decimals, or 2 significant figures below 0.001 (never a bare 0.000)."""
+    return "0" if x == 0 else f"{x:.3f}" if abs(x) >= 1e-3 else f"{x:.1e}"
+
+
 def _rows(classes: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for c in sorted(classes, key=lambda c: -c["prob"]):
@@ -191,8 +196,8 @@ def verdict_markdown(image: dict[str, Any]) -> str:
     if image["out_of_domain"]:
         lines.append("### ⚠ Out of domain for this model")
     lines.append(f"**{image['verdict']}**")
-    lines.append(f"Predictive entropy over these prompts **{image['entropy']:.3f}** nats = aleatoric "
-                 f"{image['aleatoric']:.3f} + epistemic {image['epistemic']:.3f}.")
+    lines.append(f"Predictive entropy over these prompts **{nats(image['entropy'])}** nats = aleatoric "
+                 f"{nats(image['aleatoric'])} + epistemic {nats(image['epistemic'])}.")
     if image["percentiles"]:
         p = image["percentiles"]
         lines.append(f"Against the model's own labels: epistemic (BALD) at the {p['epistemic']:.0f}th percentile, "
@@ -258,8 +263,8 @@ def compare_summary(payload: dict[str, Any], aligned: bool) -> str:
     """Which wording makes the model more certain, and whether the sets pick the same answer."""
     sets = payload["sets"]
     best = sets[payload["most_certain"]]
-    text = (f"**Set {payload['most_certain'] + 1} makes the model most certain** (entropy {best['entropy']:.3f} "
-            f"nats, epistemic {best['epistemic']:.3f}).")
+    text = (f"**Set {payload['most_certain'] + 1} makes the model most certain** (entropy {nats(best['entropy'])} "
+            f"nats, epistemic {nats(best['epistemic'])}).")
     if payload["agree"]:
         return text + " All sets pick the same answer" + (" (same position in each set)." if aligned else ".")
     picks = "; ".join(f"set {i + 1}: {s['top']['prompt']!r}" for i, s in enumerate(sets))
@@ -280,7 +285,7 @@ def compare_html(payload: dict[str, Any]) -> str:
             f'<div class="bx-top">{html.escape(top["prompt"])}</div>'
             f'<div>p = {100 * top["prob"]:.1f}% · logit std {top["std"]:.2f}</div>'
             f'<div class="bx-track"><div class="bx-bar" style="width:{100 * top["prob"]:.1f}%"></div></div>'
-            f'<div>entropy {s["entropy"]:.3f} nats (epistemic {s["epistemic"]:.3f})</div>'
+            f'<div>entropy {nats(s["entropy"])} nats (epistemic {nats(s["epistemic"])})</div>'
             f'<div class="bx-track"><div class="bx-bar bx-alea" style="width:{100 * alea / scale:.1f}%"></div>'
             f'<div class="bx-bar bx-epi" style="width:{100 * s["epistemic"] / scale:.1f}%"></div></div></div>')
     legend = ('<div class="bx-legend"><span class="bx-key bx-alea"></span> aleatoric '
@@ -353,8 +358,8 @@ def explain_summary(p: dict[str, Any]) -> str:
     s = p["shares"]
     return (f"**{p['prompt']}**: p = {100 * p['prob']:.1f}% (deterministic {100 * p['map_prob']:.1f}%), logit "
             f"{p['mean']:.2f} ± {math.sqrt(p['var']):.2f}; variance shares image {s['image']:.0%}, text "
-            f"{s['text']:.0%}, interaction {s['interaction']:.0%}.\n\nImage: entropy {p['entropy']:.3f} nats = "
-            f"aleatoric {p['aleatoric']:.3f} + epistemic {p['epistemic']:.3f}. Heatmap: {p['target']} in "
+            f"{s['text']:.0%}, interaction {s['interaction']:.0%}.\n\nImage: entropy {nats(p['entropy'])} nats = "
+            f"aleatoric {nats(p['aleatoric'])} + epistemic {nats(p['epistemic'])}. Heatmap: {p['target']} in "
             f"{p['attribution']['unit']} ({p['method']}), total {p['attribution']['sum']:+.3g}.")
 
 
