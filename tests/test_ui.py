@@ -267,12 +267,19 @@ def test_queue_limits_per_client_and_overall_keep_the_studio_serving(tmp_path):
                 text = str(err)
                 return "full" if "Queue is full" in text else "mine" if "already have 2" in text else text
 
-        mine = [greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict") for _ in range(2)]
-        joined(mine)
-        deadline = time.monotonic() + 60
-        while _pending(app, greedy.session_hash) < 2:  # as the server sees it (the client's status runs ahead)
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        def running(n: int) -> None:
+            """Wait until the server runs ``n`` of greedy's requests and none waits (with a queue of size 1,
+            a request that joins while another still waits is told the queue is full)."""
+            deadline = time.monotonic() + 60
+            while _pending(app, greedy.session_hash) != n or any(
+                    q.queue for q in app._queue.event_queue_per_concurrency_id.values()):
+                assert time.monotonic() < deadline, _pending(app, greedy.session_hash)
+                time.sleep(0.02)
+
+        mine = []
+        for n in (1, 2):
+            mine.append(greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict"))
+            running(n)
         # both running (2 light requests at once): the greedy client's third is refused
         assert outcome(greedy.submit(handle_file(str(path)), "a\nb", api_name="/predict")) == "mine"
         theirs = []
