@@ -293,7 +293,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
         with gr.Tabs():
             with gr.Tab("Inspect", id="inspect"):
                 predict_btn = gr.Button("predict", variant="primary", elem_id="predict-btn")
-                verdict = gr.Markdown(elem_id="verdict", elem_classes="bx-tables")
+                verdict = gr.Markdown(elem_id="verdict")
                 bars = gr.HTML(elem_id="bars")
                 table = gr.Dataframe(headers=TABLE_HEADERS, label="per prompt", interactive=False,
                                      wrap=True)
@@ -306,7 +306,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                                         value="\n".join(template_labels(default_prompts)),
                                         elem_id="set-labels")
                 compare_btn = gr.Button("compare", variant="primary", elem_id="compare-btn")
-                compare_md = gr.Markdown(elem_id="compare-summary", elem_classes="bx-tables")
+                compare_md = gr.Markdown(elem_id="compare-summary")
                 compare_cards = gr.HTML()
                 compare_json = _json_and_note("compare", "compare")
             with gr.Tab("Explain", id="explain"):
@@ -320,7 +320,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                                          label="method", allow_custom_value=True)
                     steps = gr.Slider(4, 64, value=16, step=4, label="steps (integrated gradients)")
                 explain_btn = gr.Button("explain", variant="primary", elem_id="explain-btn")
-                explain_md = gr.Markdown(elem_id="explain-summary", elem_classes="bx-tables")
+                explain_md = gr.Markdown(elem_id="explain-summary")
                 heat = gr.Plot(format="png", show_label=False, elem_id="heatmap")
                 tokens = gr.HTML(elem_id="tokens")
                 explain_json = _json_and_note("explain", "explain")
@@ -353,7 +353,7 @@ def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int 
                                          file_types=[".zip"], type="filepath", elem_id="select-targets")
                 gr.Markdown("The class prompts are the ones typed above.")
                 sel_btn = gr.Button("rank the pool", variant="primary", elem_id="select-btn")
-                sel_md = gr.Markdown(elem_id="select-summary", elem_classes="bx-tables")
+                sel_md = gr.Markdown(elem_id="select-summary")
                 sel_table = gr.Dataframe(headers=SELECT_HEADERS, label="top picks per acquisition function",
                                          interactive=False, wrap=True, max_height=1400,
                                          column_widths=["64px"] + ["250px", "112px"] * 3)
