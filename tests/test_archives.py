@@ -130,3 +130,18 @@ def test_empty_class_folder_and_no_images(tmp_path):
     empty = make_zip(tmp_path / "empty.zip", {})
     with pytest.raises(ArchiveError, match="empty"):
         check_archive(empty)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("flags", 1, "entry 'cat/a.png' is an encrypted entry; refused"),  # seen in the directory, before extraction
+    ("method", 99, "the archive is corrupt"),  # zipfile's NotImplementedError while extracting
+])
+def test_entries_zipfile_cannot_extract_are_refused(tmp_path, field, value, message):
+    z = make_zip(tmp_path / "odd.zip", {"cat/a.png": png_bytes(), "dog/b.png": png_bytes((5, 5, 5))})
+    raw = bytearray(Path(z).read_bytes())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+        at = raw.index(signature) + flags_at + (2 if field == "method" else 0)
+        raw[at:at + 2] = value.to_bytes(2, "little")
+    Path(z).write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match=f"odd.zip: {message}"), extracted(z):
+        pass
