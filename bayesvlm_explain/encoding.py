@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Features, OpenCLIPAdapter
-from .inputs import InputError, check_prompts, image_batch
+from .adapters import Features, ModelAdapter, adapter_for
+from .inputs import check_prompts, image_batch
 
 ALGEBRA_DTYPE = torch.float64  # posterior algebra runs in float64 (method.md §9: fp64 inverses)
 
@@ -29,31 +29,6 @@ def autocast(device: torch.device) -> AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast("cpu", enabled=False)
-
-
-def token_counts(tokenizer: Any, prompts: list[str]) -> list[int]:
-    """Untruncated token counts (with start/end tokens) of each prompt, for overflow warnings."""
-    inner = getattr(tokenizer, "tokenizer", None)
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip SimpleTokenizer
-        return [len(tokenizer.encode(p)) + 2 for p in prompts]
-    if inner is not None and callable(inner):  # HFTokenizer wraps a transformers tokenizer
-        try:
-            return [len(ids) for ids in inner(prompts, truncation=False)["input_ids"]]
-        except (TypeError, KeyError):
-            pass
-    if hasattr(tokenizer, "encode"):
-        return [len(tokenizer.encode(p)) for p in prompts]
-    raise InputError(f"cannot count tokens with a {type(tokenizer).__name__}")
-
-
-def text_fingerprint(model: nn.Module) -> tuple[Hashable, ...]:
-    """A cheap key that changes whenever a text-side parameter is edited, replaced or reloaded.
-
-    Uses each parameter's identity, storage pointer and in-place version counter (bumped by optimiser
-    steps, ``load_state_dict`` and ``mul_``-style edits); O(number of parameters), no data is read.
-    """
-    return tuple((name, id(p), p.data_ptr(), p._version) for name, p in model.named_parameters()
-                 if not name.startswith("visual."))
 
 
 class PromptCache:
@@ -102,11 +77,11 @@ class PromptCache:
 
 
 class Encoder:
-    """Runs the two towers of an open_clip model in batches and returns float64 CPU features.
+    """Runs the two towers of a model in batches (through its adapter) and returns float64 CPU features.
 
     Args:
-        model: a built open_clip model (put in eval mode on ``device`` by the caller).
-        tokenizer, preprocess: the matching open_clip tokenizer and eval image transform.
+        model: a built model of a registered family (put in eval mode on ``device`` by the caller).
+        tokenizer, preprocess: the matching tokenizer and eval image transform.
         device: where the towers run (float16 autocast on CUDA).
         batch_size: images / prompts per tower call.
         prompt_cache_size: prompt encodings kept (LRU, keyed by the text weights' fingerprint).
@@ -119,24 +94,23 @@ class Encoder:
         self.preprocess = preprocess
         self.device = device
         self.batch_size = batch_size
-        self.adapter = OpenCLIPAdapter(model)
+        self.adapter: ModelAdapter = adapter_for(model)
         self.prompt_cache = PromptCache(prompt_cache_size)
 
     @property
     def image_size(self) -> tuple[int, int] | None:
-        size = getattr(self.model.visual, "image_size", None)
-        if size is None:
-            return None
-        return (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
+        """The image tower's input ``(H, W)`` in pixels, or None."""
+        return self.adapter.image_size
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self.tokenizer, "context_length", None) or self.model.context_length)
+        """Tokens per prompt: the tokenizer's context length, else the text tower's."""
+        return self.adapter.context_length(self.tokenizer)
 
     @property
     def image_dtype(self) -> torch.dtype:
         """The dtype of the image tower's parameters (inputs are cast to it)."""
-        return next(self.model.visual.parameters()).dtype
+        return self.adapter.image_dtype
 
     def preprocess_images(self, images: Any) -> torch.Tensor:
         """PIL images / paths / bytes / a tensor -> a validated batch [N, 3, H, W] in the tower's dtype (CPU)."""
@@ -146,7 +120,7 @@ class Encoder:
         """Token ids [C, context]; prompts longer than the context are truncated with a warning."""
         prompts = check_prompts(prompts)
         ctx = self.context_length
-        for i, n in enumerate(token_counts(self.tokenizer, prompts)):
+        for i, n in enumerate(self.adapter.token_counts(self.tokenizer, prompts)):
             if n > ctx:
                 warnings.warn(f"prompt {i} ({prompts[i][:40]!r}...) has {n} tokens; truncated to the "
                               f"context length {ctx}", stacklevel=4)
@@ -174,7 +148,7 @@ class Encoder:
     def encode_prompts(self, prompts: str | Sequence[str]) -> Features:
         """Features of the prompts, from the cache where the text weights are unchanged."""
         prompts = check_prompts(prompts)
-        key = text_fingerprint(self.model)
+        key = self.adapter.text_fingerprint()
         rows = self.prompt_cache.lookup(key, prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in rows]
         fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

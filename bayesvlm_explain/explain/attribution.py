@@ -13,7 +13,7 @@ Example::
     res = ua.attribute(images, prompts, method="integrated_gradients", n_steps=32)
     res.attributions      # [N, 3, H, W], same units as the target (nats here)
     res.delta             # IG completeness gap per image
-    res.patches()         # [N, H/P, W/P] summed over each ViT patch
+    res.patches()         # [N, H/P, W/P] summed over each patch of the image tower's grid
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..adapters import adapter_for
 from ..inputs import check_prompts
 from ..options import CHOICES, ENTROPY_TARGETS, MOMENT_TARGETS, Link, PixelMethod, check_option
 from .targets import CustomTarget, check_grad_mode, evaluate_target, standard_draws
@@ -33,15 +34,8 @@ PIXEL_METHODS: tuple[str, ...] = CHOICES["method"]
 
 
 def model_patch_size(model: torch.nn.Module) -> tuple[int, int] | None:
-    """The ViT patch size ``(ph, pw)`` of an open_clip image tower (open_clip or timm ViT), else None."""
-    visual = getattr(model, "visual", None)
-    size = getattr(visual, "patch_size", None)
-    if size is None:
-        embed = getattr(getattr(visual, "trunk", None), "patch_embed", None)
-        size = getattr(embed, "patch_size", None)
-    if size is None:
-        return None
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    """Pixels per cell ``(ph, pw)`` of the model's image-tower grid (ViT patch, ResNet output stride), or None."""
+    return adapter_for(model).patch_size
 
 
 def patch_sum(attributions: torch.Tensor, patch_size: int | tuple[int, int]) -> torch.Tensor:
@@ -90,7 +84,7 @@ class AttributionResult:
         return self.attributions.sum(1)
 
     def patches(self, patch_size: int | tuple[int, int] | None = None) -> torch.Tensor:
-        """Attributions summed over each ``patch_size`` patch (default: the ViT's patch) -> [N, h, w]."""
+        """Attributions summed over each ``patch_size`` patch (default: the tower's grid cell) -> [N, h, w]."""
         size = patch_size or self.patch_size
         if size is None:
             raise ValueError("the model has no known patch size; pass patch_size")
@@ -209,7 +203,7 @@ class UncertaintyAttribution:
             method: ``"integrated_gradients"`` (Gauss-Legendre, ``n_steps`` points, batched),
                 ``"saliency"`` (the gradient), ``"smoothgrad"`` (NoiseTunnel over Saliency, ``nt_samples``
                 noisy copies with noise std ``stdevs``, default 15% of the batch's value range) or
-                ``"occlusion"`` (patches of ``sliding_window`` pixels, default the ViT patch, moved by
+                ``"occlusion"`` (patches of ``sliding_window`` pixels, default the tower's grid cell, moved by
                 ``strides``, default the window, replaced by the baseline).
             n_steps: IG integration points.
             baselines: IG/occlusion reference in preprocessed space: None (zeros, i.e. the normalisation
@@ -226,7 +220,7 @@ class UncertaintyAttribution:
         vlm = self.vlm
         x = vlm.preprocess_images(images).to(vlm.device).clone()
         ibs = internal_batch_size or self.internal_batch_size
-        patch = model_patch_size(vlm.model)
+        patch = vlm.adapter.patch_size
         with torch.enable_grad():
             run = _Run(self.target_function(prompts, prompt_index), x, self._baselines(baselines, x), ibs,
                        max(1, ibs // x.shape[0]))

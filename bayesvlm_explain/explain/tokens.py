@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..adapters import adapter_for
 from ..inputs import InputError, check_prompts
 from ..options import MOMENT_TARGETS, check_option
 from .targets import check_grad_mode, moment_values
@@ -52,46 +53,8 @@ class TokenAttributionResult:
 
 
 def token_embedding_layer(model: nn.Module) -> nn.Module:
-    """The token-embedding module of an open_clip model's text tower."""
-    if isinstance(getattr(model, "token_embedding", None), nn.Module):  # open_clip.CLIP
-        return model.token_embedding
-    text = getattr(model, "text", None)
-    if isinstance(getattr(text, "token_embedding", None), nn.Module):  # CustomTextCLIP + TextTransformer
-        return text.token_embedding
-    hf = getattr(text, "transformer", None)
-    if hf is not None and hasattr(hf, "get_input_embeddings"):  # HFTextEncoder
-        return hf.get_input_embeddings()
-    raise TypeError(f"cannot find the token embedding of {type(model).__name__}")
-
-
-class _TokenizerInfo:
-    """Pad / special ids and per-id strings for open_clip's SimpleTokenizer or an HF tokenizer wrapper."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        inner = getattr(tokenizer, "tokenizer", None)
-        if hasattr(tokenizer, "sot_token_id") and hasattr(tokenizer, "eot_token_id"):  # SimpleTokenizer
-            self.pad_id = 0
-            self.end_ids = {int(tokenizer.eot_token_id)}
-            self.special = {int(tokenizer.sot_token_id), int(tokenizer.eot_token_id)}
-            self._decode = lambda i: tokenizer.decode([i]).strip()
-        elif inner is not None and hasattr(inner, "all_special_ids"):  # open_clip HFTokenizer
-            self.pad_id = int(inner.pad_token_id if inner.pad_token_id is not None else 0)
-            self.end_ids = {int(i) for i in (inner.sep_token_id, inner.eos_token_id) if i is not None}
-            self.special = {int(i) for i in inner.all_special_ids}
-            self._decode = lambda i: str(inner.convert_ids_to_tokens(int(i)))
-        else:
-            raise TypeError(f"unsupported tokenizer {type(tokenizer).__name__}")
-
-    def decode(self, token_id: int) -> str:
-        return self._decode(int(token_id))
-
-    def length(self, ids: list[int]) -> int:
-        """Positions up to and including the end token (all positions before trailing padding)."""
-        ends = [i for i, t in enumerate(ids) if t in self.end_ids]
-        if ends:
-            return ends[0] + 1
-        non_pad = [i for i, t in enumerate(ids) if t != self.pad_id]
-        return (non_pad[-1] + 1) if non_pad else len(ids)
+    """The token-embedding module of the model's text tower (found by its registered family)."""
+    return adapter_for(model).token_embedding
 
 
 class TokenAttribution:
@@ -109,7 +72,7 @@ class TokenAttribution:
         self.vlm = vlm
         self.target = target
         self.variance = variance
-        self.info = _TokenizerInfo(vlm.tokenizer)
+        self.info = vlm.adapter.tokenizer_info(vlm.tokenizer)
 
     def _baseline(self, tokens: torch.Tensor, length: int, special: list[bool], token_id: int | None) -> torch.Tensor:
         """Token ids [1, L] with every content token replaced by the neutral one (specials and padding kept)."""
@@ -150,7 +113,7 @@ class TokenAttribution:
         length = self.info.length(ids)
         special = [t in self.info.special for t in ids[:length]]
         baseline = self._baseline(tokens, length, special, baseline_token_id)
-        layer = token_embedding_layer(vlm.model)
+        layer = vlm.adapter.token_embedding
         text_proj, target = vlm.adapter.text, self.target
 
         def forward(emb: torch.Tensor) -> torch.Tensor:

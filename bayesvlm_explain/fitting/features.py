@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.pairs import PairSource, RawPair, Skip, items_digest
-from ..encoding import autocast, token_counts
+from ..encoding import autocast
 from ..inputs import InputError, load_image
 from .files import CorruptFileError, load_checked, save_checked
 from .report import FitError, FitReport
@@ -79,7 +79,7 @@ class ShardEncoder:
             chunk = decoded[start:start + self.batch_size]
             images = torch.stack([d[0] for d in chunk]).to(vlm.device)
             captions = [d[1] for d in chunk]
-            truncated += sum(n > vlm.context_length for n in token_counts(vlm.tokenizer, captions))
+            truncated += sum(n > vlm.context_length for n in vlm.adapter.token_counts(vlm.tokenizer, captions))
             tokens = vlm.tokenizer(captions).to(vlm.device)
             with torch.inference_mode(), autocast(vlm.device):
                 fi = vlm.adapter.image.features(images)
