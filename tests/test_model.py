@@ -165,10 +165,14 @@ def test_prompt_cache_is_used_and_bounded():
 
 
 def test_unsupported_architecture_is_named():
-    cfg = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=[1, 1, 1, 1], width=16),
-               text_cfg=TINY_CLIP["text_cfg"])
-    model = open_clip.CLIP(**cfg)
-    with pytest.raises(bx.UnsupportedModelError, match="ModifiedResNet"):
+    model = open_clip.CLIP(**TINY_CLIP)
+    model.visual = torch.nn.Conv2d(3, 16, 32)  # an image tower no family is registered for
+    with pytest.raises(bx.UnsupportedModelError, match="image tower Conv2d is not supported; registered image "
+                                                       "towers: open_clip ViT .*ModifiedResNet"):
+        bx.BayesVLM(model, open_clip.SimpleTokenizer(), None)
+    cls_text = dict(TINY_CLIP["text_cfg"], embed_cls=True)  # CoCa-style text tower: a family refuses it
+    model = open_clip.CustomTextCLIP(embed_dim=16, vision_cfg=TINY_CLIP["vision_cfg"], text_cfg=cls_text)
+    with pytest.raises(bx.UnsupportedModelError, match="CLS embedding"):
         bx.BayesVLM(model, open_clip.SimpleTokenizer(), None)
     with pytest.raises(bx.UnsupportedModelError, match="Linear"):
         bx.BayesVLM(torch.nn.Linear(3, 3), None, None)
