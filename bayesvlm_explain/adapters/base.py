@@ -9,6 +9,7 @@ Nothing here imports open_clip: the families import it inside their builders, wh
 
 from __future__ import annotations
 
+import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
@@ -125,22 +126,28 @@ class SubmoduleProjection(Projection):
 # One recorder per hooked module, shared by every projection built on it: adapting a model again (a second
 # BayesVLM, a lookup of its patch grid) adds no hook.
 _RECORDERS: weakref.WeakKeyDictionary[nn.Module, ContextVar[list[torch.Tensor] | None]] = weakref.WeakKeyDictionary()
+_RECORDERS_LOCK = threading.Lock()
 
 
 def _recorder(module: nn.Module) -> ContextVar[list[torch.Tensor] | None]:
     """The context-local list that ``module``'s forward pre-hook appends its input to (hook added once)."""
-    var = _RECORDERS.get(module)
-    if var is None:
-        var = ContextVar(f"capture_{id(module)}", default=None)
+    with _RECORDERS_LOCK:
+        var = _RECORDERS.get(module)
+        if var is None:
+            var = _RECORDERS[module] = ContextVar(f"capture_{id(module)}", default=None)
+            module.register_forward_pre_hook(_record_into(var))
+        return var
 
-        def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            captured = var.get()
-            if captured is not None:
-                captured.append(args[0])
 
-        module.register_forward_pre_hook(record)
-        _RECORDERS[module] = var
-    return var
+def _record_into(var: ContextVar[list[torch.Tensor] | None]) -> Callable[..., None]:
+    """A forward pre-hook appending the module's input to ``var``'s list when the calling context set one."""
+
+    def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        captured = var.get()
+        if captured is not None:
+            captured.append(args[0])
+
+    return record
 
 
 class HookedResidualProjection(Projection):
