@@ -57,7 +57,7 @@ class PromptCache:
             if key != self._key:
                 self._entries.clear()
                 self._key = key
-            hits = {}
+            hits: dict[str, tuple[torch.Tensor, ...]] = {}
             for p in prompts:
                 if p in self._entries:
                     self._entries.move_to_end(p)

@@ -261,9 +261,13 @@ class ModelAdapter(Protocol):
     """
 
     model: nn.Module
-    image: Projection
-    text: Projection
     architecture: str
+
+    @property
+    def image(self) -> Projection: ...
+
+    @property
+    def text(self) -> Projection: ...
 
     @property
     def logit_scale(self) -> float: ...

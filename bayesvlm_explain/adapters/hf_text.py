@@ -3,6 +3,8 @@ projection is the linear ``text.proj``; its input is the tower's pooler output o
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -10,7 +12,7 @@ from .base import TextTower, linear_projection
 from .registry import Family
 
 
-def build(model: nn.Module, tower: nn.Module) -> TextTower:
+def build(model: nn.Module, tower: Any) -> TextTower:
     """The tower ``model.text`` split at ``proj``."""
 
     def pre(text: torch.Tensor, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,7 +35,7 @@ class Family:
     side: Side
     key: str
     name: str
-    build: Callable[[nn.Module, nn.Module], Any]
+    build: Callable[[nn.Module, Any], Any]
     label: str | None = None
 
 

@@ -9,6 +9,7 @@ map's mean (plus a positional embedding); the output projection of that attentio
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from .base import ImageTower, UnsupportedModelError, image_only, linear_projecti
 from .registry import Family
 
 
-def _pooled_attention(pool: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+def _pooled_attention(pool: Any, fmap: torch.Tensor) -> torch.Tensor:
     """The attention output [N, C] of ``pool``'s mean query over ``fmap`` [N, C, h, w], before ``c_proj``."""
     tokens = fmap.flatten(2).permute(2, 0, 1)  # [hw, N, C]
     tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
@@ -35,7 +36,7 @@ def _pooled_attention(pool: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return out[0]
 
 
-def build(model: nn.Module, visual: nn.Module) -> ImageTower:
+def build(model: nn.Module, visual: Any) -> ImageTower:
     """The tower ``visual`` of ``model`` split at ``visual.attnpool.c_proj``."""
     pool = getattr(visual, "attnpool", None)
     if pool is None or not isinstance(getattr(pool, "c_proj", None), nn.Linear):

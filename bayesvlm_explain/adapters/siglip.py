@@ -7,13 +7,15 @@ head's norm; the attention output ``r`` is a deterministic residual added to the
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from .base import HookedResidualProjection, ImageTower, UnsupportedModelError, pair
 from .registry import Family
 
 
-def build(model: nn.Module, visual: nn.Module) -> ImageTower:
+def build(model: nn.Module, visual: Any) -> ImageTower:
     """The tower ``visual`` of ``model`` split at its MAP head's ``fc2``."""
     from timm.layers import AttentionPoolLatent
 
@@ -22,7 +24,8 @@ def build(model: nn.Module, visual: nn.Module) -> ImageTower:
     tail_ok = (isinstance(getattr(trunk, "fc_norm", nn.Identity()), nn.Identity)
                and isinstance(getattr(trunk, "head", nn.Identity()), nn.Identity)
                and all(isinstance(m, nn.Identity | nn.Dropout) for m in visual.head.children()))
-    if not isinstance(pool, AttentionPoolLatent) or pool.mlp is None or not tail_ok:
+    if (not isinstance(pool, AttentionPoolLatent) or pool.mlp is None
+            or not isinstance(pool.mlp.fc2, nn.Linear) or not tail_ok):
         raise UnsupportedModelError(
             f"timm image tower {type(trunk).__name__} is supported only with a MAP attention-pool "
             "head (SigLIP) and no projection after it"

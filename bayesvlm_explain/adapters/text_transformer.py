@@ -4,6 +4,8 @@ embedding (CoCa) have no single pooled input to it and are refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -11,7 +13,7 @@ from .base import TextTower, UnsupportedModelError, linear_projection
 from .registry import Family
 
 
-def build(model: nn.Module, tower: nn.Module) -> TextTower:
+def build(model: nn.Module, tower: Any) -> TextTower:
     """The tower ``model.text`` split at ``text_projection``."""
     from open_clip.transformer import text_global_pool
 

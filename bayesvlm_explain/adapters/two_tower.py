@@ -38,7 +38,7 @@ class OpenCLIPAdapter:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.model: Any = model  # open_clip-style: attributes are read by name
         visual = getattr(model, "visual", None)
         if not hasattr(model, "encode_image") or not hasattr(model, "encode_text") or visual is None:
             raise UnsupportedModelError(

@@ -3,6 +3,8 @@ applied as ``f @ proj`` (so ``W = proj.T``, no bias); ``f`` is the pooled transf
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -10,7 +12,7 @@ from .base import ImageTower, UnsupportedModelError, image_only, linear_projecti
 from .registry import Family
 
 
-def build(model: nn.Module, visual: nn.Module) -> ImageTower:
+def build(model: nn.Module, visual: Any) -> ImageTower:
     """The tower ``visual`` of ``model`` split at ``visual.proj``."""
     if not (hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
         raise UnsupportedModelError("this open_clip VisionTransformer has no _embeds/_pool; open_clip >= 3.0 "
