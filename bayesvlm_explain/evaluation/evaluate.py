@@ -382,7 +382,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
 
 def write_report(payload: dict[str, Any], out_dir: str | Path) -> Path:
     """``evaluation.json``, ``evaluation.md`` and ``reliability.png`` in ``out_dir``; returns the JSON path."""
-    from ..explain.figures import reliability_diagram
+    from .figures import reliability_diagram
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
