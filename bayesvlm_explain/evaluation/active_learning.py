@@ -40,12 +40,13 @@ import torch
 
 from ..adapters import Features
 from ..fitting.update import update_posterior
+from ..options import CHOICES
 from ..posterior import KronPosterior, Posterior
 from ..selection import bald, class_probabilities, epig, predictive_entropy, top_k
 from .evaluate import with_posterior
 from .metrics import calibration_metrics
 
-STRATEGIES = ("random", "entropy", "bald", "epig")
+STRATEGIES: tuple[str, ...] = CHOICES["strategy"]
 
 
 @dataclass

@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from ..adapters import Features
+from ..options import Objective, check_option
 from .metrics import calibration_metrics
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "prepare_labeled_data",
 ]
 
-Objective = Literal["nll", "ece"]
 PSEUDO_COUNTS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 """Default grid of pseudo-counts (logit std from broad to nearly deterministic on the bundled model)."""
 
@@ -140,8 +140,7 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
     Returns:
         a :class:`PosteriorCalibration`; the choice is also recorded in ``vlm.posterior.metadata["calibration"]``.
     """
-    if objective not in ("nll", "ece"):
-        raise ValueError(f"objective must be 'nll' or 'ece', not {objective!r}")
+    objective = check_option("objective", objective)  # type: ignore[assignment]
     grid = [float(n) for n in pseudo_counts]
     if not grid or not all(math.isfinite(n) and n > 0 for n in grid):
         raise ValueError(f"pseudo_counts must be positive finite numbers, got {list(pseudo_counts)}")

@@ -38,7 +38,7 @@ from ..data.pairs import PairSource, RawPair, items_digest, open_pairs
 from ..inputs import InputError, load_image
 from ..numerics import categorical_entropy
 from ..posterior import KronPosterior, Posterior
-from ..selection import bald
+from ..selection import bald, class_probabilities
 from .metrics import calibration_metrics, misclassification_auroc, selective_accuracy
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -265,14 +265,16 @@ def with_posterior(vlm: Any, post: Posterior) -> Any:
 
 def bald_scores(vlm: Any, img: Features, txt: Features, prompts: list[str], num_samples: int, seed: int = 0,
                 max_elements: int = 1 << 22) -> torch.Tensor:
-    """BALD [N] (nats) from Gaussian logit draws with the full class covariance, in chunks of images."""
+    """BALD [N] (nats) from Gaussian logit draws with the full class covariance, in chunks of images; each
+    draw becomes class probabilities by the model's own link (:func:`~bayesvlm_explain.selection.class_probabilities`:
+    softmax for contrastive models, renormalised sigmoids for SigLIP-style ones)."""
     rows = max(1, max_elements // (num_samples * len(prompts)))
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, img.activations.shape[0], rows):
         part = Features(img.activations[start:start + rows], img.embeddings[start:start + rows])
         pred = vlm.predict_features(part, txt, prompts, predictive="map")
-        out.append(bald(torch.softmax(pred.sample(num_samples, gen), -1)))
+        out.append(bald(class_probabilities(pred.sample(num_samples, gen), vlm.adapter.likelihood)))
     return torch.cat(out)
 
 
