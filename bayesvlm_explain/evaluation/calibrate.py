@@ -140,12 +140,12 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
     Returns:
         a :class:`PosteriorCalibration`; the choice is also recorded in ``vlm.posterior.metadata["calibration"]``.
     """
-    objective = check_option("objective", objective)  # type: ignore[assignment]
+    chosen = check_option("objective", objective)
     grid = [float(n) for n in pseudo_counts]
     if not grid or not all(math.isfinite(n) and n > 0 for n in grid):
         raise ValueError(f"pseudo_counts must be positive finite numbers, got {list(pseudo_counts)}")
     data = prepare_labeled_data(vlm, labeled_data)
-    key = "nlpd" if objective == "nll" else "ece"
+    key = "nlpd" if chosen == "nll" else "ece"
     curve = []
     for n in grid:
         lam = vlm.optimize_prior_precision(pseudo_count=n)
@@ -157,8 +157,8 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
     best = min(range(len(grid)), key=lambda i: curve[i][key])
     lam = vlm.optimize_prior_precision(pseudo_count=grid[best])
     edge = len(grid) > 1 and grid[best] in (min(grid), max(grid))
-    result = PosteriorCalibration(grid[best], lam, objective, predictive, curve, edge)
-    vlm.posterior.metadata["calibration"] = {"pseudo_count": grid[best], "objective": objective,
+    result = PosteriorCalibration(grid[best], lam, chosen, predictive, curve, edge)
+    vlm.posterior.metadata["calibration"] = {"pseudo_count": grid[best], "objective": chosen,
                                              "predictive": predictive, "variance": variance,
                                              "num_examples": int(data.labels.shape[0])}
     return result
