@@ -114,26 +114,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_benchmark_shift(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from .evaluation.shift import PSEUDO_COUNTS, render_splits, run_shift_benchmark, summary_table, write_results
-
-    torch.manual_seed(args.seed)
-    vlm = _load(args)
-    splits = render_splits(size=max(vlm.image_size or (64, 64)), cache_dir=args.cache, repeats=args.repeats,
-                           seed=args.seed)
-    grid = (args.pseudo_count,) if args.pseudo_count else PSEUDO_COUNTS
-    payload = run_shift_benchmark(vlm, splits, num_samples=args.mc_samples, pseudo_counts=grid)
-    write_results(payload, splits, Path(args.out))
-    print(summary_table(payload))
-    print(f"settings: {payload['settings']}")
-    print(f"written to {args.out}/benchmark.json")
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -160,8 +140,7 @@ def cmd_active_learning(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluation.active_learning import (
-        ActiveLearningConfig,
-        emoji_active_learning_data,
+        config_from_arguments,
         folder_active_learning_data,
         run_active_learning,
         summary_markdown,
@@ -172,25 +151,20 @@ def cmd_active_learning(args: argparse.Namespace) -> int:
     vlm = _load(args)
     feature_cache = args.feature_cache or str(Path.home() / ".cache" / "bayesvlm_explain" / "features")
     try:
-        if args.pool:
-            if not args.test:
-                raise EvaluationError("--pool needs --test (labelled images of the target domain)")
-            names = read_classnames(args.classnames) if args.classnames else None
-            data = folder_active_learning_data(vlm, args.pool, args.test, target=args.target, classnames=names,
-                                               template=args.template, cache_dir=feature_cache)
-        else:
-            data = emoji_active_learning_data(vlm, args.target_style, cache_dir=args.cache,
-                                              pool_styles=args.pool_styles.split(",") if args.pool_styles else None,
-                                              feature_cache=feature_cache)
-        config = ActiveLearningConfig(
-            k=args.k, rounds=args.rounds, seeds=[int(s) for s in args.seeds.split(",")],
-            strategies=args.strategies.split(","), num_targets=args.num_targets, num_samples=args.mc_samples,
-            steps=args.steps, lr=args.lr, prior_weight=args.prior_weight, pool_fraction=args.pool_fraction)
-        payload = run_active_learning(vlm, data, config, progress=lambda line: print(line, flush=True))
+        if not args.pool:
+            raise EvaluationError("--pool is required (the bundled model's emoji experiment is "
+                                  "`python -m tools.emoji_active_learning` in the repository)")
+        if not args.test:
+            raise EvaluationError("--pool needs --test (labelled images of the target domain)")
+        names = read_classnames(args.classnames) if args.classnames else None
+        data = folder_active_learning_data(vlm, args.pool, args.test, target=args.target, classnames=names,
+                                           template=args.template, cache_dir=feature_cache)
+        payload = run_active_learning(vlm, data, config_from_arguments(args),
+                                      progress=lambda line: print(line, flush=True))
     except (EvaluationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    payload["settings"].update(model=vlm.name, target_style=None if args.pool else args.target_style)
+    payload["settings"].update(model=vlm.name, target_style=None)
     path = write_results(payload, args.out)
     print(summary_markdown(payload))
     print(f"written to {path}")
@@ -235,16 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--marglik", choices=["exact", "reference"], default="exact")
     p.add_argument("--backend", default="gloo", help="torch.distributed backend under torchrun")
     p.set_defaults(func=cmd_fit)
-    p = sub.add_parser("benchmark-shift", help="domain-shift calibration benchmark on the emoji styles")
-    _add_model_args(p)
-    p.add_argument("--out", default="assets/shift-benchmark", help="where benchmark.json and the figures go")
-    p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
-    p.add_argument("--repeats", type=int, default=2, help="augmented draws per rendered image")
-    p.add_argument("--mc-samples", type=int, default=1000)
-    p.add_argument("--pseudo-count", type=float, default=None,
-                   help="fix the posterior's n (default: chosen on in-domain data from a grid)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_benchmark_shift)
     p = sub.add_parser("evaluate", help="accuracy, calibration and misclassification detection on labelled images")
     _add_model_args(p)
     p.add_argument("--data", required=True,
@@ -265,10 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="choose labels by random/entropy/BALD/EPIG, adapt the image projection, score a target")
     _add_model_args(p)
     p.add_argument("--out", default="assets/active_learning", help="folder for active_learning.json/.md/.png")
-    p.add_argument("--target-style", default="emojione", help="bundled experiment: the shift style to adapt to")
-    p.add_argument("--pool-styles", default=None, help="bundled experiment: comma-separated pool styles "
-                                                         "(default: the training styles)")
-    p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
     p.add_argument("--pool", default=None, help="own data: labelled pool (image folder / labels CSV / shards)")
     p.add_argument("--test", default=None, help="own data: labelled test images of the target domain")
     p.add_argument("--target", default=None, help="own data: unlabelled EPIG targets (default: the test images)")

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-Likelihood = Literal["infonce", "sigmoid"]
-LIKELIHOODS: tuple[str, ...] = ("infonce", "sigmoid")
+from .options import CHOICES, Likelihood
+
+LIKELIHOODS: tuple[str, ...] = CHOICES["likelihood"]
 
 DEFAULT_CHUNK_SIZE = 512
 """Source rows per chunk. Peak memory of :func:`output_factor` is ≈ 3–4 [chunk, C] compute-dtype arrays

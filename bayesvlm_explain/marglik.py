@@ -20,12 +20,13 @@ Everything is float64; eigenvalues come from one fp64 ``eigh`` of the symmetrise
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
-Mode = Literal["exact", "reference"]
-MODES: tuple[str, ...] = ("exact", "reference")
+from .options import CHOICES
+from .options import MargLikMode as Mode
+
+MODES: tuple[str, ...] = CHOICES["mode"]
 
 __all__ = [
     "MODES",

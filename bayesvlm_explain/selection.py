@@ -20,6 +20,7 @@ import math
 import torch
 
 from .numerics import categorical_entropy
+from .options import check_option
 
 
 def _check_draws(probs: torch.Tensor, name: str) -> None:
@@ -29,9 +30,12 @@ def _check_draws(probs: torch.Tensor, name: str) -> None:
 
 
 def class_probabilities(logits: torch.Tensor, likelihood: str = "infonce") -> torch.Tensor:
-    """Class probabilities [..., C] from logit draws: the softmax for contrastive (InfoNCE) models; for
-    sigmoid models (SigLIP) the per-class sigmoids renormalised over the classes."""
-    if likelihood == "infonce":
+    """Class probabilities [..., C] from logits [..., C] by the model's own link: the softmax for contrastive
+    (InfoNCE) models; for sigmoid models (SigLIP) the per-class sigmoids renormalised over the classes.
+
+    The one logits-to-class-probabilities map of ``evaluate`` (BALD), active learning and the studio's
+    Select tab; ``likelihood`` is the model's (``vlm.adapter.likelihood``)."""
+    if check_option("likelihood", likelihood) == "infonce":
         return torch.softmax(logits, -1)
     p = torch.sigmoid(logits)
     return p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)

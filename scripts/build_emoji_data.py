@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bayesvlm_explain._build import emoji  # noqa: E402
 from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, load_label_space  # noqa: E402
+from tools import emoji  # noqa: E402
 
 # (label, style): benchmark classes, permissive training styles only, spread over groups and styles
 EXAMPLES: tuple[tuple[str, str], ...] = (

@@ -4,7 +4,7 @@ Pairs: every training render of the model (training styles Noto, Twemoji, Fluent
 the model's ``training.json``, so never a held-out calibration or test render) in ``--repeats`` seeded
 augmented draws, each with a caption sampled like the training captions (label, tags, template). Class
 batches of ``--num-candidates`` pairs; λ by marginal likelihood (exact log-determinant) at pseudo-count 1.
-The benchmark (``bayesvlm-explain benchmark-shift``) later chooses the pseudo-count on the calibration split.
+The benchmark (``python -m tools.shift_benchmark``) later chooses the pseudo-count on the calibration split.
 
     python scripts/fit_bundled.py [--repeats 3] [--num-candidates 1024] [--seed 0]
 """
@@ -23,11 +23,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bayesvlm_explain as bx  # noqa: E402
-from bayesvlm_explain._build import emoji  # noqa: E402
-from bayesvlm_explain._build.augment import augment, load_images  # noqa: E402
 from bayesvlm_explain.bundled import bundled_dir  # noqa: E402
 from bayesvlm_explain.data.pairs import InMemoryPairs  # noqa: E402
-from bayesvlm_explain.evaluation.shift import model_splits  # noqa: E402
+from tools import emoji  # noqa: E402
+from tools.augment import augment, load_images  # noqa: E402
+from tools.shift_benchmark import model_splits  # noqa: E402
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
 """Train the bundled CLIP-style model from scratch on CPU and write ``bayesvlm_explain/pretrained/bundled/``.
 
 Data: the permissive training styles (Noto, Twemoji, Fluent Flat) rendered by
-``bayesvlm_explain._build.emoji`` into the cache (fetched and rendered on demand), minus the held-out
-calibration and test renders of the label-space classes (``bayesvlm_explain._build.emoji.splits``; their
+``tools.emoji`` into the cache (fetched and rendered on demand), minus the held-out
+calibration and test renders of the label-space classes (``tools.emoji.splits``; their
 ids go to ``training.json`` with the training ids). Seeded; one torch thread.
 
 Examples::
@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bayesvlm_explain import bundled  # noqa: E402
-from bayesvlm_explain._build import emoji  # noqa: E402
-from bayesvlm_explain._build.augment import MEAN, STD, augment, load_images, normalise  # noqa: E402
 from bayesvlm_explain.data.labels import load_label_space  # noqa: E402
+from tools import emoji  # noqa: E402
+from tools.augment import MEAN, STD, augment, load_images, normalise  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4: pad 0, eos ([SEP]) 3
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-only", action="store_true", help="evaluate the model in --out and exit")
     p.add_argument("--benchmark", type=Path, default=None, help="label-space JSON for --eval-only")
     p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the held-out calibration / test renders (bayesvlm_explain._build.emoji.splits)")
+                   help="seed of the held-out calibration / test renders (tools.emoji.splits)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "log": log,
         "splits": {
             "unit": "render (style/key); per label-space class one training-style render held out, "
-                    "alternately to calibration and test (bayesvlm_explain._build.emoji.splits)",
+                    "alternately to calibration and test (tools.emoji.splits)",
             "seed": args.split_seed,
             "held_out": held_out,
             "train": sorted(emoji.render_id(r.style, r.key) for r in records),

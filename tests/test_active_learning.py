@@ -23,8 +23,8 @@ from bayesvlm_explain.evaluation.active_learning import (
     run_active_learning,
     summarise,
     t_quantile_975,
-    updated_posterior,
 )
+from bayesvlm_explain.fitting import update_posterior
 from bayesvlm_explain.marglik import factor_eigenvalues, log_marginal_likelihood_grad
 from bayesvlm_explain.selection import epig
 
@@ -57,14 +57,14 @@ def test_kron_quadratic_is_the_column_stacking_vec_form():
     assert kron_quadratic(delta, a, b) == pytest.approx(float(vec @ torch.kron(a, b) @ vec), rel=1e-12)
 
 
-def test_updated_posterior_adds_sums_on_a_copy(setup):
+def test_update_posterior_adds_sums_on_a_copy(setup):
     vlm, data = setup
     base = vlm.posterior
     before = (base.image.A.clone(), base.image.B.clone(), base.image.prior_precision)
     support = Features(data.pool.activations[:6], data.pool.embeddings[:6])
     delta = 0.01 * torch.randn(vlm.adapter.image.dim_out, vlm.adapter.image.dim_in,
                                generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    new = updated_posterior(vlm, base, support, data.txt, delta)
+    new = update_posterior(vlm, base, support, data.txt, delta)
     x = vlm.adapter.image.augment(support.activations)
     shifted = support.embeddings + x @ delta.T
     a_ref = (math.sqrt(40) * base.image.A + sum(torch.outer(r, r) for r in x)) / math.sqrt(46)

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from bayesvlm_explain import bundled
-from bayesvlm_explain._build import emoji
 from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, LabelSpaceError, load_label_space
+from tools import emoji
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO / "bayesvlm_explain" / "pretrained" / "examples"
@@ -144,7 +144,7 @@ def test_examples_are_permissive_benchmark_classes(examples):
 def test_import_needs_no_build_tooling():
     """``import bayesvlm_explain`` (and its label space) loads neither the build package nor resvg."""
     code = ("import sys, bayesvlm_explain, bayesvlm_explain.data.labels as lb; lb.load_label_space(); "
-            "print(sorted(m for m in sys.modules if m.startswith(('resvg', 'bayesvlm_explain._build'))))")
+            "print(sorted(m for m in sys.modules if m.startswith(('resvg', 'tools'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -17,8 +17,8 @@ from bayesvlm_explain.evaluation.evaluate import (
     open_labeled,
     write_report,
 )
+from bayesvlm_explain.evaluation.figures import reliability_diagram
 from bayesvlm_explain.evaluation.metrics import calibration_metrics, selective_accuracy
-from bayesvlm_explain.explain.figures import reliability_diagram
 
 CLASSES = ("red_thing", "green thing", "blue-thing")
 COLOURS = ((220, 30, 30), (30, 200, 40), (20, 40, 230))

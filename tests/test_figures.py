@@ -12,6 +12,7 @@ from conftest import PROMPTS, random_images
 from matplotlib.figure import Figure
 from PIL import Image
 
+from bayesvlm_explain.evaluation.figures import reliability_bins, reliability_diagram
 from bayesvlm_explain.explain import TokenAttribution, UncertaintyAttribution, decompose_uncertainty
 from bayesvlm_explain.explain import figures as fx
 
@@ -50,8 +51,8 @@ def test_every_figure_renders_and_none_stays_open(explained):
         fx.attribution_overlay_figure(Image.new("RGB", (32, 32), "orange"), attr.patches()[2]),
         fx.token_scores_figure(tok),
         fx.token_scores_figure(tokens=["a", "cat"], scores=[0.3, -0.1]),
-        fx.reliability_diagram(pred.probs, labels),
-        fx.reliability_diagram({"probit": pred.probs, "MAP": pred.map_probs}, labels.numpy(), n_bins=5),
+        reliability_diagram(pred.probs, labels),
+        reliability_diagram({"probit": pred.probs, "MAP": pred.map_probs}, labels.numpy(), n_bins=5),
         fx.prompt_comparison_figure(pred, 0),
         fx.prompt_comparison_figure(pred, 1, decomposition=dec, top_k=3),
     ]
@@ -63,14 +64,14 @@ def test_every_figure_renders_and_none_stays_open(explained):
 def test_reliability_bins_and_ece():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
     labels = np.array([0, 1, 1, 0])
-    b = fx.reliability_bins(probs, labels, n_bins=4)
+    b = reliability_bins(probs, labels, n_bins=4)
     # confidences 0.9, 0.8 -> bin 3 (acc 0.5); 0.7 -> bin 2 (acc 1); 0.55 -> bin 2 (acc 0)
     assert b["count"].tolist() == [0, 0, 2, 2]
     assert b["accuracy"][3] == pytest.approx(0.5) and b["confidence"][3] == pytest.approx(0.85)
     assert b["accuracy"][2] == pytest.approx(0.5) and b["confidence"][2] == pytest.approx(0.625)
     assert b["ece"] == pytest.approx(0.5 * 0.35 + 0.5 * 0.125)
     with pytest.raises(ValueError, match=r"probs must be \[N, C\] and labels \[N\]"):
-        fx.reliability_bins(probs, labels[:2])
+        reliability_bins(probs, labels[:2])
 
 
 def test_token_figure_rejects_mismatched_input():
@@ -87,7 +88,7 @@ def test_reliability_bins_agree_with_the_reported_ece():
     probs = torch.softmax(3 * torch.randn(500, 7, generator=gen), -1)
     labels = torch.randint(0, 7, (500,), generator=gen)
     for n_bins in (10, 20):
-        b = fx.reliability_bins(probs, labels, n_bins)
+        b = reliability_bins(probs, labels, n_bins)
         filled = b["count"] > 0
         from_bins = (b["count"][filled] / 500 * np.abs(b["accuracy"][filled] - b["confidence"][filled])).sum()
         assert b["count"].sum() == 500

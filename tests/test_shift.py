@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import bayesvlm_explain as bx
-from bayesvlm_explain._build import emoji
 from bayesvlm_explain.data.labels import load_label_space
-from bayesvlm_explain.evaluation.shift import (
+from bayesvlm_explain.explain import decompose_uncertainty
+from tools import emoji
+from tools.shift_benchmark import (
     CONFIDENCE_SCORES,
     METHODS,
     OOD_SCORES,
@@ -22,7 +23,6 @@ from bayesvlm_explain.evaluation.shift import (
     render_splits,
     run_shift_benchmark,
 )
-from bayesvlm_explain.explain import decompose_uncertainty
 
 # deterministic top-1 on the 46 held-out test renders x 3 augmentations: 0.362 measured (chance 0.011)
 MIN_HELD_OUT_ACCURACY = 0.3

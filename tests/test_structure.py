@@ -1,4 +1,6 @@
-"""The package's module-level import graph has no cycle (lazy imports inside functions are not counted)."""
+"""The package's import structure: no module-level cycle (lazy imports inside functions are not counted), layers
+that only import downwards at module level, no build-time or benchmark code anywhere in the runtime package, and
+``evaluation`` and ``explain`` independent of each other."""
 
 from __future__ import annotations
 
@@ -26,18 +28,27 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
     return [target] + [f"{target}.{a.name}" for a in node.names]
 
 
-def import_graph() -> dict[str, set[str]]:
+def imported_names(module_level: bool = True) -> dict[str, set[str]]:
+    """Every absolute name each package module imports (relative imports resolved): at module level only, or
+    anywhere in the file (inside functions and classes too) with ``module_level=False``."""
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
+    out: dict[str, set[str]] = {}
     for name, path in files.items():
-        deps: set[str] = set()
-        for node in ast.parse(path.read_text()).body:  # module level only
+        tree = ast.parse(path.read_text())
+        names: set[str] = set()
+        for node in tree.body if module_level else ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
-                deps.update(t for t in _resolve(name, path.name == "__init__.py", node) if t in files)
+                names.update(_resolve(name, path.name == "__init__.py", node))
             elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names if a.name in files)
-        graph[name] = deps - {name}
-    return graph
+                names.update(a.name for a in node.names)
+        out[name] = names
+    return out
+
+
+def import_graph(module_level: bool = True) -> dict[str, set[str]]:
+    """Package module -> the package modules it imports (see :func:`imported_names`)."""
+    names = imported_names(module_level)
+    return {name: {t for t in deps if t in names} - {name} for name, deps in names.items()}
 
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -85,3 +96,53 @@ def test_math_layer_imports_no_application_code():
         assert not external & {"open_clip", "gradio", "captum", "matplotlib", "PIL"}, (module, external)
         app_layers = {"model", "explain", "ui", "studio", "fitting", "evaluation", "data", "cli", "adapters"}
         assert not {d for d in graph[module] if d.split(".")[1] in app_layers}, (module, graph[module])
+
+
+# Layers of the runtime package, lowest first; a module may import (at module level) only its own layer or lower
+# ones. The package root and the user-facing commands sit on top.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"options", "numerics", "probcos", "predictive", "posterior", "selection", "estimation", "marglik"}),
+    frozenset({"inputs", "data", "adapters", "encoding", "loading", "head", "pretrained", "bundled", "model"}),
+    frozenset({"fitting", "evaluation", "explain", "yardstick"}),
+    frozenset({"ui", "cli", "space", ""}),
+)
+OUTSIDE_THE_LIBRARY = ("tools", "benchmarks", "scripts", "_build", "tests")
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    found = [i for i, layer in enumerate(LAYERS) if part in layer]
+    assert found, f"{module}: give bayesvlm_explain.{part} a layer in tests/test_structure.py LAYERS"
+    return found[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import of a higher layer by a lower one."""
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() for b in deps if _layer(b) > _layer(a))
+
+
+def test_no_module_level_upward_import():
+    graph = import_graph()
+    assert upward_imports(graph) == []
+
+
+def test_upward_import_check_finds_one():
+    graph = {"bayesvlm_explain.posterior": {"bayesvlm_explain.ui.app"}, "bayesvlm_explain.ui.app": set(),
+             "bayesvlm_explain.model": {"bayesvlm_explain.numerics"}, "bayesvlm_explain.numerics": set()}
+    assert upward_imports(graph) == ["bayesvlm_explain.posterior -> bayesvlm_explain.ui.app"]
+
+
+def test_runtime_imports_no_build_or_benchmark_code():
+    """Nothing in the package imports tools/, benchmarks/, scripts/ or a _build package, not even lazily."""
+    assert not any(p.name == "_build" for p in PACKAGE.rglob("*") if p.is_dir())
+    offending = sorted(f"{name} imports {dep}" for name, deps in imported_names(module_level=False).items()
+                       for dep in deps if set(dep.split(".")) & set(OUTSIDE_THE_LIBRARY))
+    assert offending == []
+
+
+def test_evaluation_and_explain_do_not_import_each_other():
+    graph = import_graph(module_level=False)
+    for a, b in (("evaluation", "explain"), ("explain", "evaluation")):
+        crossing = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.startswith(f"bayesvlm_explain.{a}")
+                          for d in deps if d.startswith(f"bayesvlm_explain.{b}"))
+        assert crossing == [], crossing

@@ -2,7 +2,7 @@
 
 The label space is package data (``emoji_labels.json``, read with :mod:`importlib.resources`); it is
 written at build time by ``scripts/build_emoji_data.py --write-benchmark`` (the build-only pipeline in
-``bayesvlm_explain._build.emoji``), so loading it needs neither the network nor the rendered cache.
+``tools.emoji`` in the repository), so loading it needs neither the network nor the rendered cache.
 """
 
 from __future__ import annotations

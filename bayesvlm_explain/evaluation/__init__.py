@@ -1,7 +1,7 @@
 """Evaluation: calibration, selective and detection metrics and temperature scaling (:mod:`.metrics`), the
-posterior scale chosen on held-out labelled data (:mod:`.calibrate`), and the bundled model's
-domain-shift benchmark (:mod:`.shift`, ``bayesvlm-explain benchmark-shift``; it renders the emoji styles
-with the build-only pipeline, so import it explicitly)."""
+posterior scale chosen on held-out labelled data (:mod:`.calibrate`), zero-shot evaluation on labelled
+images (:mod:`.evaluate`) and active learning (:mod:`.active_learning`). The bundled model's domain-shift
+benchmark and emoji experiments are repository tools (``tools/``), not part of the library."""
 
 from .calibrate import CalibrationDataError, PosteriorCalibration, calibrate_posterior
 from .metrics import calibration_metrics, expected_calibration_error, fit_temperature

@@ -11,22 +11,23 @@ One run (strategy, seed) starts from the model and its posterior and repeats, ``
 3. **adapt** the image projection on the whole support set, from the original weights: ``steps`` full-batch
    Adam steps on the zero-shot classification loss against the class prompts (softmax cross-entropy, or
    per-class sigmoid for a SigLIP-style model). Only features change: ``μ' = μ + ΔW x̃``;
-4. **update the posterior** on a copy (never the model's, B18): the support set's KFAC sums at the
-   adapted weights, with the model's own likelihood (B3), are added to the stored sums,
-   ``A_sum = √N·A + Σ x̃x̃ᵀ`` (a [p, p] outer-product sum, not the scalar ``‖x̃‖²``, B2) and
-   ``B_sum = √N·B + Σ H``, re-scaled by ``1/√(N + |support|)`` (method.md §2.2, the count not
-   hard-coded), and ``λ`` re-optimised by the marginal likelihood at the adapted weights (§2.5);
+4. **update the posterior** on a copy (never the model's, B18) with
+   :func:`bayesvlm_explain.fitting.update_posterior`: the support set's KFAC sums at the adapted weights,
+   with the model's own likelihood (B3), are added to the stored sums, ``A_sum = √N·A + Σ x̃x̃ᵀ`` (a
+   [p, p] outer-product sum, not the scalar ``‖x̃‖²``, B2) and ``B_sum = √N·B + Σ H``, re-scaled by
+   ``1/√(N + |support|)`` (method.md §2.2, the count not hard-coded), and ``λ`` re-optimised by the
+   marginal likelihood at the adapted weights (§2.5);
 5. **evaluate** on labelled test inputs of the target style: accuracy, ECE (20 bins), NLPD of the
    Bayesian (probit) predictive, and the deterministic model's accuracy and ECE.
 
 :func:`run_active_learning` runs every strategy for every seed on :class:`ActiveLearningData`;
-:func:`emoji_active_learning_data` builds that data for the bundled model (pool: in-domain renders;
-target: one shift style), with features computed once and cached.
+:func:`folder_active_learning_data` builds that data from users' labelled images (the bundled model's
+emoji experiment builds it in ``tools/emoji_active_learning.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import math
 import time
@@ -38,14 +39,14 @@ from typing import Any
 import torch
 
 from ..adapters import Features
-from ..estimation import input_factor, output_factor
-from ..marglik import factor_eigenvalues, optimize_prior_precision
+from ..fitting.update import update_posterior
+from ..options import CHOICES
 from ..posterior import KronPosterior, Posterior
 from ..selection import bald, class_probabilities, epig, predictive_entropy, top_k
-from .evaluate import load_features, save_features, with_posterior
+from .evaluate import with_posterior
 from .metrics import calibration_metrics
 
-STRATEGIES = ("random", "entropy", "bald", "epig")
+STRATEGIES: tuple[str, ...] = CHOICES["strategy"]
 
 
 @dataclass
@@ -74,7 +75,7 @@ class ActiveLearningConfig:
     ``pool_fraction`` of the pool and ``num_targets`` EPIG targets are drawn; ``num_samples`` posterior
     draws score the pool; adaptation takes ``steps`` Adam steps of learning rate ``lr`` with the
     posterior as a prior tempered by ``prior_weight`` (1: the exact Bayesian update, which with the
-    bundled posterior's 15,480 pairs barely moves; 0: plain fine-tuning, which overfits a few labels).
+    bundled posterior's 14,336 pairs barely moves; 0: plain fine-tuning, which overfits a few labels).
     """
 
     k: int = 10
@@ -91,6 +92,16 @@ class ActiveLearningConfig:
 
     def budgets(self) -> list[int]:
         return [self.k * r for r in range(self.rounds + 1)]
+
+
+def config_from_arguments(args: argparse.Namespace) -> ActiveLearningConfig:
+    """The :class:`ActiveLearningConfig` of the ``bayesvlm-explain active-learning`` options (``--k``,
+    ``--rounds``, ``--seeds``, ``--strategies``, ``--num-targets``, ``--mc-samples``, ``--steps``, ``--lr``,
+    ``--prior-weight``, ``--pool-fraction``)."""
+    return ActiveLearningConfig(
+        k=args.k, rounds=args.rounds, seeds=[int(s) for s in args.seeds.split(",")],
+        strategies=args.strategies.split(","), num_targets=args.num_targets, num_samples=args.mc_samples,
+        steps=args.steps, lr=args.lr, prior_weight=args.prior_weight, pool_fraction=args.pool_fraction)
 
 
 def _rows(x: Features, idx: torch.Tensor) -> Features:
@@ -148,37 +159,6 @@ def adapt_projection(vlm: Any, support: Features, labels: torch.Tensor, txt: Fea
         (loss / len(labels)).backward()
         opt.step()
     return delta.detach()
-
-
-def updated_posterior(vlm: Any, base: Posterior, support: Features, txt: Features, delta: torch.Tensor
-                      ) -> Posterior:
-    """A new posterior: ``base`` plus the support set's image-side curvature at ``W* + delta``.
-
-    Sums, not factors, are added (method.md §2.2): ``A' = (√N A + Σ x̃x̃ᵀ)/√N'``, ``B' = (√N B + Σ H)/√N'``
-    with ``N' = N + |support|`` and ``H`` against the class prompts with the model's likelihood; ``λ`` of
-    the image side is re-optimised by the marginal likelihood with ``‖W* + delta‖²`` (§2.5). ``base``
-    and the model are not modified.
-    """
-    img = base.image
-    if img.num_pairs is None:
-        raise ValueError("the posterior does not record its number of pairs (num_pairs); cannot add data")
-    proj, n_old, n_new = vlm.adapter.image, img.num_pairs, img.num_pairs + support.activations.shape[0]
-    shifted = AdaptedState(delta, base).shift(vlm, support)
-    a_sum = math.sqrt(n_old) * img.A + input_factor(support.activations, bias=proj.bias is not None)
-    b_sum = math.sqrt(n_old) * img.B + output_factor(
-        shifted.embeddings, txt.embeddings, vlm.adapter.logit_scale, likelihood=vlm.adapter.likelihood,
-        logit_bias=vlm.adapter.logit_bias if vlm.adapter.likelihood == "sigmoid" else None)
-    scale = 1.0 / math.sqrt(n_new)
-    new_img = KronPosterior(a_sum * scale, b_sum * scale, pseudo_count=img.pseudo_count,
-                            prior_precision=img.prior_precision, num_pairs=n_new)
-    theta_sq = float((proj.weight_with_bias().detach().double() + delta).square().sum())
-    lam, _ = optimize_prior_precision(factor_eigenvalues(new_img.A), factor_eigenvalues(new_img.B),
-                                      new_img.pseudo_count, theta_sq)
-    new_img.prior_precision = lam
-    text = base.text
-    new_txt = KronPosterior(text.A, text.B, pseudo_count=text.pseudo_count, prior_precision=text.prior_precision,
-                            num_pairs=text.num_pairs)
-    return Posterior(new_img, new_txt, {**base.metadata, "support_size": int(support.activations.shape[0])})
 
 
 def acquisition_scores(vlm: Any, strategy: str, pool: Features, target: Features, txt: Features,
@@ -239,7 +219,7 @@ def run_strategy(vlm: Any, data: ActiveLearningData, strategy: str, seed: int, c
         delta = adapt_projection(vlm, support, labels[chosen], data.txt, steps=config.steps, lr=config.lr,
                                  prior=base.image if config.prior_weight > 0 else None,
                                  prior_weight=config.prior_weight)
-        state = AdaptedState(delta, updated_posterior(vlm, base, support, data.txt, delta))
+        state = AdaptedState(delta, update_posterior(vlm, base, support, data.txt, delta))
     return rows
 
 
@@ -311,79 +291,6 @@ def run_active_learning(vlm: Any, data: ActiveLearningData, config: ActiveLearni
                     targets=int(data.target.activations.shape[0]), test=int(data.test_labels.numel()),
                     classes=len(data.prompts), seconds=time.perf_counter() - start)
     return {"rows": rows, "summary": summarise(rows), "settings": settings}
-
-
-# -- the bundled model's experiment --------------------------------------------------------------------------
-def emoji_active_learning_data(vlm: Any, target_style: str = "emojione", *,
-                               pool_styles: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-                               feature_cache: str | Path | None = None, repeats: int = 2, test_repeats: int = 2,
-                               seed: int = 0) -> ActiveLearningData:
-    """Pool: the renders of the label space in ``pool_styles`` (default: the training styles),
-    ``repeats`` augmented draws each, labelled. Target: one augmented draw of every ``target_style``
-    render (unlabelled, for EPIG); test: ``test_repeats`` other, independent draws of the same renders,
-    labelled (so EPIG's targets are the test renders, unlabelled and differently augmented).
-    Features are cached in ``feature_cache``.
-
-    The pool is every render of ``pool_styles`` except the renders held out of the bundled model's
-    training (:func:`pool_records`), so no calibration or test render is ever a label.
-    """
-    from .._build import emoji
-    from .._build.augment import augment, load_images, normalise
-    from ..data.labels import load_label_space
-    from ..fitting.features import model_fingerprint
-
-    pool_styles = tuple(pool_styles or emoji.TRAIN_STYLES)
-    if target_style not in emoji.SHIFT_STYLES:
-        raise ValueError(f"target style {target_style!r} is not a shift style {emoji.SHIFT_STYLES}")
-    if target_style in pool_styles or not set(pool_styles) <= set(emoji.EMOJI_STYLES):
-        raise ValueError(f"pool styles {pool_styles} must be known styles other than the target {target_style!r}")
-    classes = load_label_space()
-    prompts = classes.prompts()
-    index = {k: i for i, k in enumerate(classes.keys)}
-    concepts = {c.key: c for c in emoji.load_concepts(cache_dir)}
-    size = max(vlm.image_size or (64, 64))
-    build = emoji.build_dataset(pool_styles + (target_style,), size, cache_dir,
-                                [concepts[k] for k in classes.keys], write_manifest=False)
-    pool_recs = pool_records(build.records, pool_styles, emoji.held_out_renders(classes.keys))
-    target_recs = [r for r in build.records if r.style == target_style]
-    key = hashlib.blake2b(json.dumps([model_fingerprint(vlm), target_style, repeats, test_repeats, seed, size,
-                                      [(r.style, r.key) for r in build.records]]).encode(), digest_size=8).hexdigest()
-    path = Path(feature_cache) / f"al-features-{key}.safetensors" if feature_cache else None
-    if path is not None and path.is_file():
-        t, _ = load_features(path)
-    else:
-        def encode(records: list[Any], draws: int, draw_seed: int) -> Features:
-            raw = load_images(records)
-            gen = torch.Generator().manual_seed(draw_seed)
-            x = torch.cat([normalise(augment(raw, gen)) for _ in range(draws)])
-            return vlm.encoder.image_features(x.to(vlm.encoder.image_dtype))
-
-        parts = {"pool": encode(pool_recs, repeats, seed + 10_000), "target": encode(target_recs, 1, seed + 20_000),
-                 "test": encode(target_recs, test_repeats, seed + 30_000)}
-        t = {f"{name}_{kind}": getattr(f, kind).float() for name, f in parts.items()
-             for kind in ("activations", "embeddings")}
-        t["pool_labels"] = torch.tensor([index[r.key] for r in pool_recs] * repeats)
-        t["test_labels"] = torch.tensor([index[r.key] for r in target_recs] * test_repeats)
-        if path is not None:
-            save_features(path, t, {"target_style": target_style, "repeats": repeats, "seed": seed,
-                                    "test_repeats": test_repeats})
-
-    def feats(name: str) -> Features:
-        return Features(t[f"{name}_activations"].double(), t[f"{name}_embeddings"].double())
-
-    description = (f"pool: {len(pool_recs)} renders of {', '.join(pool_styles)} x {repeats} draws; target: "
-                   f"{target_style} ({len(target_recs)} renders, one unlabelled draw for EPIG, {test_repeats} "
-                   "other draws labelled for test)")
-    return ActiveLearningData(feats("pool"), t["pool_labels"].long(), feats("target"), feats("test"),
-                              t["test_labels"].long(), vlm.encode_prompts(prompts), prompts, description)
-
-
-def pool_records(records: list[Any], styles: Sequence[str], held_out: dict[str, list[str]]) -> list[Any]:
-    """The labelled pool among the rendered records: the renders of ``styles`` except those held out of the
-    bundled model's training (``held_out``: split name -> render ids ``"style/key"``, its calibration and test
-    renders), so that no evaluation render is ever a label."""
-    held = {rid for ids in held_out.values() for rid in ids}
-    return [r for r in records if r.style in styles and f"{r.style}/{r.key}" not in held]
 
 
 def learning_curve_figure(payload: dict[str, Any]) -> Any:

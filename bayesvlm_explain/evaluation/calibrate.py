@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from ..adapters import Features
+from ..options import Objective, check_option
 from .metrics import calibration_metrics
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "prepare_labeled_data",
 ]
 
-Objective = Literal["nll", "ece"]
 PSEUDO_COUNTS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 """Default grid of pseudo-counts (logit std from broad to nearly deterministic on the bundled model)."""
 
@@ -140,13 +140,12 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
     Returns:
         a :class:`PosteriorCalibration`; the choice is also recorded in ``vlm.posterior.metadata["calibration"]``.
     """
-    if objective not in ("nll", "ece"):
-        raise ValueError(f"objective must be 'nll' or 'ece', not {objective!r}")
+    chosen = check_option("objective", objective)
     grid = [float(n) for n in pseudo_counts]
     if not grid or not all(math.isfinite(n) and n > 0 for n in grid):
         raise ValueError(f"pseudo_counts must be positive finite numbers, got {list(pseudo_counts)}")
     data = prepare_labeled_data(vlm, labeled_data)
-    key = "nlpd" if objective == "nll" else "ece"
+    key = "nlpd" if chosen == "nll" else "ece"
     curve = []
     for n in grid:
         lam = vlm.optimize_prior_precision(pseudo_count=n)
@@ -158,8 +157,8 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
     best = min(range(len(grid)), key=lambda i: curve[i][key])
     lam = vlm.optimize_prior_precision(pseudo_count=grid[best])
     edge = len(grid) > 1 and grid[best] in (min(grid), max(grid))
-    result = PosteriorCalibration(grid[best], lam, objective, predictive, curve, edge)
-    vlm.posterior.metadata["calibration"] = {"pseudo_count": grid[best], "objective": objective,
+    result = PosteriorCalibration(grid[best], lam, chosen, predictive, curve, edge)
+    vlm.posterior.metadata["calibration"] = {"pseudo_count": grid[best], "objective": chosen,
                                              "predictive": predictive, "variance": variance,
                                              "num_examples": int(data.labels.shape[0])}
     return result

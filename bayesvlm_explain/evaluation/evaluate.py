@@ -33,14 +33,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..adapters import Features
+from ..data.folders import IMAGE_SUFFIXES, class_folders, class_name, folder_files, is_image_file, normalise_name
 from ..data.pairs import PairSource, RawPair, items_digest, open_pairs
 from ..inputs import InputError, load_image
 from ..numerics import categorical_entropy
 from ..posterior import KronPosterior, Posterior
-from ..selection import bald
+from ..selection import bald, class_probabilities
 from .metrics import calibration_metrics, misclassification_auroc, selective_accuracy
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_TEMPLATE = "a photo of a {}."
 COVERAGES = (0.5, 0.8)
 CACHE_VERSION = 1
@@ -48,11 +48,6 @@ CACHE_VERSION = 1
 
 class EvaluationError(ValueError):
     """Data that cannot be evaluated; the message names the file, folder or field and the cause."""
-
-
-def normalise_name(name: str) -> str:
-    """Class-name key for matching folders / labels to class names: lower case, ``_``/``-`` as spaces."""
-    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
 
 
 def read_classnames(path: str | Path) -> list[str]:
@@ -73,29 +68,26 @@ def read_classnames(path: str | Path) -> list[str]:
 class ImageFolder(PairSource):
     """``root/<class>/<image>`` files as pairs ``(path, class folder name)``, in sorted order.
 
-    Hidden files are ignored; files with another suffix are yielded with the problem
-    ``"not_an_image"`` (counted, not decoded). A class folder with no image raises.
+    Folders and files are read as :mod:`bayesvlm_explain.data.folders` defines: hidden entries are
+    ignored; files without an image suffix are yielded with the problem ``"not_an_image"`` (counted, not
+    decoded). A class folder with no image raises.
     """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.classes = [p.name for p in class_folders(self.root)]
         if not self.classes:
             raise EvaluationError(f"{self.root} has no class sub-folders")
         for name in self.classes:
-            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in self._files(name)):
+            if not any(map(is_image_file, folder_files(self.root / name))):
                 raise EvaluationError(f"class folder {self.root / name} holds no image "
                                       f"({', '.join(IMAGE_SUFFIXES)})")
         self.description = f"image folder {self.root}"
 
-    def _files(self, name: str) -> list[Path]:
-        return sorted(f for f in (self.root / name).iterdir() if f.is_file() and not f.name.startswith("."))
-
     def __iter__(self) -> Iterator[RawPair]:
         for name in self.classes:
-            for f in self._files(name):
-                problem = None if f.suffix.lower() in IMAGE_SUFFIXES else "not_an_image"
-                yield RawPair(f"{name}/{f.name}", f, name, problem)
+            for f in folder_files(self.root / name):
+                yield RawPair(f"{name}/{f.name}", f, name, None if is_image_file(f) else "not_an_image")
 
 
 def _is_image_folder(data: Any) -> bool:
@@ -118,14 +110,15 @@ def open_labeled(data: Any, classnames: list[str] | None = None) -> LabeledData:
     """The labelled images in ``data`` (image folder, captions file/folder, tar shards, or pairs).
 
     With ``classnames`` an image folder's sub-folders must match them one to one (after
-    :func:`normalise_name`), else :class:`EvaluationError` lists the mismatch; without, the folder
-    names (``_`` as spaces) or the sorted distinct labels of the source are the classes.
+    :func:`~bayesvlm_explain.data.folders.normalise_name`), else :class:`EvaluationError` lists the mismatch;
+    without, the folder names decoded by :func:`~bayesvlm_explain.data.folders.class_name` or the sorted
+    distinct labels of the source are the classes.
     """
     if _is_image_folder(data):
         source: PairSource = ImageFolder(data)
         folders = {normalise_name(c): c for c in source.classes}
         if classnames is None:
-            classnames = [c.replace("_", " ") for c in source.classes]
+            classnames = [class_name(c) for c in source.classes]
         else:
             names = {normalise_name(c) for c in classnames}
             extra_folders = sorted(folders[k] for k in folders.keys() - names)
@@ -272,14 +265,16 @@ def with_posterior(vlm: Any, post: Posterior) -> Any:
 
 def bald_scores(vlm: Any, img: Features, txt: Features, prompts: list[str], num_samples: int, seed: int = 0,
                 max_elements: int = 1 << 22) -> torch.Tensor:
-    """BALD [N] (nats) from Gaussian logit draws with the full class covariance, in chunks of images."""
+    """BALD [N] (nats) from Gaussian logit draws with the full class covariance, in chunks of images; each
+    draw becomes class probabilities by the model's own link (:func:`~bayesvlm_explain.selection.class_probabilities`:
+    softmax for contrastive models, renormalised sigmoids for SigLIP-style ones)."""
     rows = max(1, max_elements // (num_samples * len(prompts)))
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, img.activations.shape[0], rows):
         part = Features(img.activations[start:start + rows], img.embeddings[start:start + rows])
         pred = vlm.predict_features(part, txt, prompts, predictive="map")
-        out.append(bald(torch.softmax(pred.sample(num_samples, gen), -1)))
+        out.append(bald(class_probabilities(pred.sample(num_samples, gen), vlm.adapter.likelihood)))
     return torch.cat(out)
 
 
@@ -382,7 +377,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
 
 def write_report(payload: dict[str, Any], out_dir: str | Path) -> Path:
     """``evaluation.json``, ``evaluation.md`` and ``reliability.png`` in ``out_dir``; returns the JSON path."""
-    from ..explain.figures import reliability_diagram
+    from .figures import reliability_diagram
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,17 +21,15 @@ to whether the prompt matters for the prediction at all). The leave-one-out scor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ..numerics import bernoulli_entropy, categorical_entropy, variance_shares
-from ..options import Link, check_option
+from ..options import CHOICES, Link, RankBy, check_option
 from ..predictive import Prediction
 from .targets import entropy_terms
 
-RankBy = Literal["epistemic_drop", "entropy_drop", "variance"]
-RANK_BY: tuple[str, ...] = ("epistemic_drop", "entropy_drop", "variance")
+RANK_BY: tuple[str, ...] = CHOICES["rank_by"]
 _CHUNK_ELEMENTS = 1 << 22
 
 

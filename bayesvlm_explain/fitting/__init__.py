@@ -8,12 +8,15 @@ The steps (method.md §2), one module each:
 3. :mod:`.reduce` — the sums of several processes (``torchrun``) combined by all-reduce.
 4. :mod:`.prior` — the posterior formed from the sums, ``λ`` by marginal likelihood or fixed.
 
-:mod:`.pipeline` runs them in order under a lock on the cache folder (:mod:`.files`).
+:mod:`.pipeline` runs them in order under a lock on the cache folder (:mod:`.files`). :mod:`.update`
+adds the curvature of new labelled images to a fitted posterior (:func:`update_posterior`).
 """
 
 from .files import CorruptFileError
 from .pipeline import fit_posterior
 from .prior import optimize_posterior_prior
 from .report import FitError, FitReport
+from .update import update_posterior
 
-__all__ = ["CorruptFileError", "FitError", "FitReport", "fit_posterior", "optimize_posterior_prior"]
+__all__ = ["CorruptFileError", "FitError", "FitReport", "fit_posterior", "optimize_posterior_prior",
+           "update_posterior"]

@@ -21,12 +21,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..data.folders import (
+    IMAGE_SUFFIXES,
+    class_folders,
+    class_name,
+    folder_files,
+    is_image_file,
+    is_visible,
+    normalise_name,
+)
 from ..inputs import InputError
-from .uploads import EXTENSIONS, check_upload, display_name
+from .uploads import check_upload, display_name
 
 MAX_MEMBERS = 2000  # entries (files and folders) in one archive
 MAX_TOTAL_BYTES = 256 * 2**20  # declared uncompressed size of all entries together
-IGNORED_PARTS = ("__MACOSX",)  # folders written by macOS's archiver
 
 
 class ArchiveError(InputError):
@@ -35,8 +43,9 @@ class ArchiveError(InputError):
 
 @dataclass
 class ImageTree:
-    """The images of an extracted archive: ``classes`` maps a class folder to its image files (empty
-    when the images lie flat), ``flat`` holds images outside class folders, ``refused`` ``"name: why"``."""
+    """The images of an extracted archive: ``classes`` maps a class name (its folder's name decoded by
+    :func:`~bayesvlm_explain.data.folders.class_name`) to its image files (empty when the images lie flat),
+    ``flat`` holds images outside class folders, ``refused`` ``"name: why"``."""
 
     classes: dict[str, list[Path]] = field(default_factory=dict)
     flat: list[Path] = field(default_factory=list)
@@ -114,24 +123,20 @@ def extracted(path: str | os.PathLike[str], max_members: int = MAX_MEMBERS,
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".") and p.name not in IGNORED_PARTS
-
-
 def image_files(root: Path, archive_name: str, need_classes: bool = False) -> ImageTree:
     """The images under an extracted archive ``root``, after each one's header check.
 
     A single top-level folder holding everything is looked into. Sub-folders of the (effective) root are
-    class folders, with their images directly inside; image files at the root are ``flat``. Files whose
-    suffix is not an image suffix are ignored; files with an image suffix that fail
-    :func:`.uploads.check_upload` are listed in ``refused``. ``need_classes`` requires class folders and no
-    flat images. Raises :class:`ArchiveError` for an empty class folder or an archive without images.
+    class folders, with their images directly inside; image files at the root are ``flat``. Folders and
+    files are read as :mod:`bayesvlm_explain.data.folders` defines: files whose suffix is not an image
+    suffix are ignored; files with an image suffix that fail :func:`.uploads.check_upload` are listed in
+    ``refused``. ``need_classes`` requires class folders and no flat images. Raises :class:`ArchiveError`
+    for an empty class folder, two folders of one class name, or an archive without images.
     """
     base = root
     while True:
-        entries = [p for p in base.iterdir() if _visible(p)]
-        if len(entries) == 1 and entries[0].is_dir() and any(_visible(q) and q.is_dir()
-                                                             for q in entries[0].iterdir()):
+        entries = [p for p in base.iterdir() if is_visible(p)]
+        if len(entries) == 1 and entries[0].is_dir() and class_folders(entries[0]):
             base = entries[0]  # "pets.zip" holding "pets/cat/...", "pets/dog/..."
         elif len(entries) == 1 and entries[0].is_dir() and not need_classes:
             base = entries[0]  # "pool.zip" holding "pool/a.png", ...
@@ -141,8 +146,8 @@ def image_files(root: Path, archive_name: str, need_classes: bool = False) -> Im
 
     def accepted(files: list[Path]) -> list[Path]:
         out = []
-        for f in sorted(files):
-            if not f.is_file() or not _visible(f) or f.suffix.lower() not in EXTENSIONS:
+        for f in files:
+            if not is_image_file(f):
                 continue
             try:
                 check_upload(f)
@@ -151,14 +156,16 @@ def image_files(root: Path, archive_name: str, need_classes: bool = False) -> Im
                 tree.refused.append(f"{f.relative_to(root).as_posix()}: {str(err).split(': ', 1)[-1]}")
         return out
 
-    children = sorted(p for p in base.iterdir() if _visible(p))
-    tree.flat = accepted([p for p in children if p.is_file()])
-    for folder in (p for p in children if p.is_dir()):
-        images = accepted(list(folder.iterdir()))
+    tree.flat = accepted(folder_files(base))
+    for folder in class_folders(base):
+        images = accepted(folder_files(folder))
         if not images:
             raise ArchiveError(f"{archive_name}: class folder {folder.name!r} holds no usable image "
-                               f"({', '.join(EXTENSIONS)})")
-        tree.classes[folder.name] = images
+                               f"({', '.join(IMAGE_SUFFIXES)})")
+        name = class_name(folder.name)
+        if normalise_name(name) in map(normalise_name, tree.classes):
+            raise ArchiveError(f"{archive_name}: two class folders stand for the class {name!r}")
+        tree.classes[name] = images
     if need_classes and (tree.flat or len(tree.classes) < 2):
         raise ArchiveError(f"{archive_name}: expected one folder per class (at least 2) with the images inside, "
                            f"found {len(tree.classes)} class folders and {len(tree.flat)} loose images")

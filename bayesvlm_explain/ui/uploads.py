@@ -15,10 +15,11 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from ..data.folders import IMAGE_SUFFIXES
 from ..inputs import MAX_IMAGE_PIXELS, InputError, load_image
 
 FORMATS = ("JPEG", "PNG", "WebP", "GIF", "BMP")
-EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"]
+EXTENSIONS = list(IMAGE_SUFFIXES)  # one definition: bayesvlm_explain.data.folders
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # the server refuses larger uploads (Blocks.launch max_file_size)
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _JPEG_SCAN_LIMIT = 4 * 1024 * 1024  # a frame header must appear within the first bytes

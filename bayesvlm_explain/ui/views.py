@@ -446,7 +446,7 @@ def calibrate_archive(vlm: Any, archive: Any, template: str) -> dict[str, Any]:
     """
     from ..data.pairs import InMemoryPairs
     from ..evaluation.evaluate import EvaluationError, LabeledData, class_prompts, evaluate, summary_markdown
-    from ..explain.figures import reliability_diagram
+    from ..evaluation.figures import reliability_diagram
 
     if not archive:
         raise InputError("upload a zip of labelled images first (one folder per class)")

@@ -1,7 +1,7 @@
-"""Domain-shift benchmark of the bundled emoji model (``bayesvlm-explain benchmark-shift``).
+"""Domain-shift benchmark of the bundled emoji model (``python -m tools.shift_benchmark [--out DIR]``).
 
 Zero-shot classification over the committed label space (:func:`bayesvlm_explain.data.labels.load_label_space`).
-The splits are the ones fixed before training (:mod:`bayesvlm_explain._build.emoji.splits`, recorded in the
+The splits are the ones fixed before training (:mod:`tools.emoji.splits`, recorded in the
 model's ``training.json``): per class one training-style render was held out, to **calibration** or to
 **test** (``in_domain`` here); the model and its posterior never saw either. Each shift style is artwork
 never used in training. Every render appears in ``repeats`` seeded augmentations.
@@ -24,23 +24,21 @@ emoji (all augmentations and styles of a concept together); and the trade-off of
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._build import emoji
-from .._build.augment import augment, load_images, normalise
-from ..bundled import bundled_dir
-from ..data.labels import load_label_space
-from ..numerics import categorical_entropy
-from .calibrate import PSEUDO_COUNTS, LabeledFeatures, calibrate_posterior
-from .metrics import (
+from bayesvlm_explain.bundled import bundled_dir
+from bayesvlm_explain.data.labels import load_label_space
+from bayesvlm_explain.evaluation.calibrate import PSEUDO_COUNTS, LabeledFeatures, calibrate_posterior
+from bayesvlm_explain.evaluation.metrics import (
     auroc,
     bootstrap_interval,
     calibration_metrics,
@@ -50,6 +48,10 @@ from .metrics import (
     misclassification_auroc,
     selective_accuracy,
 )
+from bayesvlm_explain.numerics import categorical_entropy
+
+from . import emoji
+from .augment import augment, load_images, normalise
 
 METHODS = ("deterministic", "temperature", "bayes_probit", "bayes_mc")
 CONFIDENCE_SCORES = ("max_softmax", "temperature", "bayes_max_prob", "bayes_entropy", "bald")
@@ -82,8 +84,8 @@ class Split:
 def model_splits(model_dir: Path | None = None) -> dict[str, Any]:
     """The splits the model was trained with, from its ``training.json`` (``seed``, ``held_out``, ``train``).
 
-    Raises :class:`~bayesvlm_explain._build.emoji.SplitError` when the file records none or when its
-    held-out renders are not the ones :func:`~bayesvlm_explain._build.emoji.held_out_renders` gives: an
+    Raises :class:`~tools.emoji.SplitError` when the file records none or when its
+    held-out renders are not the ones :func:`~tools.emoji.held_out_renders` gives: an
     in-domain test on training images is refused, not reported.
     """
     path = (model_dir or bundled_dir()) / "training.json"
@@ -142,7 +144,7 @@ def posterior_uncertainty(vlm: Any, feats: dict[str, Any], txt: Any, prompts: li
 
 def _scores(vlm: Any, pred: Any, img: Any, num_samples: int) -> dict[str, Any]:
     """MC predictive and its entropies from one set of seeded draws, plus the image input scale."""
-    from ..explain import decompose_uncertainty
+    from bayesvlm_explain.explain import decompose_uncertainty
 
     dec = decompose_uncertainty(pred, num_samples=num_samples, seed=0, leave_one_out=False, rank_by="variance")
     return {"mc": pred.predictive("mc"), "entropy": dec.total_entropy, "bald": dec.epistemic,
@@ -386,7 +388,7 @@ def scale_figure(payload: dict[str, Any]) -> Any:
 def write_results(payload: dict[str, Any], splits: dict[str, Split], out_dir: Path,
                   model_dir: Path | None = None) -> None:
     """``benchmark.json`` (with the split ids), ``benchmark.md``, reliability PNGs and ``posterior_scale.png``."""
-    from ..explain.figures import reliability_diagram
+    from bayesvlm_explain.evaluation.figures import reliability_diagram
 
     out_dir.mkdir(parents=True, exist_ok=True)
     probs = payload.pop("_probs")
@@ -401,3 +403,35 @@ def write_results(payload: dict[str, Any], splits: dict[str, Split], out_dir: Pa
         fig.savefig(out_dir / f"reliability_{name}.png", dpi=90)
     if payload["scale_curve"]:
         scale_figure(payload).savefig(out_dir / "posterior_scale.png", dpi=100)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark on the emoji splits and write ``benchmark.json``, ``benchmark.md`` and the figures."""
+    from bayesvlm_explain.cli import _add_model_args, _load
+
+    p = argparse.ArgumentParser(prog="python -m tools.shift_benchmark",
+                                description="domain-shift calibration benchmark on the emoji styles")
+    _add_model_args(p)
+    p.add_argument("--out", default="assets/shift-benchmark", help="where benchmark.json and the figures go")
+    p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
+    p.add_argument("--repeats", type=int, default=2, help="augmented draws per rendered image")
+    p.add_argument("--mc-samples", type=int, default=1000)
+    p.add_argument("--pseudo-count", type=float, default=None,
+                   help="fix the posterior's n (default: chosen on in-domain data from a grid)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    vlm = _load(args)
+    splits = render_splits(size=max(vlm.image_size or (64, 64)), cache_dir=args.cache, repeats=args.repeats,
+                           seed=args.seed)
+    grid = (args.pseudo_count,) if args.pseudo_count else PSEUDO_COUNTS
+    payload = run_shift_benchmark(vlm, splits, num_samples=args.mc_samples, pseudo_counts=grid)
+    write_results(payload, splits, Path(args.out))
+    print(summary_table(payload))
+    print(f"settings: {payload['settings']}")
+    print(f"written to {args.out}/benchmark.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,11 +23,19 @@ from .artwork import (
     svg_document,
     to_line_art,
 )
-from .concepts import Concept, build_caption, caption_variants, load_concepts, normalise_hexcode, sample_caption, slugify
+from .concepts import (
+    Concept,
+    build_caption,
+    caption_variants,
+    load_concepts,
+    normalise_hexcode,
+    sample_caption,
+    slugify,
+)
 from .label_space import select_benchmark_concepts, write_label_space
 from .renders import DatasetBuild, EmojiRecord, build_dataset
-from .splits import SPLIT_NAMES, SplitError, held_out_renders, render_id, split_records
 from .sources import SOURCES_DIR, default_cache_dir, fetch_sources
+from .splits import SPLIT_NAMES, SplitError, held_out_renders, render_id, split_records
 from .styles import EMOJI_STYLES, SHIFT_STYLES, TRAIN_STYLES, StyleInfo
 
 __all__ = [

@@ -8,7 +8,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ...data.labels import PROMPT_TEMPLATE, label_space_resource
+from bayesvlm_explain.data.labels import PROMPT_TEMPLATE, label_space_resource
+
 from .concepts import Concept
 
 __all__ = ["select_benchmark_concepts", "write_label_space"]

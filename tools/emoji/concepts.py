@@ -8,7 +8,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from ...data.labels import PROMPT_TEMPLATE
+from bayesvlm_explain.data.labels import PROMPT_TEMPLATE
+
 from .sources import fetch_sources
 
 __all__ = [
