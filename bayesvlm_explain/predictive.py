@@ -14,7 +14,7 @@ from functools import cached_property
 import torch
 
 from .options import Link, Predictive, check_option
-from .probcos import CosineMoments
+from .probcos import DEFAULT_MAX_MEMORY, CosineMoments
 
 PredictiveMethod = Predictive
 
@@ -40,6 +40,10 @@ class Prediction:
     ``mean``/``var`` are logits (scaled cosines) and their variances; ``var`` is the sum of
     ``var_image`` (image projection uncertainty), ``var_text`` and ``var_interaction``; ``cov`` is each
     image's C×C logit covariance (classes share the text projection).
+
+    ``max_memory`` (bytes, default 2 GiB) bounds the C×C-per-image work: :attr:`cov` and the Monte Carlo
+    predictive run in image chunks within it, and a request that cannot fit raises
+    :class:`~bayesvlm_explain.probcos.MemoryBudgetError` before allocating (docs/scale.md).
     """
 
     moments: CosineMoments
@@ -49,12 +53,16 @@ class Prediction:
     num_samples: int = 1000
     link: Link = "softmax"
     seed: int | None = 0
+    max_memory: int = DEFAULT_MAX_MEMORY
 
     def __post_init__(self) -> None:
         check_option("predictive", self.method)
         check_option("link", self.link)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, not {self.num_samples}")
+        if isinstance(self.max_memory, bool) or not isinstance(self.max_memory, int) or self.max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, not {self.max_memory!r}")
+        self.moments.max_memory = self.max_memory
 
     @property
     def mean(self) -> torch.Tensor:
@@ -82,6 +90,7 @@ class Prediction:
 
     @property
     def cov(self) -> torch.Tensor:
+        """Each image's class covariance [N, C, C] (within ``max_memory``)."""
         return self.moments.cov
 
     @cached_property
@@ -102,13 +111,20 @@ class Prediction:
         if method == "map":
             return self.map_probs
         s = num_samples or self.num_samples
-        gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-        chunk = max(1, (1 << 22) // self.mean.numel())  # bounded memory: ~4M logits per chunk
-        total = torch.zeros_like(self.mean)
-        for start in range(0, s, chunk):
-            k = min(chunk, s - start)
-            total += k * mc_probs(self.sample(k, gen), self.link)
-        return total / s
+        # Image chunks within max_memory; the generator restarts for each chunk, and the noise depends
+        # only on the prompts, so every chunking gives the same draws (those of `sample` with this seed).
+        seed = self.seed if self.seed is not None else int(torch.randint(1 << 62, ()).item())
+        chunk = max(1, (1 << 22) // self.mean.numel())  # bounded memory: ~4M logits per sample chunk
+        out = []
+        for rows in self.moments.draw_chunks():
+            part = self.moments.restrict(rows)
+            gen = torch.Generator().manual_seed(seed)
+            total = torch.zeros_like(part.mean)
+            for start in range(0, s, chunk):
+                k = min(chunk, s - start)
+                total += k * mc_probs(part.sample(k, gen), self.link)
+            out.append(total / s)
+        return torch.cat(out)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Gaussian logit draws with the full class covariance [S, N, C]."""
