@@ -45,8 +45,8 @@ DEFAULT_MAX_MEMORY = 2 * 1024**3
 """Default budget (bytes) for the C×C-per-image work: the class covariance and the MC draws' roots."""
 COV_WORK = 6
 """C×C temporaries per image while one image's class covariance is assembled (measured upper bound)."""
-ROOT_WORK = 3
-"""C×C matrices per image while its Cholesky root is made (covariance, jittered copy, root)."""
+ROOT_WORK = 5
+"""C×C matrices per image while its Cholesky root is made (covariance, jittered copy, root, temporaries)."""
 
 
 class MemoryBudgetError(MemoryError):
@@ -165,7 +165,10 @@ class CosineMoments:
         return part
 
     def _chunks(self, step: int) -> Iterator[slice]:
+        """Image slices of ``step`` images, after forming the fixed C×C factors once (chunks share them)."""
         n = self.mean.shape[0]
+        if step < n:
+            _ = self.class_factors if self.projection is None else (self.class_factors, self._unit_cov)
         return (slice(start, min(n, start + step)) for start in range(0, n, step))
 
     def cov_chunks(self, max_memory: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -225,10 +228,10 @@ class CosineMoments:
         if self.projection is None:
             return self.w_img[:, None, None] * k_img + self.w_txt[:, None, None] * k_txt
         pt = self.projection
-        al, be = pt.alpha, pt.beta
-        rho = pt.rho_img[:, None, None]
-        image = k_img[None] - rho * (al[:, :, None] * be[:, None, :] + be[:, :, None] * al[:, None, :]) \
-            + (rho.square() * pt.gamma[:, None, None]) * al[:, :, None] * al[:, None, :]
+        # ρ(αβᵀ + βαᵀ) − ρ²γ ααᵀ = ρ(αb'ᵀ + b'αᵀ) with b' = β − ργ/2 α: two rank-one terms, not three
+        al = pt.alpha * pt.rho_img[:, None]
+        bp = pt.beta - (0.5 * pt.rho_img * pt.gamma)[:, None] * pt.alpha
+        image = k_img[None] - (al[:, :, None] * bp[:, None, :] + bp[:, :, None] * al[:, None, :])
         eh = pt.e * pt.h
         text = k_txt[None] * (pt.a[:, None, None] - eh[:, :, None] - eh[:, None, :]
                               + pt.h[:, :, None] * pt.h[:, None, :] * self._unit_cov[None])

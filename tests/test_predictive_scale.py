@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from bayesvlm_explain.predictive import Prediction
-from bayesvlm_explain.probcos import MemoryBudgetError, cosine_moments, image_moments, prompt_terms
+from bayesvlm_explain.probcos import ROOT_WORK, MemoryBudgetError, cosine_moments, image_moments, prompt_terms
 
 
 class LargestTensor(TorchDispatchMode):
@@ -101,7 +101,7 @@ def test_chunked_mc_predictive_equals_the_one_shot_one(variance):
     one = Prediction(cosine_moments(*args, 30.0, variance=variance), torch.zeros(n, c), prompts,
                      method="mc", num_samples=500, seed=4)
     mom = cosine_moments(*args, 30.0, variance=variance)
-    small = (mom._fixed_mats() + 3 * 2) * c * c * 8  # two images' roots per chunk (projected)
+    small = (mom._fixed_mats() + ROOT_WORK * 2) * c * c * 8  # two images' roots per chunk (projected)
     chunked = Prediction(mom, torch.zeros(n, c), prompts, method="mc", num_samples=500, seed=4, max_memory=small)
     if variance == "projected":
         assert len(chunked.moments.draw_chunks()) == 3
