@@ -63,6 +63,7 @@ class Prediction:
         if isinstance(self.max_memory, bool) or not isinstance(self.max_memory, int) or self.max_memory < 1:
             raise ValueError(f"max_memory must be a positive number of bytes, not {self.max_memory!r}")
         self.moments.max_memory = self.max_memory
+        self._draws: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def mean(self) -> torch.Tensor:
@@ -111,20 +112,44 @@ class Prediction:
         if method == "map":
             return self.map_probs
         s = num_samples or self.num_samples
+        if (s * self.mean.numel() * self.mean.element_size() * 4 <= self.max_memory
+                and len(self.moments.draw_chunks()) == 1):
+            return mc_probs(self.mc_draws(s), self.link)  # the cached draws (also behind the entropies)
         # Image chunks within max_memory; the generator restarts for each chunk, and the noise depends
-        # only on the prompts, so every chunking gives the same draws (those of `sample` with this seed).
+        # only on the prompts, so every chunking gives the same draws (those of `mc_draws`).
         seed = self.seed if self.seed is not None else int(torch.randint(1 << 62, ()).item())
-        chunk = max(1, (1 << 22) // self.mean.numel())  # bounded memory: ~4M logits per sample chunk
         out = []
         for rows in self.moments.draw_chunks():
             part = self.moments.restrict(rows)
             gen = torch.Generator().manual_seed(seed)
             total = torch.zeros_like(part.mean)
-            for start in range(0, s, chunk):
-                k = min(chunk, s - start)
+            for k in self._sample_chunks(s):
                 total += k * mc_probs(part.sample(k, gen), self.link)
             out.append(total / s)
         return torch.cat(out)
+
+    def _sample_chunks(self, num_samples: int) -> list[int]:
+        """Draws per step (~4M logits of the full N × C each), the same for streamed and cached draws."""
+        chunk = max(1, (1 << 22) // self.mean.numel())
+        return [min(chunk, num_samples - start) for start in range(0, num_samples, chunk)]
+
+    def mc_draws(self, num_samples: int | None = None, seed: int | None | bool = True) -> torch.Tensor:
+        """The Gaussian logit draws [S, N, C] behind ``predictive("mc")``, made once per (S, seed) and cached.
+
+        ``seed=True`` (default) uses the prediction's seed; ``None`` draws afresh from the global generator
+        (not cached). The MC predictive, :func:`~bayesvlm_explain.explain.decompose_uncertainty` (entropies,
+        BALD) and the studio's tables all read these same draws (common random numbers, issue 22).
+        """
+        s = num_samples or self.num_samples
+        seed = self.seed if seed is True else seed
+        key = (s, seed)
+        if seed is not None and key in self._draws:
+            return self._draws[key]
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        draws = torch.cat([self.sample(k, gen) for k in self._sample_chunks(s)]).detach()
+        if seed is not None:
+            self._draws[key] = draws
+        return draws
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Gaussian logit draws with the full class covariance [S, N, C]."""

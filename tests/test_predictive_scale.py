@@ -118,3 +118,28 @@ def test_mc_over_budget_and_bad_budget_are_clear_errors():
         Prediction(mom, mom.mean, [str(i) for i in range(c)], method="mc", max_memory=c * c * 8).predictive("mc")
     with pytest.raises(ValueError, match="max_memory"):
         Prediction(mom, mom.mean, [str(i) for i in range(c)], max_memory=0)
+
+
+def test_mc_draws_are_made_once_per_prediction(tiny_vlm, monkeypatch):
+    """probs, the entropies of the studio (entropy_parts) and decompose_uncertainty read one set of draws."""
+    from conftest import PROMPTS, random_images
+
+    from bayesvlm_explain.explain import decompose_uncertainty
+    from bayesvlm_explain.numerics import categorical_entropy
+    from bayesvlm_explain.ui.views import entropy_parts
+
+    pred = tiny_vlm.predict(random_images(tiny_vlm, 3), PROMPTS, predictive="mc", num_samples=300, seed=2)
+    calls = []
+    original = pred.sample
+    monkeypatch.setattr(pred, "sample", lambda k, gen=None: calls.append(k) or original(k, gen))
+    probs = pred.probs
+    assert sum(calls) == 300
+    total, alea, epi = entropy_parts(pred)
+    dec = decompose_uncertainty(pred, leave_one_out=False, rank_by="variance")
+    assert sum(calls) == 300  # no second set of draws
+    torch.testing.assert_close(torch.from_numpy(total), categorical_entropy(probs), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(dec.epistemic, torch.from_numpy(epi), rtol=0, atol=0)
+    # the cached draws are those a fresh sampler with the prediction's seed makes
+    fresh = original(300, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(pred.mc_draws(), fresh, rtol=0, atol=0)
+    assert pred.mc_draws(seed=None) is not pred.mc_draws()  # a fresh, uncached set on request
