@@ -35,6 +35,7 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+from bench_gpu import _posterior as random_or_reference_posterior
 
 import bayesvlm_explain as bx
 from bayesvlm_explain.adapters import Features
@@ -89,15 +90,10 @@ def _full(head: bx.head.MomentHead, img: Features, txt: Features) -> torch.Tenso
 
 
 def _posterior(vlm: bx.BayesVLM, arch: str) -> bx.Posterior:
+    """The built-in B/32 posterior; for other architectures a random SPD one of their dims (bench_gpu's)."""
     if arch == "ViT-B-32":
         return bx.Posterior.from_pretrained("ViT-B-32", "laion2b_s34b_b79k")
-    gen = torch.Generator().manual_seed(0)
-    sides = {}
-    for side in ("image", "text"):
-        p, d = vlm.projection_dims(side)
-        a, b = torch.randn(p, p + 3, generator=gen), torch.randn(d, d + 3, generator=gen)
-        sides[side] = bx.KronPosterior(a @ a.T / p, b @ b.T / d, prior_precision=1000.0)
-    return bx.Posterior(sides["image"], sides["text"])
+    return random_or_reference_posterior(vlm, Path("no-reference-factors"))
 
 
 def _slope(cs: list[int], ts: list[float]) -> float:
