@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .adapters import Features, ModelAdapter, adapter_for
 from .inputs import check_prompts, image_batch
 
+PROGRESS_BATCHES = 16  # prompt batches from which encoding shows a progress bar
 ALGEBRA_DTYPE = torch.float64  # posterior algebra runs in float64 (method.md §9: fp64 inverses)
 
 
@@ -152,7 +154,8 @@ class Encoder:
         rows = self.prompt_cache.lookup(key, prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in rows]
         fresh: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for start in range(0, len(missing), self.batch_size):
+        starts = range(0, len(missing), self.batch_size)  # streamed in batches; a bar for long label sets
+        for start in tqdm(starts, desc="encoding prompts", unit="batch", disable=len(starts) < PROGRESS_BATCHES):
             batch = missing[start:start + self.batch_size]
             feats = self.token_features(self.tokenize(batch))
             fresh.update({p: (feats.activations[i], feats.embeddings[i]) for i, p in enumerate(batch)})

@@ -13,7 +13,7 @@ from .adapters import Features, OpenCLIPAdapter
 from .encoding import ALGEBRA_DTYPE
 from .options import check_option
 from .posterior import Posterior
-from .probcos import CosineMoments, cosine_moments
+from .probcos import CosineMoments, PromptTerms, cosine_moments, image_moments, prompt_terms
 
 
 class MomentHead:
@@ -54,6 +54,15 @@ class MomentHead:
         """:func:`cosine_moments` of N images [N, D] against C prompts [C, D] with this posterior."""
         return cosine_moments(img_mean, img_scale, txt_mean, txt_act, self.b_inv_img, self.b_inv_txt,
                               self.a_inv_txt, self.logit_scale, self.logit_bias, variance=self.variance)
+
+    def prompt_terms(self, txt: Features) -> PromptTerms:
+        """The prompt side of the moments for C prompts' features (compute once per label set)."""
+        return prompt_terms(*self.text_inputs(txt), self.b_inv_img, self.b_inv_txt, self.a_inv_txt,
+                            variance=self.variance)
+
+    def image_moments(self, img: Features, terms: PromptTerms) -> CosineMoments:
+        """Moments of N images' features against prompts already reduced by :meth:`prompt_terms`."""
+        return image_moments(*self.image_inputs(img), terms, self.logit_scale, self.logit_bias)
 
     def __call__(self, img: Features, txt: Features) -> CosineMoments:
         """Moments of N images' features against C prompts' features."""

@@ -14,7 +14,7 @@ from functools import cached_property
 import torch
 
 from .options import Link, Predictive, check_option
-from .probcos import CosineMoments
+from .probcos import DEFAULT_MAX_MEMORY, CosineMoments
 
 PredictiveMethod = Predictive
 
@@ -40,6 +40,10 @@ class Prediction:
     ``mean``/``var`` are logits (scaled cosines) and their variances; ``var`` is the sum of
     ``var_image`` (image projection uncertainty), ``var_text`` and ``var_interaction``; ``cov`` is each
     image's C×C logit covariance (classes share the text projection).
+
+    ``max_memory`` (bytes, default 2 GiB) bounds the C×C-per-image work: :attr:`cov` and the Monte Carlo
+    predictive run in image chunks within it, and a request that cannot fit raises
+    :class:`~bayesvlm_explain.probcos.MemoryBudgetError` before allocating (docs/scale.md).
     """
 
     moments: CosineMoments
@@ -49,12 +53,17 @@ class Prediction:
     num_samples: int = 1000
     link: Link = "softmax"
     seed: int | None = 0
+    max_memory: int = DEFAULT_MAX_MEMORY
 
     def __post_init__(self) -> None:
         check_option("predictive", self.method)
         check_option("link", self.link)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, not {self.num_samples}")
+        if isinstance(self.max_memory, bool) or not isinstance(self.max_memory, int) or self.max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, not {self.max_memory!r}")
+        self.moments.max_memory = self.max_memory
+        self._draws: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def mean(self) -> torch.Tensor:
@@ -82,6 +91,7 @@ class Prediction:
 
     @property
     def cov(self) -> torch.Tensor:
+        """Each image's class covariance [N, C, C] (within ``max_memory``)."""
         return self.moments.cov
 
     @cached_property
@@ -102,13 +112,44 @@ class Prediction:
         if method == "map":
             return self.map_probs
         s = num_samples or self.num_samples
-        gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-        chunk = max(1, (1 << 22) // self.mean.numel())  # bounded memory: ~4M logits per chunk
-        total = torch.zeros_like(self.mean)
-        for start in range(0, s, chunk):
-            k = min(chunk, s - start)
-            total += k * mc_probs(self.sample(k, gen), self.link)
-        return total / s
+        if (s * self.mean.numel() * self.mean.element_size() * 4 <= self.max_memory
+                and len(self.moments.draw_chunks()) == 1):
+            return mc_probs(self.mc_draws(s), self.link)  # the cached draws (also behind the entropies)
+        # Image chunks within max_memory; the generator restarts for each chunk, and the noise depends
+        # only on the prompts, so every chunking gives the same draws (those of `mc_draws`).
+        seed = self.seed if self.seed is not None else int(torch.randint(1 << 62, ()).item())
+        out = []
+        for rows in self.moments.draw_chunks():
+            part = self.moments.restrict(rows)
+            gen = torch.Generator().manual_seed(seed)
+            total = torch.zeros_like(part.mean)
+            for k in self._sample_chunks(s):
+                total += k * mc_probs(part.sample(k, gen), self.link)
+            out.append(total / s)
+        return torch.cat(out)
+
+    def _sample_chunks(self, num_samples: int) -> list[int]:
+        """Draws per step (~4M logits of the full N × C each), the same for streamed and cached draws."""
+        chunk = max(1, (1 << 22) // self.mean.numel())
+        return [min(chunk, num_samples - start) for start in range(0, num_samples, chunk)]
+
+    def mc_draws(self, num_samples: int | None = None, seed: int | None | bool = True) -> torch.Tensor:
+        """The Gaussian logit draws [S, N, C] behind ``predictive("mc")``, made once per (S, seed) and cached.
+
+        ``seed=True`` (default) uses the prediction's seed; ``None`` draws afresh from the global generator
+        (not cached). The MC predictive, :func:`~bayesvlm_explain.explain.decompose_uncertainty` (entropies,
+        BALD) and the studio's tables all read these same draws (common random numbers, issue 22).
+        """
+        s = num_samples or self.num_samples
+        seed = self.seed if seed is True else seed
+        key = (s, seed)
+        if seed is not None and key in self._draws:
+            return self._draws[key]
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        draws = torch.cat([self.sample(k, gen) for k in self._sample_chunks(s)]).detach()
+        if seed is not None:
+            self._draws[key] = draws
+        return draws
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Gaussian logit draws with the full class covariance [S, N, C]."""

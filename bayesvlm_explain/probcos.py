@@ -19,15 +19,20 @@ paper's ProbCosine), plus the logit bias. Three variance modes (``VARIANCES``):
   part (``ρ_u = ||μ_u||² / E||u||²``) and by ``Q_v = I − ρ_v v̂v̂ᵀ`` in the text part. For tight posteriors
   (``ρ → 1``) it is the delta-method variance of the true cosine; for broad ones (``ρ → 0``) the
   expected-norm variance. Same O(N D² + C D² + N C D) cost; each image's class covariance is then
-  its own C×C matrix (formed from O(N C) vectors and fixed C×C matrices).
+  its own C×C matrix (formed from O(N C) vectors and fixed C×C matrices, only when asked).
 * ``"diagonal"``: expected-norm with only the diagonals of ``Σ_i``, ``Σ_t`` (the reference's formula).
 
-Nothing here forms a per-(image, prompt) D×D product.
+Nothing here forms a per-(image, prompt) D×D product. Memory follows what is asked (docs/scale.md): the
+means and variances cost O(N C + C (D + p_t) + D² + p_t²) and never form a C×C matrix; the class
+covariance (:meth:`CosineMoments.covariance`) and the Monte Carlo draws, which need C×C numbers per image,
+are built in image chunks sized to a ``max_memory`` budget (:data:`DEFAULT_MAX_MEMORY`), and a request that
+cannot fit is refused with a :class:`MemoryBudgetError` before anything large is allocated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -36,6 +41,36 @@ from .numerics import psd_root, symmetrize
 from .options import check_option, variance_mode
 
 _JITTERS = (0.0, 1e-12, 1e-10, 1e-8, 1e-6)
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+"""Default budget (bytes) for the C×C-per-image work: the class covariance and the MC draws' roots."""
+COV_WORK = 6
+"""C×C temporaries per image while one image's class covariance is assembled (measured upper bound)."""
+ROOT_WORK = 5
+"""C×C matrices per image while its Cholesky root is made (covariance, jittered copy, root, temporaries)."""
+
+
+class MemoryBudgetError(MemoryError):
+    """A request whose C×C-per-image work cannot fit the ``max_memory`` budget (estimated before allocating)."""
+
+
+def _budget_error(what: str, n: int, c: int, needed: int, budget: int) -> MemoryBudgetError:
+    return MemoryBudgetError(
+        f"{what} for N={n} images x C={c} prompts needs about {needed / 2**30:.2f} GiB "
+        f"({needed:,} bytes) but max_memory is {budget / 2**30:.2f} GiB ({budget:,} bytes); "
+        "use fewer prompts or images, the per-class variances (pred.var, probit), or raise max_memory")
+
+
+def image_chunk(what: str, n: int, c: int, itemsize: int, fixed: int, per_image: int, budget: int) -> int:
+    """Images per chunk so that ``fixed + chunk·per_image`` C×C matrices fit ``budget`` bytes.
+
+    Raises :class:`MemoryBudgetError` (naming N, C and the bytes needed for one image) when even one
+    image does not fit; nothing is allocated here.
+    """
+    mat = c * c * itemsize
+    needed = (fixed + per_image) * mat
+    if needed > budget:
+        raise _budget_error(what, n, c, needed, budget)
+    return max(1, min(n, (budget - fixed * mat) // (per_image * mat)))
 
 
 @dataclass
@@ -45,7 +80,9 @@ class ProjectionTerms:
     Image side (``Q_n μ_c`` in ``Σ_i``): ``rho_img`` [N], ``alpha`` = ``ûᵀm̂_c`` [N, C],
     ``beta`` = ``ûᵀΣ_i m̂_c`` [N, C], ``gamma`` = ``ûᵀΣ_i û`` [N], with ``m̂_c = μ_c / sqrt(E||v_c||²)``.
     Text side (``Q_c μ_n`` in ``Σ_t``): ``h`` = ``ρ_c v̂_cᵀμ_n`` [N, C], ``e`` = ``v̂_cᵀΣ_t μ_n`` [N, C],
-    ``unit_cov`` = ``v̂_cᵀ Σ_t v̂_c'`` [C, C], ``a`` = ``μ_nᵀΣ_tμ_n`` [N], ``w_base`` = ``τ² / E||u_n||²`` [N].
+    ``v_hat`` = ``v̂_c`` [C, D], ``unit_var`` = ``v̂_cᵀ Σ_t v̂_c`` [C], ``txt_cov_out`` = ``Σ_t`` [D, D],
+    ``a`` = ``μ_nᵀΣ_tμ_n`` [N], ``w_base`` = ``τ² / E||u_n||²`` [N]. The C×C ``v̂_cᵀ Σ_t v̂_c'`` is only
+    formed by :meth:`unit_cov`, for the class covariance.
     """
 
     rho_img: torch.Tensor
@@ -54,9 +91,15 @@ class ProjectionTerms:
     gamma: torch.Tensor
     h: torch.Tensor
     e: torch.Tensor
-    unit_cov: torch.Tensor
+    v_hat: torch.Tensor
+    unit_var: torch.Tensor
+    txt_cov_out: torch.Tensor
     a: torch.Tensor
     w_base: torch.Tensor
+
+    def unit_cov(self) -> torch.Tensor:
+        """``v̂_cᵀ Σ_t v̂_c'`` [C, C] (formed on request)."""
+        return symmetrize(self.v_hat @ self.txt_cov_out @ self.v_hat.T)
 
 
 @dataclass
@@ -80,6 +123,7 @@ class CosineMoments:
     txt_cov_in: torch.Tensor  # [p_t, p_t] Ã_txt⁻¹
     trace_term: torch.Tensor  # [] tr(Σ_i Σ_t)
     projection: ProjectionTerms | None = None  # set in the "projected" mode
+    max_memory: int = DEFAULT_MAX_MEMORY  # bytes for the C×C-per-image work (cov, MC roots)
 
     @property
     def var(self) -> torch.Tensor:
@@ -100,26 +144,110 @@ class CosineMoments:
         return symmetrize(k_hat + self.trace_term * t_hat), symmetrize(t_hat)
 
     @cached_property
+    def _unit_cov(self) -> torch.Tensor:
+        """``v̂_cᵀ Σ_t v̂_c'`` [C, C] of the projected mode (shared by every image chunk)."""
+        assert self.projection is not None
+        return self.projection.unit_cov()
+
+    def _fixed_mats(self) -> int:
+        """Number of fixed C×C matrices behind every image's covariance (K_img, K_txt, and v̂Σ_tv̂ᵀ)."""
+        return 2 if self.projection is None else 3
+
+    def restrict(self, rows: slice) -> CosineMoments:
+        """The moments of images ``rows`` only; the prompt-side tensors (and cached C×C factors) are shared."""
+        pt = self.projection
+        part = replace(self, **{f: getattr(self, f)[rows] for f in _IMAGE_FIELDS},
+                       projection=None if pt is None else replace(pt, **{f: getattr(pt, f)[rows]
+                                                                        for f in _IMAGE_TERMS}))
+        for name in ("class_factors", "_unit_cov") + (("_roots",) if pt is None else ()):
+            if name in self.__dict__:
+                part.__dict__[name] = self.__dict__[name]
+        return part
+
+    def _chunks(self, step: int) -> Iterator[slice]:
+        """Image slices of ``step`` images, after forming the fixed C×C factors once (chunks share them)."""
+        n = self.mean.shape[0]
+        if step < n:
+            _ = self.class_factors if self.projection is None else (self.class_factors, self._unit_cov)
+        return (slice(start, min(n, start + step)) for start in range(0, n, step))
+
+    def cov_chunks(self, max_memory: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``(rows, cov[rows])``: each image chunk's class covariance [n, C, C], streamed.
+
+        Chunks are sized so that the fixed C×C factors and one chunk's work fit ``max_memory`` bytes
+        (default :attr:`max_memory`); :class:`MemoryBudgetError` before allocating if one image cannot.
+        """
+        n, c = self.mean.shape
+        budget = self.max_memory if max_memory is None else max_memory
+        step = image_chunk("the class covariance", n, c, self.mean.element_size(), self._fixed_mats(),
+                           COV_WORK, budget)
+        for rows in self._chunks(step):
+            yield rows, self.restrict(rows)._cov_block()
+
+    def covariance(self, max_memory: int | None = None) -> torch.Tensor:
+        """Full class covariance of each image's logits [N, C, C], assembled in image chunks.
+
+        The N·C² result counts against ``max_memory`` bytes (default :attr:`max_memory`) together with
+        the fixed factors and one chunk's work; a request over budget raises :class:`MemoryBudgetError`
+        (naming N, C and the bytes needed) before anything large is allocated.
+        """
+        n, c = self.mean.shape
+        budget = self.max_memory if max_memory is None else max_memory
+        step = image_chunk("the class covariance", n, c, self.mean.element_size(), self._fixed_mats() + n,
+                           COV_WORK, budget)
+        if step >= n:
+            return self._cov_block()
+        out = self.mean.new_empty(n, c, c)
+        for rows in self._chunks(step):
+            out[rows] = self.restrict(rows)._cov_block()
+        return out
+
+    @cached_property
     def cov(self) -> torch.Tensor:
-        """Full class covariance of each image's logits [N, C, C]."""
+        """Full class covariance of each image's logits [N, C, C] (:meth:`covariance` within :attr:`max_memory`)."""
+        return self.covariance()
+
+    def draw_chunks(self, max_memory: int | None = None) -> list[slice]:
+        """Image chunks whose Monte Carlo roots fit ``max_memory`` bytes (one chunk in structured modes).
+
+        Projected mode: each image needs its own C×C Cholesky root; structured modes: two fixed C×C roots
+        (and their eigendecomposition). :class:`MemoryBudgetError` if one image does not fit.
+        """
+        n, c = self.mean.shape
+        budget = self.max_memory if max_memory is None else max_memory
+        size = self.mean.element_size()
+        if self.projection is None:
+            image_chunk("Monte Carlo draws", n, c, size, 2 * self._fixed_mats(), 1, budget)
+            return [slice(0, n)]
+        return list(self._chunks(image_chunk("Monte Carlo draws", n, c, size, self._fixed_mats(), ROOT_WORK,
+                                             budget)))
+
+    def _cov_block(self) -> torch.Tensor:
+        """Class covariance of every image of these moments [N, C, C] (no budget check: callers chunk)."""
         k_img, k_txt = self.class_factors
         if self.projection is None:
             return self.w_img[:, None, None] * k_img + self.w_txt[:, None, None] * k_txt
         pt = self.projection
-        al, be = pt.alpha, pt.beta
-        rho = pt.rho_img[:, None, None]
-        image = k_img[None] - rho * (al[:, :, None] * be[:, None, :] + be[:, :, None] * al[:, None, :]) \
-            + (rho.square() * pt.gamma[:, None, None]) * al[:, :, None] * al[:, None, :]
+        # ρ(αβᵀ + βαᵀ) − ρ²γ ααᵀ = ρ(αb'ᵀ + b'αᵀ) with b' = β − ργ/2 α: two rank-one terms, not three
+        al = pt.alpha * pt.rho_img[:, None]
+        bp = pt.beta - (0.5 * pt.rho_img * pt.gamma)[:, None] * pt.alpha
+        image = k_img[None] - (al[:, :, None] * bp[:, None, :] + bp[:, :, None] * al[:, None, :])
         eh = pt.e * pt.h
         text = k_txt[None] * (pt.a[:, None, None] - eh[:, :, None] - eh[:, None, :]
-                              + pt.h[:, :, None] * pt.h[:, None, :] * pt.unit_cov[None])
+                              + pt.h[:, :, None] * pt.h[:, None, :] * self._unit_cov[None])
         return self.w_img[:, None, None] * image + pt.w_base[:, None, None] * text
 
     @cached_property
     def _roots(self) -> tuple[torch.Tensor, ...]:
+        """The draws' roots: two fixed [C, C] (structured modes) or one [N, C, C] per image (projected)."""
+        chunks = self.draw_chunks()
+        if len(chunks) > 1:
+            n, c = self.mean.shape
+            need = (self._fixed_mats() + ROOT_WORK * n) * c * c * self.mean.element_size()
+            raise _budget_error("Monte Carlo draws of all images at once", n, c, need, self.max_memory)
         if self.projection is None:
             return tuple(psd_root(k) for k in self.class_factors)
-        return (_cholesky_root(self.cov),)
+        return (_cholesky_root(self._cov_block()),)
 
     def class_noise(self, num_samples: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         """Standard normal draws for :meth:`draws`, depending only on the prompts (common random numbers).
@@ -155,6 +283,10 @@ class CosineMoments:
         return self.draws(self.class_noise(num_samples, generator))
 
 
+_IMAGE_FIELDS = ("mean", "var_image", "var_text", "var_interaction", "w_img", "w_txt")
+_IMAGE_TERMS = ("rho_img", "alpha", "beta", "gamma", "h", "e", "a", "w_base")
+
+
 def _cholesky_root(cov: torch.Tensor) -> torch.Tensor:
     """Lower Cholesky factors [N, C, C] of PSD covariances, with the smallest jitter that succeeds.
 
@@ -167,6 +299,49 @@ def _cholesky_root(cov: torch.Tensor) -> torch.Tensor:
         if not bool(info.any()):
             return root
     raise torch.linalg.LinAlgError("class covariance is not positive semi-definite (even with jitter)")
+
+
+@dataclass
+class PromptTerms:
+    """The prompt side of the moments for one label set and posterior: O(C (D + p_t) + D² + p_t²) memory.
+
+    Depends only on the prompts, so a fixed label set (zero-shot classification) computes it once
+    (:func:`prompt_terms`) and reuses it for every batch of images (:func:`image_moments`). Holds the
+    posterior matrices of the variance mode (diagonalised in the ``"diagonal"`` mode).
+    """
+
+    mode: str  # canonical variance mode
+    txt_mean: torch.Tensor  # [C, D] μ_c
+    txt_act: torch.Tensor  # [C, p_t] g̃_c
+    txt_sq: torch.Tensor  # [C] E||v_c||²
+    k_c: torch.Tensor  # [C] m̂_cᵀ Σ_i m̂_c
+    t_hat: torch.Tensor  # [C] t_c / E||v_c||²
+    unit_var: torch.Tensor  # [C] v̂_cᵀ Σ_t v̂_c
+    img_cov_out: torch.Tensor  # [D, D] Σ_i
+    txt_cov_out: torch.Tensor  # [D, D] Σ_t
+    txt_cov_in: torch.Tensor  # [p_t, p_t] Ã_txt⁻¹
+    trace_term: torch.Tensor  # [] tr(Σ_i Σ_t)
+
+
+def prompt_terms(txt_mean: torch.Tensor, txt_act: torch.Tensor, img_cov_out: torch.Tensor,
+                 txt_cov_out: torch.Tensor, txt_cov_in: torch.Tensor, *, variance: str = "projected") -> PromptTerms:
+    """:class:`PromptTerms` of C prompts (arguments as in :func:`cosine_moments`): O(C (D² + p_t²)) time."""
+    mode = variance_mode(check_option("variance", variance))
+    if mode == "diagonal":
+        img_cov_out, txt_cov_out = torch.diag(img_cov_out.diagonal()), torch.diag(txt_cov_out.diagonal())
+    t_diag = ((txt_act @ txt_cov_in) * txt_act).sum(-1)  # t_c [C]
+    norm2 = txt_mean.square().sum(-1)
+    txt_sq = norm2 + t_diag * txt_cov_out.diagonal().sum()  # E||v||² [C]
+    m_hat = txt_mean * txt_sq.rsqrt()[:, None]
+    v_hat = txt_mean * norm2.clamp_min(torch.finfo(txt_mean.dtype).tiny).rsqrt()[:, None]
+    return PromptTerms(
+        mode=mode, txt_mean=txt_mean, txt_act=txt_act, txt_sq=txt_sq,
+        k_c=((m_hat @ img_cov_out) * m_hat).sum(-1),
+        t_hat=t_diag / txt_sq,
+        unit_var=((v_hat @ txt_cov_out) * v_hat).sum(-1) if mode == "projected" else t_diag.new_zeros(0),
+        img_cov_out=img_cov_out, txt_cov_out=txt_cov_out, txt_cov_in=txt_cov_in,
+        trace_term=(img_cov_out * txt_cov_out).sum(),  # tr(Σ_i Σ_t), both symmetric
+    )
 
 
 def cosine_moments(
@@ -197,72 +372,73 @@ def cosine_moments(
         variance: ``"projected"`` (default), ``"expected_norm"`` (``"exact"``) or ``"diagonal"``; see the
             module doc.
     """
-    mode = variance_mode(check_option("variance", variance))
-    if mode == "diagonal":
-        img_cov_out, txt_cov_out = torch.diag(img_cov_out.diagonal()), torch.diag(txt_cov_out.diagonal())
-    t_diag = ((txt_act @ txt_cov_in) * txt_act).sum(-1)  # t_c [C]
-    img_sq = img_mean.square().sum(-1) + img_scale * img_cov_out.diagonal().sum()  # E||u||² [N]
-    txt_sq = txt_mean.square().sum(-1) + t_diag * txt_cov_out.diagonal().sum()  # E||v||² [C]
-    inv_u, inv_v = img_sq.rsqrt(), txt_sq.rsqrt()
-    tau2 = logit_scale**2
+    terms = prompt_terms(txt_mean, txt_act, img_cov_out, txt_cov_out, txt_cov_in, variance=variance)
+    return image_moments(img_mean, img_scale, terms, logit_scale, logit_bias)
 
-    mean = logit_scale * (img_mean @ txt_mean.T) * inv_u[:, None] * inv_v[None, :] + logit_bias
-    m_hat = txt_mean * inv_v[:, None]  # [C, D]
-    k_c = ((m_hat @ img_cov_out) * m_hat).sum(-1)  # m̂_cᵀ Σ_i m̂_c [C]
-    sig_t_mu = img_mean @ txt_cov_out  # Σ_t μ_n [N, D]
+
+def image_moments(img_mean: torch.Tensor, img_scale: torch.Tensor, terms: PromptTerms, logit_scale: float,
+                  logit_bias: float = 0.0) -> CosineMoments:
+    """:func:`cosine_moments` of N images [N, D] (scales ``s_n`` [N]) against precomputed prompt terms.
+
+    One [N, D] × [D, C] product in the structured modes, one [3N, D] × [D, C] in the projected mode
+    (``μ_nᵀμ_c``, ``(Σ_i û_n)ᵀμ_c`` and ``(Σ_t μ_n)ᵀμ_c`` share the prompts' matrix), then O(N C)
+    elementwise work: O(N C + N D) memory on top of the prompt terms.
+    """
+    tp = terms
+    sig_t_mu = img_mean @ tp.txt_cov_out  # Σ_t μ_n [N, D]
     a_n = (sig_t_mu * img_mean).sum(-1)  # μ_nᵀ Σ_t μ_n [N]
-    kappa = (img_cov_out * txt_cov_out).sum()  # tr(Σ_i Σ_t), both symmetric
-    t_hat = t_diag * inv_v.square()  # [C]
-    w_base = tau2 * inv_u.square()  # τ² / E||u_n||² [N]
+    img_sq = img_mean.square().sum(-1) + img_scale * tp.img_cov_out.diagonal().sum()  # E||u||² [N]
+    inv_u, inv_v = img_sq.rsqrt(), tp.txt_sq.rsqrt()
+    w_base = logit_scale**2 * inv_u.square()  # τ² / E||u_n||² [N]
     w_img = w_base * img_scale  # [N]
     w_txt = w_base * a_n  # [N]
+    m_hat = tp.txt_mean * inv_v[:, None]  # [C, D]
     projection = None
-    if mode == "projected":
-        projection = _projection_terms(img_mean, img_sq, txt_mean, txt_sq, m_hat, img_cov_out, sig_t_mu,
-                                       txt_cov_out, a_n, w_base)
-        pt = projection
-        var_image = w_img[:, None] * (k_c[None, :] - 2 * pt.rho_img[:, None] * pt.alpha * pt.beta
+    if tp.mode == "projected":
+        n = img_mean.shape[0]
+        tiny = torch.finfo(img_mean.dtype).tiny
+        u_norm2 = img_mean.square().sum(-1)
+        inv_un = u_norm2.clamp_min(tiny).rsqrt()  # 1 / ||μ_n||
+        v_norm2 = tp.txt_mean.square().sum(-1)
+        inv_vn = v_norm2.clamp_min(tiny).rsqrt()  # 1 / ||μ_c||
+        u_hat = img_mean * inv_un[:, None]
+        sig_i_u = u_hat @ tp.img_cov_out  # (Σ_i û_n)ᵀ [N, D]
+        gram = torch.cat([img_mean, sig_i_u, sig_t_mu]) @ tp.txt_mean.T  # [3N, C]
+        inner, sig_i_inner, sig_t_inner = gram[:n], gram[n:2 * n], gram[2 * n:]
+        mean = logit_scale * inner * inv_u[:, None] * inv_v[None, :] + logit_bias
+        pt = ProjectionTerms(
+            rho_img=u_norm2 / img_sq,
+            alpha=inner * inv_un[:, None] * inv_v[None, :],  # ûᵀ m̂_c
+            beta=sig_i_inner * inv_v[None, :],  # ûᵀ Σ_i m̂_c
+            gamma=(sig_i_u * u_hat).sum(-1),
+            h=inner * (v_norm2 / tp.txt_sq * inv_vn)[None, :],  # ρ_c v̂_cᵀ μ_n
+            e=sig_t_inner * inv_vn[None, :],  # v̂_cᵀ Σ_t μ_n
+            v_hat=tp.txt_mean * inv_vn[:, None],
+            unit_var=tp.unit_var,
+            txt_cov_out=tp.txt_cov_out,
+            a=a_n,
+            w_base=w_base,
+        )
+        projection = pt
+        var_image = w_img[:, None] * (tp.k_c[None, :] - 2 * pt.rho_img[:, None] * pt.alpha * pt.beta
                                       + (pt.rho_img.square() * pt.gamma)[:, None] * pt.alpha.square())
-        var_text = w_base[:, None] * t_hat[None, :] * (
-            a_n[:, None] - 2 * pt.h * pt.e + pt.h.square() * pt.unit_cov.diagonal()[None, :])
+        var_text = w_base[:, None] * tp.t_hat[None, :] * (
+            a_n[:, None] - 2 * pt.h * pt.e + pt.h.square() * pt.unit_var[None, :])
     else:
-        var_image = w_img[:, None] * k_c[None, :]
-        var_text = w_txt[:, None] * t_hat[None, :]
+        mean = logit_scale * (img_mean @ tp.txt_mean.T) * inv_u[:, None] * inv_v[None, :] + logit_bias
+        var_image = w_img[:, None] * tp.k_c[None, :]
+        var_text = w_txt[:, None] * tp.t_hat[None, :]
     return CosineMoments(
         mean=mean,
         var_image=var_image,
         var_text=var_text,
-        var_interaction=kappa * w_img[:, None] * t_hat[None, :],
+        var_interaction=tp.trace_term * w_img[:, None] * tp.t_hat[None, :],
         w_img=w_img,
         w_txt=w_txt,
         txt_mean_scaled=m_hat,
-        txt_act_scaled=txt_act * inv_v[:, None],
-        img_cov_out=img_cov_out,
-        txt_cov_in=txt_cov_in,
-        trace_term=kappa,
+        txt_act_scaled=tp.txt_act * inv_v[:, None],
+        img_cov_out=tp.img_cov_out,
+        txt_cov_in=tp.txt_cov_in,
+        trace_term=tp.trace_term,
         projection=projection,
-    )
-
-
-def _projection_terms(img_mean: torch.Tensor, img_sq: torch.Tensor, txt_mean: torch.Tensor, txt_sq: torch.Tensor,
-                      m_hat: torch.Tensor, img_cov_out: torch.Tensor, sig_t_mu: torch.Tensor,
-                      txt_cov_out: torch.Tensor, a_n: torch.Tensor, w_base: torch.Tensor) -> ProjectionTerms:
-    """The vectors of the projected variance: O(N D² + C D² + N C D + C² D)."""
-    tiny = torch.finfo(img_mean.dtype).tiny
-    u_norm2 = img_mean.square().sum(-1)
-    v_norm2 = txt_mean.square().sum(-1)
-    u_hat = img_mean * u_norm2.clamp_min(tiny).rsqrt()[:, None]  # [N, D]
-    v_hat = txt_mean * v_norm2.clamp_min(tiny).rsqrt()[:, None]  # [C, D]
-    sig_i_u = u_hat @ img_cov_out  # (Σ_i û_n)ᵀ [N, D]
-    rho_txt = v_norm2 / txt_sq  # [C]
-    return ProjectionTerms(
-        rho_img=u_norm2 / img_sq,
-        alpha=u_hat @ m_hat.T,
-        beta=sig_i_u @ m_hat.T,
-        gamma=(sig_i_u * u_hat).sum(-1),
-        h=rho_txt[None, :] * (img_mean @ v_hat.T),
-        e=sig_t_mu @ v_hat.T,
-        unit_cov=symmetrize(v_hat @ txt_cov_out @ v_hat.T),
-        a=a_n,
-        w_base=w_base,
     )

@@ -6,6 +6,9 @@ On CUDA: N = 32, 1024, 4096 images x C = 1000 prompts; on the CPU it falls back 
 Reported (medians, seconds): encoders vs head time, cold (empty prompt cache) and warm (cached prompts);
 the posterior algebra on the CPU vs on the device (float64 both); CUDA (float16 autocast) vs CPU (float32)
 agreement of the logit mean and variance; IG (32 steps) and token attribution time; fit throughput.
+Scale cases (docs/scale.md; random text features at the real dims): the head on the device at N = 32 x
+C = 21,843 beside the plain zero-shot head (prompt terms precomputed once), and the chunked ``.cov`` and MC
+predictive at N = 256 x C = 1000 (CPU fallback: N = 8 x C = 2000 and N = 16 x C = 200).
 
     python benchmarks/bench_gpu.py [--json benchmarks/bench_gpu.json] [--threads 2]
 """
@@ -86,6 +89,39 @@ def _bayes(vlm: bx.BayesVLM, x: torch.Tensor, prompts: list[str], algebra: torch
     return out
 
 
+def _scale(vlm: bx.BayesVLM, device: torch.device, cuda: bool) -> dict[str, Any]:
+    """The scale cases of bench_scale.py with the posterior algebra on ``device`` (float64)."""
+    from bayesvlm_explain.adapters import Features
+    from bayesvlm_explain.predictive import Prediction, probit_probs
+
+    (n, c), (n_cov, c_cov) = ((32, 21_843), (256, 1000)) if cuda else ((8, 2000), (16, 200))
+    gen = torch.Generator().manual_seed(0)
+    img = vlm.encode_images(torch.randn(max(n, n_cov), 3, 224, 224, generator=gen))
+    p_t, d = vlm.encode_prompts(["a photo"]).activations.shape[1], img.embeddings.shape[1]
+    txt = Features(torch.randn(c, p_t, generator=gen, dtype=torch.float64),
+                   torch.randn(c, d, generator=gen, dtype=torch.float64))
+    head = vlm.head("projected", device)
+    terms = head.prompt_terms(txt)
+    part = Features(img.activations[:n], img.embeddings[:n])
+    unit = F.normalize(txt.embeddings.to(device, torch.float32), dim=-1)
+    emb = part.embeddings.to(device, torch.float32)
+    t_plain, _ = _timed(lambda: torch.softmax(100.0 * F.normalize(emb, dim=-1) @ unit.T, -1), device)
+
+    def bayes() -> torch.Tensor:
+        mom = head.image_moments(part, terms)
+        return probit_probs(mom.mean, mom.var)
+
+    t_head, _ = _timed(bayes, device)
+    small = Features(torch.randn(c_cov, p_t, generator=gen, dtype=torch.float64),
+                     torch.randn(c_cov, d, generator=gen, dtype=torch.float64))
+    mom = head(Features(img.activations[:n_cov], img.embeddings[:n_cov]), small)
+    pred = Prediction(mom, mom.mean, [""] * c_cov)
+    t_cov, _ = _timed(lambda: pred.moments.covariance(), device, 1)
+    t_mc, _ = _timed(lambda: pred.predictive("mc", 200), device, 1)
+    return {"head_N_C": [n, c], "plain_head_s": t_plain, "bayes_head_s": t_head, "ratio": t_head / t_plain,
+            "cov_N_C": [n_cov, c_cov], "cov_s": t_cov, "mc200_s": t_mc, "mc_image_chunks": len(mom.draw_chunks())}
+
+
 def _agreement(model: torch.nn.Module, tok: Any, pre: Any, post: bx.Posterior, x: torch.Tensor,
                prompts: list[str], device: torch.device) -> dict[str, float]:
     """Relative max difference of mean and variance between the device run and a CPU float32 run."""
@@ -126,6 +162,8 @@ def main() -> None:
         print(json.dumps(row))
     results["agreement"] = _agreement(vlm.model, tok, pre, vlm.posterior, torch.randn(4, 3, 224, 224),
                                       prompts[:50], device)
+    results["scale"] = _scale(vlm, device, cuda)
+    print(json.dumps(results["scale"]))
     x1 = torch.randn(1, 3, 224, 224)
     results["ig32_s"], _ = _timed(lambda: bx.UncertaintyAttribution(vlm, "epistemic", num_samples=200).attribute(
         x1, prompts[:10], n_steps=32), device, 1)

@@ -105,8 +105,7 @@ def decompose_uncertainty(
     check_option("rank_by", rank_by, RANK_BY)
     s = num_samples or pred.num_samples
     seed = pred.seed if seed is None else seed
-    gen = None if seed is None else torch.Generator().manual_seed(seed)
-    samples = pred.sample(s, gen).detach()  # [S, N, C]
+    samples = pred.mc_draws(s, seed)  # [S, N, C], the prediction's cached draws (made once)
     total, aleatoric, epistemic = entropy_terms(samples, pred.link)
     var_i, var_t, var_x = (v.detach() for v in (pred.var_image, pred.var_text, pred.var_interaction))
     share_i, share_t, share_x = variance_shares(var_i, var_t, var_x)

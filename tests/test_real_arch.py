@@ -1,0 +1,123 @@
+"""The real ViT-B-32 architecture (random weights, real dimensions) with the built-in B/32 posterior.
+
+The model is built once per session, saved as a local safetensors checkpoint and loaded back the way a
+user loads their own weights (``--pretrained /path/to/file.safetensors``, open_clip's convention for a
+local file). Predict, Monte Carlo, integrated gradients, token attribution, a small fit, the studio and
+``export-space`` then run on it; each checks something against an independent computation.
+"""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import bayesvlm_explain as bx
+from bayesvlm_explain.explain.attribution import UncertaintyAttribution
+from bayesvlm_explain.explain.tokens import TokenAttribution
+from bayesvlm_explain.pretrained.registry import known_posterior_dir
+
+MODEL, TAG = "ViT-B-32", "laion2b_s34b_b79k"
+PROMPTS = ["a photo of a cat", "a photo of a dog", "a diagram", "a red truck", "an oil painting of a ship"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = open_clip.create_model(MODEL, pretrained=None)
+    path = tmp_path_factory.mktemp("b32") / "vit_b32_random.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def b32(checkpoint) -> bx.BayesVLM:
+    with pytest.warns(UserWarning, match="posterior was fitted for 'ViT-B-32/laion2b_s34b_b79k'"):
+        return bx.BayesVLM.from_pretrained(MODEL, pretrained=checkpoint, posterior=known_posterior_dir(MODEL, TAG),
+                                           device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(b32) -> torch.Tensor:
+    return torch.randn(2, 3, *b32.image_size, generator=torch.Generator().manual_seed(1))
+
+
+def test_local_checkpoint_is_the_model_loaded(b32, checkpoint):
+    saved = load_file(checkpoint)
+    state = b32.model.state_dict()
+    assert b32.projection_dims("image") == (768, 512) and b32.projection_dims("text") == (512, 512)
+    for key in ("visual.proj", "text_projection", "visual.conv1.weight", "logit_scale"):
+        torch.testing.assert_close(state[key], saved[key], rtol=0, atol=0)
+
+
+def test_predict_and_mc_against_gaussian_draws(b32, images):
+    pred = b32.predict(images, PROMPTS, predictive="mc", num_samples=4000)
+    assert pred.mean.shape == (2, 5) and (pred.var > 0).all()
+    torch.testing.assert_close(torch.diagonal(pred.cov, dim1=1, dim2=2), pred.var, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(2, dtype=torch.float64))
+    # MC predictive vs an independent sampler of N(mean, cov) (torch.distributions)
+    mvn = torch.distributions.MultivariateNormal(pred.mean, covariance_matrix=pred.cov + 1e-10 * torch.eye(5))
+    torch.manual_seed(5)
+    ref = torch.softmax(mvn.sample((20_000,)), -1).mean(0)
+    assert (pred.probs - ref).abs().max() < 0.02
+    # the per-class head on precomputed prompt terms gives the same moments
+    head = b32.head()
+    terms = head.prompt_terms(b32.encode_prompts(PROMPTS))
+    mom = head.image_moments(b32.encode_images(images), terms)
+    torch.testing.assert_close(mom.var, pred.var, rtol=1e-12, atol=0)
+
+
+def test_integrated_gradients_target_is_the_predicted_variance(b32, images):
+    pred = b32.predict(images[:1], PROMPTS)
+    res = UncertaintyAttribution(b32, "image_variance").attribute(images[:1], PROMPTS, prompt_index=2, n_steps=4)
+    assert res.attributions.shape == (1, 3, 224, 224) and res.patch_size == (32, 32)
+    torch.testing.assert_close(res.target_values, pred.var_image[:, 2], rtol=1e-5, atol=0)
+    gap = res.attributions.double().sum() - (res.target_values - res.baseline_values)
+    torch.testing.assert_close(res.delta.double(), gap, rtol=1e-3, atol=1e-9)
+    assert res.patches().shape == (1, 7, 7)
+
+
+def test_token_attribution_on_the_real_text_tower(b32, images):
+    pred = b32.predict(images[:1], PROMPTS)
+    res = TokenAttribution(b32, "text_variance").attribute(images[:1], PROMPTS[4], n_steps=4)
+    assert res.tokens[0] == "<start_of_text>" and len(res.scores) == len(res.tokens)
+    assert all(float(s) == 0.0 for s, sp in zip(res.scores, res.special, strict=True) if sp)
+    value = torch.tensor(res.target_value, dtype=torch.float64)
+    torch.testing.assert_close(value, pred.var_text[0, 4], rtol=1e-5, atol=0)
+
+
+@pytest.mark.slow
+def test_fit_on_synthetic_pairs_matches_direct_activation_factor(b32):
+    gen = torch.Generator().manual_seed(3)
+    pics = [Image.fromarray((torch.rand(48, 48, 3, generator=gen) * 255).byte().numpy()) for _ in range(64)]
+    pairs = [(im, f"a synthetic picture number {i}") for i, im in enumerate(pics)]
+    vlm = bx.BayesVLM(b32.model, b32.tokenizer, b32.preprocess, None, device="cpu", name=b32.name)
+    report = vlm.fit(pairs, num_candidates=32, batch_size=32, shard_size=32, progress=False)
+    post = vlm.posterior
+    assert (post.image.dim_in, post.image.dim_out, post.text.dim_in) == (768, 512, 512)
+    # A_img = Σ f̃ f̃ᵀ / √N over the pairs (method.md §2.2), from an independent encoding
+    act = vlm.adapter.image.augment(vlm.encode_images(pics).activations)
+    torch.testing.assert_close(post.image.A, act.T @ act / 64**0.5, rtol=1e-4, atol=1e-6 * post.image.A.abs().max())
+    assert torch.linalg.eigvalsh(post.image.B).min() > -1e-9 * post.image.B.abs().max()
+    assert report is not None and post.image.prior_precision > 0
+
+
+@pytest.mark.slow
+def test_studio_and_export_space_on_b32(b32, checkpoint, tmp_path):
+    from bayesvlm_explain.cli import _load, build_parser
+    from bayesvlm_explain.space import export_space
+    from bayesvlm_explain.ui import build_app
+
+    args = build_parser().parse_args(["studio", "--model", MODEL, "--pretrained", checkpoint,
+                                      "--posterior", str(known_posterior_dir(MODEL, TAG)), "--device", "cpu"])
+    with pytest.warns(UserWarning, match="posterior was fitted for"):
+        vlm = _load(args)  # what `bayesvlm-explain studio --model ViT-B-32 --pretrained FILE --posterior DIR` loads
+    torch.testing.assert_close(vlm.model.text_projection, b32.model.text_projection, rtol=0, atol=0)
+    app = build_app(vlm)
+    assert app.__class__.__name__ == "StudioBlocks"
+    out = export_space(tmp_path / "space", model=MODEL, pretrained=TAG)
+    for name in ("README.md", "app.py", "requirements.txt", "bayesvlm_explain/__init__.py", ".gitattributes"):
+        assert (out / name).is_file(), name
+    assert f"{MODEL}" in (out / "app.py").read_text()
