@@ -134,10 +134,11 @@ class OutputFactorStream:
     at most a factor ≈ 1/(1 − cos²) of the dominant candidates, ≤ 2 in the saturated regime).
 
     Running float64 sums over sources (weights 1/r_i²): ω [C] (``T1 = Ŷᵀ diag(ω) Ŷ`` once, in
-    :meth:`result`), ``T_k = Σ ŷ_k a_iᵀ`` (``a_i = Σ_{c≠k} p_c ŷ_c``), ``T_kk = Σ s_i ŷ_k ŷ_kᵀ``
-    (``s_i = Σ_{c≠k} p_c = 1 − p_k`` without cancellation), ``T2 = Σ x̂ (N x̂)ᵀ``, ``T3 = Σ (x̂ᵀN x̂) x̂ x̂ᵀ``,
-    ``T4 = Σ (P u)(P u)ᵀ``; ``Σ H = τ² (T1 − T_k − T_kᵀ + T_kk − T2 − T2ᵀ + T3 − T4)``. The sigmoid
-    uses the same sums with the origin as pivot (``e_c = ŷ_c``, no T_k, T_kk, T4).
+    :meth:`result`) and one D×D matrix ``R`` whose symmetric part is
+    ``− Σ (ŷ_k a_iᵀ + a_i ŷ_kᵀ) + Σ s_i ŷ_k ŷ_kᵀ − Σ (x̂ (N x̂)ᵀ + (N x̂) x̂ᵀ) + Σ (x̂ᵀN x̂) x̂ x̂ᵀ − Σ (P u)(P u)ᵀ``
+    with ``a_i = Σ_{c≠k} p_c ŷ_c`` and ``s_i = Σ_{c≠k} p_c = 1 − p_k`` (no cancellation), accumulated
+    as one stacked GEMM ``Σ L_iᵀ M_i`` per chunk; ``Σ H = τ² sym(T1 + R)``. The sigmoid uses the same
+    sums with the origin as pivot (``e_c = ŷ_c``: no ŷ_k terms, no ``(P u)(P u)ᵀ``).
 
     Cost per chunk of b sources: O(bCD) (three GEMMs) + O(bD²); once: O(CD²).
     Memory: O(chunk·C + CD + D²); never a [B, C, D] tensor nor a per-sample D×D matrix.
@@ -181,11 +182,7 @@ class OutputFactorStream:
         self.bias = _bias_tensor(logit_bias, C, self.device, self.dtype)
         f64 = dict(device=self.device, dtype=torch.float64)
         self.omega = torch.zeros(C, **f64)  # ω = Σ_i π'_i / r_i²  (π' = off-pivot weights)
-        self.tk = torch.zeros(D, D, **f64)  # Σ_i ŷ_{k_i} a_iᵀ / r_i²          (InfoNCE only)
-        self.tkk = torch.zeros(D, D, **f64)  # Σ_i (s_i / r_i²) ŷ_{k_i} ŷ_{k_i}ᵀ  (InfoNCE only)
-        self.t2 = torch.zeros(D, D, **f64)  # Σ_i x̂_i (N_i x̂_i)ᵀ / r_i²
-        self.t3 = torch.zeros(D, D, **f64)  # Σ_i (q_i / r_i²) x̂_i x̂_iᵀ,  q_i = x̂_iᵀ N_i x̂_i
-        self.t4 = torch.zeros(D, D, **f64)  # Σ_i g_i g_iᵀ,  g_i = P_i u_i / r_i  (InfoNCE only)
+        self.rest = torch.zeros(D, D, **f64)  # R: every source-side term, symmetrised in result()
         self.num_sources = 0
 
     def add(self, sources: torch.Tensor) -> None:
@@ -225,17 +222,17 @@ class OutputFactorStream:
         t = pd.sum(1, dtype=torch.float64)  # t_i = Σ_c π'_ic δ_ic = x̂_iᵀ u_i
         q = pd.mul_(delta).sum(1, dtype=torch.float64)  # q_i = Σ_c π'_ic δ_ic² = x̂_iᵀ N_i x̂_i
         del pd, delta, cos
+        # sym(x̂ (q x̂ − 2 N x̂)ᵀ) / r² = (x̂ᵀN x̂) x̂ x̂ᵀ − x̂ (N x̂)ᵀ − (N x̂) x̂ᵀ, all over r²
+        left, right = [xhat64], [(q[:, None] * xhat64).sub_(nx, alpha=2.0).mul_(inv_r2[:, None])]
         if infonce:
             yk = self.yhat64[k]  # ŷ_{k_i}  [b, D]
             a = (pi @ self.yhat).to(torch.float64)  # a_i = Σ_{c≠k} p_c ŷ_c
             s = pi.sum(1, dtype=torch.float64)  # s_i = Σ_{c≠k} p_c = 1 − p_k
-            nx -= t[:, None] * yk  # N_i x̂_i = Σ_c π'_c δ_c e_c
-            self.tk += yk.T @ (a * inv_r2[:, None])
-            self.tkk += (yk * (s * inv_r2)[:, None]).T @ yk
+            right[0].add_(yk * (2.0 * t * inv_r2)[:, None])  # N_i x̂_i = Σ_c π'_c δ_c e_c = nx − t ŷ_k
             g = (a - s[:, None] * yk - t[:, None] * xhat64) * r64.reciprocal()[:, None]  # P_i u_i / r_i
-            self.t4 += g.T @ g
-        self.t2 += xhat64.T @ (nx * inv_r2[:, None])
-        self.t3 += (xhat64 * (q * inv_r2)[:, None]).T @ xhat64
+            left += [yk, g]  # sym(ŷ_k (s ŷ_k − 2a)ᵀ) / r² − g gᵀ
+            right += [(s[:, None] * yk).sub_(a, alpha=2.0).mul_(inv_r2[:, None]), -g]
+        self.rest += torch.cat(left).T @ torch.cat(right)  # one [D, 3b] × [3b, D] GEMM (b for sigmoid)
 
     @torch.no_grad()
     def result(self) -> torch.Tensor:
@@ -247,10 +244,7 @@ class OutputFactorStream:
             y = self.yhat[start : start + _T1_BLOCK]
             w = self.omega[start : start + _T1_BLOCK].to(self.dtype)
             t1 += ((y * w[:, None]).T @ y).to(torch.float64)
-        h = t1 - self.t2 - self.t2.T + self.t3
-        if self.likelihood == "infonce":
-            h = h - self.tk - self.tk.T + self.tkk - self.t4
-        return _symmetrize(h * self.tau**2)
+        return _symmetrize((t1 + self.rest) * self.tau**2)
 
 
 def output_factor(
