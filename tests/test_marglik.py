@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath  # installed with torch (torch → sympy → mpmath)
 import pytest
 import torch
 
@@ -162,7 +163,6 @@ def test_optimum_is_accurate_to_high_precision_with_a_saturated_B(mode):
     fp64 ``eigvalsh`` gets those only to ≈ 1e-16·‖B‖ absolute, which moves each log(√n β + √λ) by
     ≤ √n·1e-16‖B‖/√λ: λ* agrees with the λ* of the exact spectrum, and both with a 50-digit mpmath root
     of dF/dlogλ, to ≤ 1e-10 relative. A float32-stored factor (upcast inside) stays within 1e-6."""
-    mpmath = pytest.importorskip("mpmath")
     eig_a = torch.logspace(math.log10(40), math.log10(7e4), 64, dtype=F64)
     eig_b = torch.logspace(-18, 2, 48, dtype=F64)
     S = realistic_theta_sq_norm(eig_a, eig_b)
