@@ -151,7 +151,7 @@ class OutputFactorStream:
         chunk_size: source rows per chunk in :meth:`add`.
         compute_dtype: dtype of the [b, C] arrays (logits, probabilities) and of the GEMMs that reduce
             over C; default float64 whatever the input dtype (exact to float64 round-off).
-            ``torch.float32`` is ≈ 1.5–2× faster but carries τ·(float32 round-off) into the logits
+            ``torch.float32`` is ≈ 1.5× faster but carries τ·(float32 round-off) into the logits
             (measured errors in ``docs/numerics.md``). Every sum over sources and every D×D term is
             float64 in both cases.
     """
