@@ -68,11 +68,13 @@ def _check_likelihood(likelihood: str) -> None:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
 
-def _compute_dtype(t: torch.Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
-    """float64 inputs are processed in float64, everything else (fp32/fp16/bf16) in float32."""
-    if compute_dtype is not None:
-        return compute_dtype
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+def _compute_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of the O(bCD) work: float64 unless float32 is asked for (see ``docs/numerics.md``)."""
+    if compute_dtype is None:
+        return torch.float64
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+    return compute_dtype
 
 
 def _as_float(x: float | torch.Tensor) -> float:
@@ -117,14 +119,29 @@ def _check_pair(sources: torch.Tensor, candidates: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# fast output factor (method.md §7.2)
+# fast output factor (method.md §7.2, in a cancellation-free form)
 
 
 class OutputFactorStream:
     """Σ_i H_i over many source chunks that share one candidate set (method.md §7.2, amortised).
 
-    Holds float64 running sums ω [C], T2, T3, T4 [D, D]; ``T1 = Ŷᵀ diag(ω) Ŷ`` is formed once in
-    :meth:`result`. Cost per chunk of b sources: O(bCD) (two GEMMs) + O(bD²); once: O(CD²).
+    Cancellation-free form (``docs/numerics.md``). For InfoNCE, ``Λ 1 = 0`` lets every row of
+    ``J = (τ/r) Ŷ P`` be measured from the row of the most probable candidate k (the pivot):
+    ``e_c = ŷ_c − ŷ_k``, ``H = (τ²/r²) P (N − u uᵀ) P`` with ``N = Σ_{c≠k} p_c e_c e_cᵀ`` and
+    ``u = Σ_{c≠k} p_c e_c``. Only the off-pivot probabilities enter (``p_k`` never does), ``uuᵀ ⪯ (1 − p_k) N``,
+    so when the softmax saturates (``1 − p_k → 0``) every term shrinks with the result instead of two
+    O(1) terms cancelling to it (the old ``T1 − T4``). For the sigmoid, Λ = diag(w) is already a sum of
+    PSD terms with positive weights. In both cases the projection P is expanded as in §7.2 (it cancels
+    at most a factor ≈ 1/(1 − cos²) of the dominant candidates, ≤ 2 in the saturated regime).
+
+    Running float64 sums over sources (weights 1/r_i²): ω [C] (``T1 = Ŷᵀ diag(ω) Ŷ`` once, in
+    :meth:`result`) and one D×D matrix ``R`` whose symmetric part is
+    ``− Σ (ŷ_k a_iᵀ + a_i ŷ_kᵀ) + Σ s_i ŷ_k ŷ_kᵀ − Σ (x̂ (N x̂)ᵀ + (N x̂) x̂ᵀ) + Σ (x̂ᵀN x̂) x̂ x̂ᵀ − Σ (P u)(P u)ᵀ``
+    with ``a_i = Σ_{c≠k} p_c ŷ_c`` and ``s_i = Σ_{c≠k} p_c = 1 − p_k`` (no cancellation), accumulated
+    as one stacked GEMM ``Σ L_iᵀ M_i`` per chunk; ``Σ H = τ² sym(T1 + R)``. The sigmoid uses the same
+    sums with the origin as pivot (``e_c = ŷ_c``: no ŷ_k terms, no ``(P u)(P u)ᵀ``).
+
+    Cost per chunk of b sources: O(bCD) (three GEMMs) + O(bD²); once: O(CD²).
     Memory: O(chunk·C + CD + D²); never a [B, C, D] tensor nor a per-sample D×D matrix.
 
     Args:
@@ -133,9 +150,11 @@ class OutputFactorStream:
         likelihood: ``"infonce"`` (CLIP) or ``"sigmoid"`` (SigLIP).
         logit_bias: scalar or [C] bias added to the logits (SigLIP), or None.
         chunk_size: source rows per chunk in :meth:`add`.
-        compute_dtype: dtype of the [b, C] arrays (logits, softmax) and of the GEMMs that reduce over C
-            or over a chunk's rows; default float64 for float64 candidates, float32 otherwise. Sums
-            across chunks and across T1 blocks, and every D×D accumulator, are float64.
+        compute_dtype: dtype of the [b, C] arrays (logits, probabilities) and of the GEMMs that reduce
+            over C; default float64 whatever the input dtype (exact to float64 round-off).
+            ``torch.float32`` is ≈ 1.5× faster but carries τ·(float32 round-off) into the logits
+            (measured errors in ``docs/numerics.md``). Every sum over sources and every D×D term is
+            float64 in both cases.
     """
 
     def __init__(
@@ -156,17 +175,15 @@ class OutputFactorStream:
         self.likelihood = likelihood
         self.tau = _as_float(logit_scale)
         self.chunk_size = int(chunk_size)
-        self.dtype = _compute_dtype(candidates, compute_dtype)
-        cand = candidates.detach().to(self.dtype)
-        self.device = cand.device
-        self.yhat = F.normalize(cand, dim=-1)  # Ŷ [C, D], compute dtype
+        self.dtype = _compute_dtype(compute_dtype)
+        self.yhat64 = F.normalize(candidates.detach().to(torch.float64), dim=-1)  # Ŷ [C, D]
+        self.device = self.yhat64.device
+        self.yhat = self.yhat64.to(self.dtype)  # Ŷ in the compute dtype (the same tensor for float64)
         C, D = self.yhat.shape
         self.bias = _bias_tensor(logit_bias, C, self.device, self.dtype)
         f64 = dict(device=self.device, dtype=torch.float64)
-        self.omega = torch.zeros(C, **f64)  # ω = Σ_i π_i / r_i²
-        self.t2 = torch.zeros(D, D, **f64)  # Σ_i x̂_i v_iᵀ / r_i²,  v_i = M_i x̂_i
-        self.t3 = torch.zeros(D, D, **f64)  # Σ_i (q_i / r_i²) x̂_i x̂_iᵀ
-        self.t4 = torch.zeros(D, D, **f64)  # Σ_i g_i g_iᵀ  (InfoNCE only)
+        self.omega = torch.zeros(C, **f64)  # ω = Σ_i π'_i / r_i²  (π' = off-pivot weights)
+        self.rest = torch.zeros(D, D, **f64)  # R: every source-side term, symmetrised in result()
         self.num_sources = 0
 
     def add(self, sources: torch.Tensor) -> None:
@@ -179,38 +196,48 @@ class OutputFactorStream:
 
     @torch.no_grad()
     def _add_chunk(self, x_in: torch.Tensor) -> None:
-        # Notation of method.md §7.2. The O(bCD) products run in the compute dtype; the [b, C] arrays
-        # are touched only a few times (logits, π, π ⊙ cos, ω); everything O(bD) / O(bD²) is float64.
+        # The O(bCD) products and the [b, C] arrays use the compute dtype; everything O(bD) / O(bD²)
+        # and every sum over sources is float64.
         x64 = x_in.to(torch.float64)
         r64 = x64.norm(dim=1)  # r_i
         inv_r2 = r64.pow(-2)  # 1 / r_i²  [b]
         xhat64 = x64 / r64[:, None]  # X̂ [b, D]
-        xhat = xhat64.to(self.dtype)
 
-        cos = xhat @ self.yhat.T  # cos_ic = ŷ_cᵀ x̂_i  [b, C]
+        cos = xhat64.to(self.dtype) @ self.yhat.T  # cos_ic = ŷ_cᵀ x̂_i  [b, C]
         z = cos * self.tau
         if self.bias is not None:
             z += self.bias
-        pi = _logit_hessian_weights(z, self.likelihood)  # π_i  [b, C]
+        infonce = self.likelihood == "infonce"
+        if infonce:
+            k = z.argmax(dim=1)  # pivot: the most probable candidate of each source
+            pi = _logit_hessian_weights(z, self.likelihood).scatter_(1, k[:, None], 0.0)  # π' = p, 0 at k
+            delta = cos.sub_(cos.gather(1, k[:, None]))  # δ_ic = x̂_iᵀ e_ic = cos_ic − cos_ik
+        else:
+            pi = _logit_hessian_weights(z, self.likelihood)  # w (sigmoid): no pivot, e_c = ŷ_c
+            delta = cos
         del z
 
-        self.omega += (pi.T @ inv_r2.to(self.dtype)).to(torch.float64)  # ω += Σ_i π_i / r_i²
-        pc = pi * cos  # π ⊙ cos
-        del cos
-        v = (pc @ self.yhat).to(torch.float64)  # V = (π ⊙ cos) Ŷ, rows v_i = M_i x̂_i  [b, D]
-        del pc
-        q = (v * xhat64).sum(1)  # q_i = Σ_c π_ic cos_ic² = x̂_iᵀ M_i x̂_i
-        self.t2 += xhat64.T @ (v * inv_r2[:, None])  # T2 = X̂ᵀ diag(1/r²) V
-        self.t3 += (xhat64 * (q * inv_r2)[:, None]).T @ xhat64  # T3 = X̂ᵀ diag(q/r²) X̂
-        if self.likelihood == "infonce":
-            m = (pi @ self.yhat).to(torch.float64)  # m = p Ŷ  [b, D]
-            s = (m * xhat64).sum(1)  # s_i = Σ_c p_ic cos_ic = x̂_iᵀ m_i
-            g = (m - s[:, None] * xhat64) * r64.reciprocal()[:, None]  # g_i = P_i m_i / r_i
-            self.t4 += g.T @ g  # T4 = Gᵀ G
+        self.omega += (pi.T @ inv_r2.to(self.dtype)).to(torch.float64)  # ω += Σ_i π'_i / r_i²
+        pd = pi * delta  # π' ⊙ δ
+        nx = (pd @ self.yhat).to(torch.float64)  # Σ_c π'_c δ_c ŷ_c  [b, D]
+        t = pd.sum(1, dtype=torch.float64)  # t_i = Σ_c π'_ic δ_ic = x̂_iᵀ u_i
+        q = pd.mul_(delta).sum(1, dtype=torch.float64)  # q_i = Σ_c π'_ic δ_ic² = x̂_iᵀ N_i x̂_i
+        del pd, delta, cos
+        # sym(x̂ (q x̂ − 2 N x̂)ᵀ) / r² = (x̂ᵀN x̂) x̂ x̂ᵀ − x̂ (N x̂)ᵀ − (N x̂) x̂ᵀ, all over r²
+        left, right = [xhat64], [(q[:, None] * xhat64).sub_(nx, alpha=2.0).mul_(inv_r2[:, None])]
+        if infonce:
+            yk = self.yhat64[k]  # ŷ_{k_i}  [b, D]
+            a = (pi @ self.yhat).to(torch.float64)  # a_i = Σ_{c≠k} p_c ŷ_c
+            s = pi.sum(1, dtype=torch.float64)  # s_i = Σ_{c≠k} p_c = 1 − p_k
+            right[0].add_(yk * (2.0 * t * inv_r2)[:, None])  # N_i x̂_i = Σ_c π'_c δ_c e_c = nx − t ŷ_k
+            g = (a - s[:, None] * yk - t[:, None] * xhat64) * r64.reciprocal()[:, None]  # P_i u_i / r_i
+            left += [yk, g]  # sym(ŷ_k (s ŷ_k − 2a)ᵀ) / r² − g gᵀ
+            right += [(s[:, None] * yk).sub_(a, alpha=2.0).mul_(inv_r2[:, None]), -g]
+        self.rest += torch.cat(left).T @ torch.cat(right)  # one [D, 3b] × [3b, D] GEMM (b for sigmoid)
 
     @torch.no_grad()
     def result(self) -> torch.Tensor:
-        """Σ_i H_i [D, D], float64, symmetrised: τ² (T1 − T2 − T2ᵀ + T3 − T4) (method.md §7.2)."""
+        """Σ_i H_i [D, D], float64, symmetrised (class docstring; method.md §7.2)."""
         D = self.yhat.shape[1]
         t1 = torch.zeros(D, D, device=self.device, dtype=torch.float64)
         # T1 = Ŷᵀ diag(ω) Ŷ, once per candidate set: compute-dtype GEMM per block, float64 sum of blocks
@@ -218,10 +245,7 @@ class OutputFactorStream:
             y = self.yhat[start : start + _T1_BLOCK]
             w = self.omega[start : start + _T1_BLOCK].to(self.dtype)
             t1 += ((y * w[:, None]).T @ y).to(torch.float64)
-        h = t1 - self.t2 - self.t2.T + self.t3
-        if self.likelihood == "infonce":
-            h = h - self.t4
-        return _symmetrize(h * self.tau**2)
+        return _symmetrize((t1 + self.rest) * self.tau**2)
 
 
 def output_factor(
@@ -236,12 +260,12 @@ def output_factor(
 ) -> torch.Tensor:
     """``Σ_i H_i`` [D, D] (float64) for un-normalised sources [B, D] against candidates [C, D].
 
-    ``H_i = J_xᵀ Λ J_x`` of method.md §2.1, computed with the rewrite of §7.2 (T1 once per candidate
-    set, T2/T3/T4 per source chunk), float64 accumulators, stable log-softmax / log-sigmoid,
-    symmetrised.
+    ``H_i = J_xᵀ Λ J_x`` of method.md §2.1, computed with the rewrite of §7.2 in its cancellation-free
+    form (T1 once per candidate set, the other sums per source chunk; :class:`OutputFactorStream`),
+    float64 by default whatever the input dtype, stable log-softmax / log-sigmoid, symmetrised.
     ``logit_scale`` is τ (not log τ); ``logit_bias`` is a scalar or [C] vector or None. Λ does not
     depend on the labels for either likelihood (§2.1), so none are needed.
-    Cost O(BCD + BD² + CD²); memory O(chunk·C + CD + D²). See :class:`OutputFactorStream`.
+    Cost O(BCD + BD² + CD²); memory O(chunk·C + CD + D²).
     """
     _check_pair(sources, candidates)
     stream = OutputFactorStream(
@@ -269,32 +293,33 @@ def output_factor_naive(
     """REFERENCE PATH (tests and benchmarks only): ``Σ_i H_i`` with one explicit D×D Hessian per sample.
 
     For each source: ``J = (τ/r) Ŷ P`` [C, D] with ``P = I − x̂x̂ᵀ`` (applied in O(CD)) and
-    ``H = Jᵀ Λ J`` formed directly (method.md §2.1), using the structure of Λ (diag(p) − ppᵀ, or
-    diag(w)) instead of a C×C matrix. Cost O(B·C·D²), memory O(CD + D²). Same dtypes and return
+    ``H = Jᵀ Λ J`` formed directly (method.md §2.1) as a sum of PSD terms: ``Jᵀ diag(w) J`` for the
+    sigmoid, and for InfoNCE the centred form ``Σ_c p_c (j_c − j̄)(j_c − j̄)ᵀ`` with
+    ``j̄ = Jᵀp = j_k + Σ_c p_c (j_c − j_k)`` measured from the most probable row k, so that nothing
+    cancels when the softmax saturates. Cost O(B·C·D²), memory O(CD + D²). Same dtypes and return
     convention as :func:`output_factor` (float64 sum, symmetrised).
     """
     _check_likelihood(likelihood)
     _check_pair(sources, candidates)
-    dtype = _compute_dtype(candidates, compute_dtype)
+    dtype = _compute_dtype(compute_dtype)
     tau = _as_float(logit_scale)
-    yhat = F.normalize(candidates.detach().to(dtype), dim=-1)
+    yhat = F.normalize(candidates.detach().to(torch.float64), dim=-1).to(dtype)
     C, D = yhat.shape
     bias = _bias_tensor(logit_bias, C, yhat.device, dtype)
     total = torch.zeros(D, D, device=yhat.device, dtype=torch.float64)
-    for x in sources.detach().to(yhat.device, dtype):
+    for x in sources.detach().to(yhat.device, torch.float64):
         r = x.norm()
-        xhat = x / r
+        xhat = (x / r).to(dtype)
         cos = yhat @ xhat  # [C]
-        jac = (tau / r) * (yhat - torch.outer(cos, xhat))  # J_x = (τ/r) Ŷ P, P = I − x̂x̂ᵀ  [C, D]
+        jac = (tau / r.item()) * (yhat - torch.outer(cos, xhat))  # J_x = (τ/r) Ŷ P, P = I − x̂x̂ᵀ  [C, D]
         z = tau * cos
         if bias is not None:
             z = z + bias
         w = _logit_hessian_weights(z[None], likelihood)[0]
-        h = jac.T @ (w[:, None] * jac)  # Jᵀ diag(π) J
         if likelihood == "infonce":
-            jp = jac.T @ w
-            h = h - torch.outer(jp, jp)  # − (Jᵀp)(Jᵀp)ᵀ
-        total += h.to(torch.float64)
+            dev = jac - jac[int(z.argmax())]  # j_c − j_k
+            jac = dev - w @ dev  # j_c − j̄
+        total += (jac.T @ (w[:, None] * jac)).to(torch.float64)  # Σ_c w_c j_c j_cᵀ
     return _symmetrize(total)
 
 

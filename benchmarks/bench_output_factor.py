@@ -1,8 +1,10 @@
 """Benchmark: fast output factor (method.md §7.2 rewrite) vs the naive per-sample D×D formula.
 
-Both paths compute Σ_i H_i for the same B sources against the same C candidates, in float32 and float64
-compute, for InfoNCE (τ = 100) and sigmoid/SigLIP (τ = 110, bias −12). Every (path, C, likelihood,
-dtype) runs in its own fresh subprocess so that memory figures do not mix:
+Both paths compute Σ_i H_i for the same B sources against the same C candidates, for InfoNCE (τ = 100)
+and sigmoid/SigLIP (τ = 110, bias −12). A row's dtype is both the inputs' and the compute dtype
+(``compute_dtype=``): "float64" is the library default (float64 compute whatever the inputs), "float32"
+the opt-in float32 compute on float32 inputs. Every (path, C, likelihood, dtype) runs in its own fresh
+subprocess so that memory figures do not mix:
 
 * time: wall-clock seconds of ``output_factor`` / ``output_factor_naive`` (inputs already in memory).
   The first call is reported separately; "time" is the best of ``--repeats`` further calls for the fast
@@ -20,8 +22,15 @@ dtype) runs in its own fresh subprocess so that memory figures do not mix:
 Synthetic data mimic one class batch: the first B candidates are the sources' own pairs (cos ≈ 0.3),
 the rest unrelated captions (cos ≈ 0.15 ± 0.04), source norms in [8, 12].
 
-    python benchmarks/bench_output_factor.py                       # D=512, B=256, C=4096 and 32768
-    python benchmarks/bench_output_factor.py --candidates 4096 --json   # writes bench_output_factor.json
+Saturation table (InfoNCE, τ = 100, in-process; docs/numerics.md): float32 images [C, D] ~ N(0, 1) and
+captions = images + σ·noise, the first B images as sources. As σ falls the softmax saturates
+(1 − p_k → 0). Reported: max|B|, the largest off-pivot mass 1 − p_k, the relative error of the default
+path (float64 compute) and of float32 compute against the float64 naive oracle on the same float32
+inputs (or, where the naive loop is skipped, against the default path), the smallest eigenvalue over
+the largest, and the two fast paths' times.
+
+    python benchmarks/bench_output_factor.py                       # D=512, B=256, C=1024, 4096, 32768
+    python benchmarks/bench_output_factor.py --json                # writes bench_output_factor.json
 """
 
 from __future__ import annotations
@@ -84,12 +93,20 @@ def worker(args: argparse.Namespace) -> None:
 
         def fn() -> torch.Tensor:
             return output_factor(
-                x, y, cfg["tau"], likelihood=args.likelihood, logit_bias=cfg["bias"], chunk_size=args.chunk_size
+                x,
+                y,
+                cfg["tau"],
+                likelihood=args.likelihood,
+                logit_bias=cfg["bias"],
+                chunk_size=args.chunk_size,
+                compute_dtype=dtype,
             )
     else:
 
         def fn() -> torch.Tensor:
-            return output_factor_naive(x, y, cfg["tau"], likelihood=args.likelihood, logit_bias=cfg["bias"])
+            return output_factor_naive(
+                x, y, cfg["tau"], likelihood=args.likelihood, logit_bias=cfg["bias"], compute_dtype=dtype
+            )
 
     gc.collect()
     try:
@@ -174,17 +191,78 @@ def cos_stats(args: argparse.Namespace, C: int) -> tuple[float, float, float]:
     return float(matched.mean()), float(cos[mask].mean()), float(cos[mask].std())
 
 
+def saturation_row(C: int, B: int, D: int, sigma: float, naive: bool, seed: int) -> dict:
+    """One row of the saturation table (module docstring), InfoNCE at τ = 100, in this process."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(C, D, generator=g)
+    y = img + sigma * torch.randn(C, D, generator=g)
+    x = img[:B]
+    tau = 100.0
+    times = {}
+    out = {}
+    for name, cd in (("float64", None), ("float32", torch.float32)):
+        t0 = time.perf_counter()
+        out[name] = output_factor(x, y, tau, compute_dtype=cd)
+        times[name] = time.perf_counter() - t0
+    ref = output_factor_naive(x, y, tau) if naive else out["float64"]
+    z = tau * torch.nn.functional.normalize(x.double(), dim=1) @ torch.nn.functional.normalize(y.double(), dim=1).T
+    p = torch.softmax(z, dim=1)
+    off_pivot = p.scatter(1, p.argmax(1, keepdim=True), 0.0).sum(1)
+    eig = torch.linalg.eigvalsh(out["float64"])
+    return {
+        "C": C,
+        "B": B,
+        "D": D,
+        "sigma": sigma,
+        "reference": "float64 naive" if naive else "default (float64) fast path",
+        "max_abs_B": float(ref.abs().max()),
+        "max_off_pivot_mass": float(off_pivot.max()),
+        "rel_err_default": rel(out["float64"], ref) if naive else None,
+        "rel_err_float32_compute": rel(out["float32"], ref),
+        "min_eig_over_max_default": float(eig.min() / eig.max()),
+        "fast_default_s": times["float64"],
+        "fast_float32_compute_s": times["float32"],
+    }
+
+
+def saturation_table(args: argparse.Namespace) -> list[dict]:
+    cases = [(args.sat_candidates, args.sources, s, True) for s in args.sat_sigmas]
+    cases += [(args.sat_large, args.sat_large_sources, s, False) for s in args.sat_large_sigmas]
+    print(f"# saturation (InfoNCE, tau=100, captions = images + sigma*noise, float32 inputs, D={args.dim})")
+    print(
+        f"{'C':>6} {'B':>5} {'sigma':>5} | {'max|B|':>8} {'1-p_k':>8} | {'err f64':>8} {'err f32':>8} "
+        f"{'mineig/max':>10} | {'f64 s':>6} {'f32 s':>6}"
+    )
+    rows = []
+    for C, B, sigma, naive in cases:
+        row = saturation_row(C, B, args.dim, sigma, naive, args.seed)
+        rows.append(row)
+        e64 = f"{row['rel_err_default']:8.1e}" if row["rel_err_default"] is not None else f"{'(ref)':>8}"
+        print(
+            f"{C:>6} {B:>5} {sigma:5.1f} | {row['max_abs_B']:8.1e} {row['max_off_pivot_mass']:8.1e} | {e64} "
+            f"{row['rel_err_float32_compute']:8.1e} {row['min_eig_over_max_default']:10.1e} | "
+            f"{row['fast_default_s']:6.2f} {row['fast_float32_compute_s']:6.2f}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", type=int, default=512, help="embedding dim D")
     ap.add_argument("--sources", type=int, default=256, help="number of sources B")
-    ap.add_argument("--candidates", type=int, nargs="+", default=[4096, 32768], help="candidate counts C")
+    ap.add_argument("--candidates", type=int, nargs="+", default=[1024, 4096, 32768], help="candidate counts C")
     ap.add_argument("--likelihoods", nargs="+", default=["infonce", "sigmoid"], choices=list(SETTINGS))
     ap.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=list(DTYPES))
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker")
     ap.add_argument("--chunk-size", type=int, default=256, help="source chunk of the fast path")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of the fast path after the first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sat-sigmas", type=float, nargs="*", default=[8.0, 4.0, 2.5, 1.5], help="σ, naive oracle")
+    ap.add_argument("--sat-candidates", type=int, default=1024, help="C of the saturation rows with the oracle")
+    ap.add_argument("--sat-large", type=int, default=32768, help="C of the saturation rows without the oracle")
+    ap.add_argument("--sat-large-sources", type=int, default=1024, help="B of those rows")
+    ap.add_argument("--sat-large-sigmas", type=float, nargs="*", default=[8.0, 1.5], help="σ of those rows")
     ap.add_argument(
         "--json",
         nargs="?",
@@ -208,6 +286,8 @@ def main() -> None:
         f"# D={args.dim} B={args.sources} threads={args.threads} chunk={args.chunk_size} "
         f"torch={torch.__version__} cpu_count={os.cpu_count()}"
     )
+    torch.set_num_threads(args.threads)
+    saturation = saturation_table(args)
     rows = []
     hdr = (
         f"{'C':>6} {'lik':>8} {'dtype':>7} | {'fast s':>8} {'naive s':>9} {'ratio':>7} | "
@@ -268,7 +348,7 @@ def main() -> None:
             "memory_method": sorted({r["memory_method"] for r in rows}),
             "time_metric": "fast: best of repeats after a first call; naive: single call",
         }
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "saturation": saturation}, indent=2))
         print(f"# wrote {args.json}")
 
 

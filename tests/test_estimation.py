@@ -289,3 +289,74 @@ def test_accumulator_rejects_mismatches():
         acc.load_state_dict(KFACAccumulator(4, 3, True, "infonce").state_dict())
     with pytest.raises(RuntimeError):
         acc.factors()
+
+
+# ---------------------------------------------------------------------------------------------------
+# saturated softmax: exact to float64 round-off whatever the input dtype (docs/numerics.md)
+
+
+def pairwise_oracle(sources: torch.Tensor, candidates: torch.Tensor, tau: float, likelihood: str,
+                    bias: float | None) -> torch.Tensor:
+    """Σ_i H_i in float64 from sums of PSD terms only, independent of the estimation code:
+    InfoNCE ``Λ = Σ_{c<c'} p_c p_c' (e_c − e_c')(e_c − e_c')ᵀ``, so ``H = Σ_{c<c'} p_c p_c' d d ᵀ`` with
+    ``d = (τ/r) P (ŷ_c − ŷ_c')``; sigmoid ``H = Σ_c w_c (τ/r)² (P ŷ_c)(P ŷ_c)ᵀ``. Nothing cancels."""
+    yhat = candidates.double() / candidates.double().norm(dim=1, keepdim=True)
+    C, D = yhat.shape
+    iu = torch.triu_indices(C, C, 1)
+    total = torch.zeros(D, D, dtype=F64)
+    for x in sources.double():
+        r = x.norm()
+        xhat = x / r
+        z = tau * (yhat @ xhat) + (0.0 if bias is None else bias)
+        if likelihood == "infonce":
+            p = torch.log_softmax(z, 0).exp()
+            d = yhat[iu[0]] - yhat[iu[1]]
+            w = p[iu[0]] * p[iu[1]]
+        else:
+            d = yhat
+            w = torch.sigmoid(z) * torch.sigmoid(-z)
+        d = (tau / r) * (d - torch.outer(d @ xhat, xhat))  # (τ/r) P d
+        total += d.T @ (w[:, None] * d)
+    return total
+
+
+def saturated_pairs(sigma: float, n: int = 32, D: int = 32, seed: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [n, D] and their captions = images + σ·noise (float64); small σ saturates the softmax."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(n, D, generator=g, dtype=F64)
+    return img, img + sigma * torch.randn(n, D, generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("likelihood,bias", [("infonce", None), ("sigmoid", -10.0)])
+@pytest.mark.parametrize("sigma", [2.0, 1.2, 0.8, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_saturated_softmax_exact_and_psd(likelihood, bias, sigma, dtype):
+    """τ = 100 and captions close to their images: 1 − p_k down to ~1e-20 and B down to ~1e-17 of its
+    unsaturated size. The fast path and the naive path stay within 1e-6 (in fact ~1e-14) of an
+    independent pairwise oracle on the same (possibly float32) inputs, and B stays PSD; the former
+    ``T1 − T2 − T2ᵀ + T3 − T4`` form lost all accuracy here (docs/numerics.md)."""
+    img, cap = saturated_pairs(sigma)
+    x, y = img.to(dtype), cap.to(dtype)
+    tau = 100.0
+    ref = pairwise_oracle(x, y, tau, likelihood, bias)
+    if likelihood == "infonce" and sigma <= 0.8:  # the regime is really saturated
+        p = torch.softmax(tau * F.normalize(x.double(), dim=1) @ F.normalize(y.double(), dim=1).T, dim=1)
+        off_pivot = p.scatter(1, p.argmax(1, keepdim=True), 0.0).sum(1)  # 1 − p_k, without cancellation
+        assert float(off_pivot.max()) < 1e-9
+    naive = output_factor_naive(x, y, tau, likelihood=likelihood, logit_bias=bias)
+    assert rel_err(naive, ref) < 1e-12
+    fast = output_factor(x, y, tau, likelihood=likelihood, logit_bias=bias, chunk_size=20)
+    assert fast.dtype == F64
+    assert rel_err(fast, ref) < 1e-6, rel_err(fast, ref)
+    eig = torch.linalg.eigvalsh(fast)
+    assert float(eig.min()) >= -1e-10 * float(eig.max()), (float(eig.min()), float(eig.max()))
+
+
+def test_compute_dtype_float32_is_an_explicit_choice():
+    x, y = saturated_pairs(1.2)
+    ref = output_factor(x, y, 100.0)
+    # float32 logits carry τ·(float32 round-off) ≈ 1e-5 into the probabilities: close, not exact
+    err32 = rel_err(output_factor(x.float(), y.float(), 100.0, compute_dtype=torch.float32), ref)
+    assert 1e-9 < err32 < 1e-3
+    with pytest.raises(ValueError, match="compute_dtype"):
+        output_factor(x, y, 100.0, compute_dtype=torch.float16)

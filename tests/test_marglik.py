@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath  # installed with torch (torch → sympy → mpmath)
 import pytest
 import torch
 
@@ -147,3 +148,47 @@ def test_bounds_are_returned_when_the_optimum_is_outside():
         log_marginal_likelihood(eig_a, eig_b, 1.0, 1.0, 1.0, mode="buggy")
     with pytest.raises(ValueError):
         log_marginal_likelihood(eig_a, eig_b, 1.0, -1.0, 1.0)
+
+
+def _rotate(eig: torch.Tensor, seed: int) -> torch.Tensor:
+    """Q diag(eig) Qᵀ for a random orthogonal Q (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(eig.numel(), eig.numel(), generator=g, dtype=F64))
+    return (q * eig) @ q.T
+
+
+@pytest.mark.parametrize("mode", ["exact", "reference"])
+def test_optimum_is_accurate_to_high_precision_with_a_saturated_B(mode):
+    """docs/numerics.md: a B from a saturated fit has eigenvalues down to ~1e-18 of its largest. The
+    fp64 ``eigvalsh`` gets those only to ≈ 1e-16·‖B‖ absolute, which moves each log(√n β + √λ) by
+    ≤ √n·1e-16‖B‖/√λ: λ* agrees with the λ* of the exact spectrum, and both with a 50-digit mpmath root
+    of dF/dlogλ, to ≤ 1e-10 relative. A float32-stored factor (upcast inside) stays within 1e-6."""
+    eig_a = torch.logspace(math.log10(40), math.log10(7e4), 64, dtype=F64)
+    eig_b = torch.logspace(-18, 2, 48, dtype=F64)
+    S = realistic_theta_sq_norm(eig_a, eig_b)
+    n = 10.0
+    lam_exact, _ = optimize_prior_precision(eig_a, eig_b, n, S, mode=mode)
+    fac_a, fac_b = _rotate(eig_a, 1), _rotate(eig_b, 2)
+    computed = factor_eigenvalues(fac_b)
+    assert float((computed - eig_b).abs().max()) < 1e-12 * float(eig_b.max())
+    assert float(((computed[:3] - eig_b[:3]).abs() / eig_b[:3]).min()) > 0.5  # the smallest are lost to round-off
+    lam_eigh, _ = optimize_prior_precision(factor_eigenvalues(fac_a), computed, n, S, mode=mode)
+    assert abs(lam_eigh / lam_exact - 1) < 1e-10
+    lam_32, _ = optimize_prior_precision(
+        factor_eigenvalues(fac_a.float()), factor_eigenvalues(fac_b.float()), n, S, mode=mode
+    )
+    assert abs(lam_32 / lam_exact - 1) < 1e-6
+
+    mpmath.mp.dps = 50
+    p, q = eig_a.numel(), eig_b.numel()
+    wa, wb, kappa = (q, p, mpmath.mpf(1) / 2) if mode == "exact" else (p, q, mpmath.mpf(1))
+    terms = [(mpmath.sqrt(n) * mpmath.mpf(float(e)), wa) for e in eig_a]
+    terms += [(mpmath.sqrt(n) * mpmath.mpf(float(e)), wb) for e in eig_b]
+
+    def grad(t):  # dF/dlogλ (marglik module docstring), in 50 digits
+        lam = mpmath.e**t
+        s = mpmath.sqrt(lam)
+        return -lam * S / 2 + mpmath.mpf(p * q) / 2 - kappa / 2 * mpmath.fsum(w * s / (c + s) for c, w in terms)
+
+    lam_mp = mpmath.e ** mpmath.findroot(grad, math.log(lam_exact))
+    assert abs(lam_exact / float(lam_mp) - 1) < 1e-10

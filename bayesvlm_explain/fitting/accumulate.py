@@ -2,7 +2,10 @@
 
 ``num_candidates // shard_size`` consecutive shards form one *class batch*; within it each image is
 scored against all its captions (InfoNCE or sigmoid) and vice versa, and ``Σ ããᵀ`` and ``Σ H`` are
-accumulated in float64 (:class:`~bayesvlm_explain.estimation.KFACAccumulator`).
+accumulated in float64 (:class:`~bayesvlm_explain.estimation.KFACAccumulator`) from the float32 feature
+cache: ``Σ H`` is computed in float64 (the default ``compute_dtype``), because float32 logits carry
+τ·(float32 round-off) into B: up to 6.5e-6 relative measured in the saturated regime, above the
+1e-6 bound that docs/numerics.md sets.
 
 **The last class batch, when short of ``num_candidates`` items, is dropped** (its usable pairs are
 counted as ``partial_class_batch``): its softmax would run over fewer candidates, which puts its

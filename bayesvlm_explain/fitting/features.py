@@ -179,7 +179,12 @@ class FeatureCache:
         return None
 
     def load(self, shards: range) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-        """The concatenated features [n, ·] (float64) and the metadata of the given shards."""
+        """The concatenated features [n, ·] and the metadata of the given shards.
+
+        The features stay float32, as cached: the KFAC sums take them as they are and lose nothing
+        (``Σ ããᵀ`` is a float64 GEMM, exact for float32 products; the output factor computes in float64
+        whatever its inputs' dtype, docs/numerics.md), and a class batch takes half the memory.
+        """
         parts, metas = [], []
         for s in shards:
             tensors, meta, checksum = load_checked(self.shard_path(s))
@@ -187,4 +192,4 @@ class FeatureCache:
                 raise FitError(f"{self.shard_path(s)} changed while the fit ran (another process writes here?)")
             parts.append(tensors)
             metas.append(meta)
-        return {k: torch.cat([p[k] for p in parts]).double() for k in FEATURE_KEYS}, metas
+        return {k: torch.cat([p[k] for p in parts]) for k in FEATURE_KEYS}, metas
