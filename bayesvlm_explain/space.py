@@ -126,7 +126,7 @@ def build_space_app(model: str = "bundled", pretrained: str | None = None, poste
 
 def _requirements(zerogpu: bool) -> list[str]:
     """The library's PyPI requirements (no extras, no gradio: the Space provides it); on ZeroGPU with the
-    :data:`ZEROGPU_PINS` exact versions, refused if our own ranges exclude them."""
+    :data:`ZEROGPU_PINS` exact versions (refused if our own ranges exclude them) and ``spaces``."""
     try:
         reqs = importlib.metadata.requires("bayesvlm-explain") or []
     except importlib.metadata.PackageNotFoundError as err:
@@ -146,7 +146,7 @@ def _requirements(zerogpu: bool) -> list[str]:
                 raise SpaceExportError(f"ZeroGPU needs {req.name}=={pin} but bayesvlm-explain requires {req}")
             req.specifier = SpecifierSet(f"=={pin}")
         out.append(str(req))
-    return out
+    return [*out, "spaces"] if zerogpu else out  # spaces.GPU: what ZeroGPU allocates a GPU through
 
 
 def _hub_repo(model: str, pretrained: str | None) -> str:
