@@ -2,12 +2,13 @@
 ``build_space_app`` is what that folder's ``app.py`` calls.
 
 Spaces installs ``requirements.txt`` *before* the repository is copied, so the folder cannot ``pip
-install`` the library from itself: it carries a copy of the ``bayesvlm_explain`` package (with its package
-data: the bundled model, example images, known posteriors) beside ``app.py``, and ``requirements.txt``
-lists only the library's PyPI dependencies. ``.gitattributes`` puts binary and model files under Git LFS
-(the Hub refuses binary files stored as plain git blobs). On ZeroGPU the studio's queued event handlers
-run under ``spaces.GPU``, with the Python and torch versions ZeroGPU supports. ``check_space`` validates a
-folder as the Hub would; ``spaces_config/README.md`` cites the documentation behind each rule.
+install`` the library from itself: it carries a copy of the ``bayesvlm_explain`` package (with the package
+data its model uses: the bundled model and examples, or the model's built-in posterior) beside ``app.py``,
+and ``requirements.txt`` lists only the library's PyPI dependencies. ``.gitattributes`` puts binary and
+model files under Git LFS (the Hub refuses binary files stored as plain git blobs). On ZeroGPU the
+studio's queued event handlers run under ``spaces.GPU``, with the Python and torch versions ZeroGPU
+supports. ``check_space`` validates a folder as the Hub would; ``spaces_config/README.md`` cites the
+documentation behind each rule.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ _PYTHON = re.compile(r"3\.\d+(\.\d+)?")
 
 APP_FILE = "app.py"
 POSTERIOR_DIR = "posterior"
-# Provided by the Space itself: gradio at sdk_version (pinning it again can conflict), spaces on ZeroGPU.
+# Provided by the Space itself: gradio at sdk_version (pinning it again can conflict).
 _PROVIDED = {"gradio"}
 
 _APP_TEMPLATE = '''"""Hugging Face Space entry point, written by `bayesvlm-explain export-space` ({version}).
