@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -164,7 +165,7 @@ def test_check_refuses_what_the_hub_would(exported_b32, tmp_path, capsys, fault,
     elif fault == "flavour":
         readme.write_text(readme.read_text().replace("suggested_hardware: a10g-small", "suggested_hardware: zero-a10g"))
     elif fault == "python":
-        readme.write_text(readme.read_text().replace('python_version: "3.11"', "python_version: 3.10"))
+        readme.write_text(re.sub(r'python_version: "[0-9.]+"', "python_version: 3.10", readme.read_text()))
     elif fault == "app":
         readme.write_text(readme.read_text().replace("app_file: app.py", "app_file: main.py"))
     elif fault == "preload":
