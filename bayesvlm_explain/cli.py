@@ -58,17 +58,26 @@ def cmd_studio(args: argparse.Namespace) -> int:
 
 
 def cmd_export_space(args: argparse.Namespace) -> int:
-    from .space import SpaceExportError, export_space
+    from pathlib import Path
 
+    from .space import SpaceExportError, check_space, default_hardware, export_space
+
+    existing = Path(args.dir).is_dir() and any(Path(args.dir).iterdir())
     try:
-        out = export_space(args.dir, model=args.model, pretrained=args.pretrained, hardware=args.hardware,
-                           posterior=args.posterior)
+        if not (args.check and existing):
+            export_space(args.dir, model=args.model, pretrained=args.pretrained, hardware=args.hardware,
+                         posterior=args.posterior, with_bundled=args.with_bundled)
+        hardware = args.hardware or (None if existing else default_hardware(args.model))
+        checked = check_space(args.dir, hardware=hardware) if args.check else []
     except SpaceExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"Space written to {out}; to publish: create a Gradio Space on huggingface.co, then\n"
-          f"  cd {out} && git init -b main && git lfs install && git add . && git commit -m space\n"
-          "  git remote add origin https://huggingface.co/spaces/USER/NAME && git push -f origin main")
+    for line in checked:
+        print(f"checked {line}")
+    if not existing:
+        print(f"Space written to {args.dir}; to publish (docs/hosting.md): create a Gradio Space on huggingface.co,"
+              f" then\n  cd {args.dir} && git init -b main && git lfs install && git add . && git commit -m space\n"
+              "  git remote add origin https://huggingface.co/spaces/USER/NAME && git push -f origin main")
     return 0
 
 
@@ -188,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
     p.add_argument("--posterior", default=None, help="posterior folder to ship (default: bundled or built-in)")
     p.add_argument("--hardware", default=None,
-                   help="suggested Space hardware (default cpu-basic for bundled, zero-a10g otherwise)")
+                   help="'zerogpu' (pins Python and torch for ZeroGPU) or a suggested_hardware flavour "
+                        "(default cpu-basic for bundled, zerogpu otherwise)")
+    p.add_argument("--with-bundled", action="store_true", help="also ship the bundled model with a hub model")
+    p.add_argument("--check", action="store_true",
+                   help="validate the folder as the Hub would (only validate if DIR is an existing Space)")
     p.set_defaults(func=cmd_export_space)
     p = sub.add_parser("predict", help="print per-prompt logit mean, std and probabilities for one image")
     _add_model_args(p)

@@ -11,8 +11,11 @@ import json
 import os
 from dataclasses import dataclass
 from importlib.resources import files
-from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the module is Python 3.11+, the library supports 3.10
+    from importlib.resources.abc import Traversable  # novermin
 
 __all__ = [
     "LABEL_SPACE_FILE",

@@ -26,7 +26,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,14 @@ CAPTION_COLUMNS = ("caption", "text")
 PATH_COLUMNS = ("path", "image", "file", "filename")
 
 
-class Skip(StrEnum):
-    """Every reason a fit leaves an item out (the keys of ``FitReport.skipped``), defined once."""
+class Skip(str, Enum):
+    """Every reason a fit leaves an item out (the keys of ``FitReport.skipped``), defined once.
+
+    A ``str`` enum that prints as its value (``enum.StrEnum`` behaviour, which needs Python 3.11).
+    """
+
+    def __str__(self) -> str:
+        return self.value
 
     BAD_ROW = "bad_row"  # a row that names no image or is not valid JSON / CSV
     MISSING_FILE = "missing_file"  # the row's image file does not exist
