@@ -181,7 +181,7 @@ class OutputFactorStream:
         self.yhat = self.yhat64.to(self.dtype)  # Ŷ in the compute dtype (the same tensor for float64)
         C, D = self.yhat.shape
         self.bias = _bias_tensor(logit_bias, C, self.device, self.dtype)
-        f64 = dict(device=self.device, dtype=torch.float64)
+        f64: dict[str, Any] = {"device": self.device, "dtype": torch.float64}
         self.omega = torch.zeros(C, **f64)  # ω = Σ_i π'_i / r_i²  (π' = off-pivot weights)
         self.rest = torch.zeros(D, D, **f64)  # R: every source-side term, symmetrised in result()
         self.num_sources = 0

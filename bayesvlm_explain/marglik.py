@@ -199,8 +199,9 @@ def optimize_prior_precision(
         raise ValueError("√n·eig + √λ must be > 0 on the whole interval; clamp negative eigenvalues")
 
     grid = torch.logspace(math.log10(lo), math.log10(hi), max(int(num_grid), 2), dtype=torch.float64)
-    values = log_marginal_likelihood(eig_A, eig_B, n, grid, theta_sq_norm, mode=mode)
-    grads = log_marginal_likelihood_grad(eig_A, eig_B, n, grid, theta_sq_norm, mode=mode)
+    # a tensor λ gives tensors [num_grid]
+    values = torch.as_tensor(log_marginal_likelihood(eig_A, eig_B, n, grid, theta_sq_norm, mode=mode))
+    grads = torch.as_tensor(log_marginal_likelihood_grad(eig_A, eig_B, n, grid, theta_sq_norm, mode=mode))
     curve = torch.stack([grid, values], dim=1)
 
     # dF/dt is strictly decreasing: bracket its sign change.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -33,6 +35,6 @@ def log_categorical_entropy(logp: torch.Tensor) -> torch.Tensor:
 
 def variance_shares(*parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each variance part divided by their sum (elementwise; a zero total gives zero shares)."""
-    total = sum(parts)
+    total = functools.reduce(torch.add, parts)
     total = total.clamp_min(torch.finfo(total.dtype).tiny)
     return tuple(p / total for p in parts)

@@ -152,6 +152,9 @@ class KronPosterior:
     when several threads predict at once. Assigning ``A``/``B`` validates the new factor (same shape).
     """
 
+    _n: float
+    _lam: float
+
     def __init__(
         self,
         A: torch.Tensor,
@@ -162,7 +165,7 @@ class KronPosterior:
         num_pairs: int | None = None,
     ) -> None:
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, Any], Any] = {}
+        self._cache: dict[Any, Any] = {}  # (kind, device, dtype) and "cpu64"
         self._A = _as_factor(A, "A")
         self._B = _as_factor(B, "B")
         self.num_pairs = num_pairs

@@ -142,13 +142,12 @@ class Prediction:
         """
         s = num_samples or self.num_samples
         seed = self.seed if seed is True else seed
-        key = (s, seed)
-        if seed is not None and key in self._draws:
-            return self._draws[key]
+        if seed is not None and (s, seed) in self._draws:
+            return self._draws[(s, seed)]
         gen = None if seed is None else torch.Generator().manual_seed(seed)
         draws = torch.cat([self.sample(k, gen) for k in self._sample_chunks(s)]).detach()
         if seed is not None:
-            self._draws[key] = draws
+            self._draws[(s, seed)] = draws
         return draws
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -256,12 +256,15 @@ class CosineMoments:
         projected mode: ``(ε,)`` [S, C] white noise, coloured per image by :meth:`draws`.
         """
         c = self.mean.shape[1]
-        kw = {"dtype": self.mean.dtype, "generator": generator}
+
+        def noise() -> torch.Tensor:
+            return torch.randn(num_samples, c, dtype=self.mean.dtype, generator=generator).to(self.mean.device)
+
         if self.projection is not None:
-            return (torch.randn(num_samples, c, **kw).to(self.mean.device),)
+            return (noise(),)
         r_img, r_txt = self._roots
-        e1 = torch.randn(num_samples, c, **kw).to(self.mean.device) @ r_img.T
-        e2 = torch.randn(num_samples, c, **kw).to(self.mean.device) @ r_txt.T
+        e1 = noise() @ r_img.T
+        e2 = noise() @ r_txt.T
         return e1, e2
 
     def draws(self, noise: tuple[torch.Tensor, ...]) -> torch.Tensor:

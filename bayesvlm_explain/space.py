@@ -377,6 +377,7 @@ def check_space(folder: str | Path, hardware: str | None = None) -> list[str]:
             plain += 1
     if bad:
         raise SpaceExportError("the Space folder would be refused or fail:\n  " + "\n  ".join(bad))
+    assert isinstance(meta, dict)  # else ``bad`` named the missing front matter
     return [
         f"front matter: sdk gradio {meta['sdk_version']}, python_version {meta['python_version']}, "
         f"app_file {meta['app_file']}, suggested_hardware {meta.get('suggested_hardware', '(none)')}, "

@@ -148,14 +148,14 @@ def adapt_projection(vlm: Any, support: Features, labels: torch.Tensor, txt: Fea
     proj = vlm.adapter.image
     x = proj.augment(support.activations)
     delta = torch.zeros(proj.dim_out, x.shape[1], dtype=torch.float64, requires_grad=True)
-    a_prec, b_prec = prior.precision_factors() if prior is not None else (None, None)
+    precision = prior.precision_factors() if prior is not None else None  # (Ã, B̃)
     opt = torch.optim.Adam([delta], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
         logits = vlm.map_logits(Features(support.activations, support.embeddings + x @ delta.T), txt)
         loss = classification_loss(logits, labels, vlm.adapter.likelihood)
-        if prior is not None:
-            loss = loss + 0.5 * prior_weight * kron_quadratic(delta, a_prec, b_prec)
+        if precision is not None:
+            loss = loss + 0.5 * prior_weight * kron_quadratic(delta, *precision)
         (loss / len(labels)).backward()
         opt.step()
     return delta.detach()

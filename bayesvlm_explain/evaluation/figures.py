@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from .metrics import expected_calibration_error
 
 
-def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.ndarray | float]:
+def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, Any]:
     """Top-label calibration in ``n_bins`` equal-width confidence bins ``[lo, hi)`` on [0, 1] (for drawing).
 
     Args:

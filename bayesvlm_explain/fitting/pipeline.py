@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.pairs import open_pairs
+from ..options import MargLikMode
 from ..posterior import Posterior
 from .accumulate import ClassBatches, accumulate
 from .features import CACHE_VERSION, FeatureCache, ShardEncoder, model_fingerprint
@@ -29,7 +30,7 @@ def fit_posterior(
     cache_dir: str | Path | None = None,
     pseudo_count: float = 1.0,
     prior_precision: float | tuple[float, float] | None = None,
-    marglik: str = "exact",
+    marglik: MargLikMode = "exact",
     progress: bool = True,
 ) -> tuple[Posterior, FitReport]:
     """Estimate the image- and text-side KFAC factors of ``vlm`` on ``pairs`` and form a posterior.
@@ -66,7 +67,7 @@ def fit_posterior(
 
 
 def _fit_in(vlm: Any, pairs: Any, root: Path, num_candidates: int, batch_size: int, shard_size: int,
-            pseudo_count: float, prior_precision: float | tuple[float, float] | None, marglik: str,
+            pseudo_count: float, prior_precision: float | tuple[float, float] | None, marglik: MargLikMode,
             progress: bool) -> tuple[Posterior, FitReport]:
     """The four steps of :func:`fit_posterior` on the (locked) cache folder ``root``."""
     start = time.perf_counter()

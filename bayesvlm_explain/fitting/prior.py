@@ -6,6 +6,7 @@ from typing import Any
 
 from ..estimation import KFACAccumulator
 from ..marglik import factor_eigenvalues, optimize_prior_precision
+from ..options import MargLikMode
 from ..posterior import KronPosterior, Posterior
 
 
@@ -19,7 +20,7 @@ def form_posterior(acc: dict[str, KFACAccumulator], pseudo_count: float) -> Post
 
 
 def set_prior_precision(vlm: Any, posterior: Posterior, prior_precision: float | tuple[float, float] | None,
-                        marglik: str) -> dict[str, list[list[float]]]:
+                        marglik: MargLikMode) -> dict[str, list[list[float]]]:
     """Fixed ``λ`` (one value or (image, text)), or ``None``: the marginal-likelihood maximiser; returns
     the marginal-likelihood curves (empty for fixed values)."""
     if prior_precision is None:
@@ -29,7 +30,7 @@ def set_prior_precision(vlm: Any, posterior: Posterior, prior_precision: float |
     return {}
 
 
-def optimize_posterior_prior(vlm: Any, posterior: Posterior, *, mode: str = "exact",
+def optimize_posterior_prior(vlm: Any, posterior: Posterior, *, mode: MargLikMode = "exact",
                              pseudo_count: float | None = None) -> dict[str, list[list[float]]]:
     """Set each side's ``λ`` to the marginal-likelihood maximiser (method.md §2.5); return the curves.
 
