@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .pretrained.registry import BUNDLED
+
 __all__ = ["HARDWARE", "LFS_THRESHOLD", "SpaceExportError", "build_space_app", "export_space", "gpu"]
 
 HARDWARE: tuple[str, ...] = ("cpu-basic", "cpu-upgrade", "zero-a10g", "t4-small", "t4-medium", "l4x1", "a10g-small",
@@ -70,7 +72,7 @@ def gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
     return spaces.GPU(fn)
 
 
-def build_space_app(model: str = "bundled", pretrained: str | None = None, posterior: str | None = None,
+def build_space_app(model: str = BUNDLED, pretrained: str | None = None, posterior: str | None = None,
                     device: str | None = None) -> Any:
     """The studio (a ``gradio.Blocks``, not launched) for ``model``; its queued handlers wrapped by :func:`gpu`.
 
@@ -78,10 +80,10 @@ def build_space_app(model: str = "bundled", pretrained: str | None = None, poste
     uses the bundled or built-in one.
     """
     from .model import BayesVLM
-    from .ui import build_app, bundled_examples
+    from .ui import build_app
 
     vlm = BayesVLM.from_pretrained(model, pretrained=pretrained, posterior=posterior, device=device)
-    app = build_app(vlm, examples=bundled_examples() if model == "bundled" else None)
+    app = build_app(vlm, examples=vlm.assets.examples or None)
     for block_fn in app.fns.values():
         if block_fn.queue and block_fn.fn is not None:
             block_fn.fn = gpu(block_fn.fn)
@@ -132,7 +134,7 @@ def _front_matter(fields: dict[str, Any]) -> str:
     return "\n".join([*lines, "---", ""])
 
 
-def export_space(out_dir: str | Path, model: str = "bundled", pretrained: str | None = None,
+def export_space(out_dir: str | Path, model: str = BUNDLED, pretrained: str | None = None,
                  hardware: str | None = None, posterior: str | Path | None = None) -> Path:
     """Write a self-contained Hugging Face Space folder for the studio on ``model``; return its path.
 
@@ -148,13 +150,13 @@ def export_space(out_dir: str | Path, model: str = "bundled", pretrained: str | 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpaceExportError(f"{out} exists and is not an empty folder; choose a new one")
-    hardware = hardware or ("cpu-basic" if model == "bundled" else "zero-a10g")
+    hardware = hardware or ("cpu-basic" if model == BUNDLED else "zero-a10g")
     if hardware not in HARDWARE:
         raise SpaceExportError(f"unknown hardware {hardware!r}; one of {', '.join(HARDWARE)}")
-    if model == "bundled" and pretrained:
+    if model == BUNDLED and pretrained:
         raise SpaceExportError("--pretrained is for open_clip models, not the bundled one")
     fields: dict[str, Any] = {}
-    if model == "bundled":
+    if model == BUNDLED:
         model_label, posterior_label = "bundled (offline emoji CLIP)", "the bundled one"
     else:
         repo = _hub_repo(model, pretrained)

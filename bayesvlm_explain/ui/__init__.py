@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .views import TABLE_HEADERS, bundled_examples, inspect_image, parse_prompts
+from ..pretrained.assets import bundled_examples
+from .views import TABLE_HEADERS, inspect_image, parse_prompts
 
 __all__ = ["TABLE_HEADERS", "build_app", "bundled_examples", "parse_prompts", "prediction_table"]
 

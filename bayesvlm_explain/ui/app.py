@@ -27,7 +27,7 @@ from gradio.utils import get_upload_folder
 
 from ..inputs import InputError
 from ..posterior import PosteriorError
-from ..yardstick import Yardstick, YardstickError, bundled_yardstick_path
+from ..yardstick import Yardstick, YardstickError
 from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard
 from .views import (
     BATCH_HEADERS,
@@ -119,19 +119,12 @@ class StudioBlocks(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def bundled_extras(vlm: Any) -> tuple[Yardstick | None, list[str] | None, str]:
-    """The bundled model's yardstick and label prompts (``None`` for other models), and a note on them."""
-    if vlm.name != "bundled":
-        return None, None, "No yardstick is known for this model and posterior."
-    from ..data.labels import load_label_space
+def studio_extras(vlm: Any) -> tuple[Yardstick | None, list[str] | None, str]:
+    """``vlm.assets``' yardstick and label prompts (``None`` where the model has none), and a note on them."""
+    from ..pretrained.assets import ModelAssets
 
-    labels = load_label_space().prompts()
-    try:
-        ys = Yardstick.load(bundled_yardstick_path().parent)
-        ys.check(vlm)
-    except YardstickError as err:
-        return None, labels, f"Yardstick unavailable: {err}."
-    return ys, labels, f"Yardstick: {ys.reference}."
+    assets = getattr(vlm, "assets", None) or ModelAssets()
+    return assets.yardstick, assets.prompts(), assets.yardstick_note
 
 
 def trim_heap() -> None:
@@ -188,9 +181,11 @@ def _user_error(err: Exception, uploads: list[Any]) -> gr.Error:
 
 def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
               yardstick: Yardstick | None = None, labels: list[str] | None = None) -> StudioBlocks:
-    """The studio as a :class:`StudioBlocks` (not launched). For the bundled model the yardstick and the
-    label set are found automatically."""
-    auto_ys, auto_labels, ys_note = bundled_extras(vlm)
+    """The studio as a :class:`StudioBlocks` (not launched). The yardstick and the label set come from
+    ``vlm.assets`` unless given."""
+    auto_ys, auto_labels, ys_note = studio_extras(vlm)
+    if yardstick is not None:
+        ys_note = f"Yardstick: {yardstick.reference}."
     yardstick = yardstick or auto_ys
     labels = labels or auto_labels
     downloads = Path(tempfile.mkdtemp(prefix="bayesvlm-studio-"))

@@ -424,11 +424,10 @@ def _csv_cell(value: Any) -> Any:
 
 # -- Calibrate ------------------------------------------------------------------------------------------
 def default_template(vlm: Any) -> str:
-    """The class-prompt template offered for ``vlm``: the bundled label template, else the photo one."""
-    from ..data.labels import PROMPT_TEMPLATE
+    """The class-prompt template offered for ``vlm``: its assets' template, else the photo one."""
     from ..evaluation.evaluate import DEFAULT_TEMPLATE
 
-    return PROMPT_TEMPLATE.replace("{label}", "{}") if vlm.name == "bundled" else DEFAULT_TEMPLATE
+    return getattr(getattr(vlm, "assets", None), "template", None) or DEFAULT_TEMPLATE
 
 
 def _check_count(count: int, archive: str, what: str) -> None:
@@ -565,27 +564,3 @@ def select_summary(p: dict[str, Any]) -> str:
     if p["refused"]:
         text += f"\n\nRefused files ({len(p['refused'])}): " + "; ".join(p["refused"][:5])
     return text
-
-
-def bundled_examples() -> list[list[Any]]:
-    """``[[image_path, prompts_text], ...]`` from ``assets/examples/examples.json`` when present.
-
-    Each example's prompts are its own label and two other examples' labels, in the bundled template.
-    """
-    import json
-
-    from ..bundled import bundled_dir
-    from ..data.labels import PROMPT_TEMPLATE
-
-    index = bundled_dir().parent / "examples" / "examples.json"
-    if not index.is_file():
-        return []
-    items = json.loads(index.read_text()).get("examples", [])
-    labels = [str(item["label"]) for item in items]
-    out = []
-    for i, item in enumerate(items):
-        path = index.parent / str(item["file"]).rsplit("/", 1)[-1]
-        if path.is_file():
-            chosen = [labels[i], labels[(i + 1) % len(labels)], labels[(i + 3) % len(labels)]]
-            out.append([str(path), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in chosen)])
-    return out
