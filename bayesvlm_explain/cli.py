@@ -172,17 +172,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     vlm = _load(args)
     try:
         names = read_classnames(args.classnames) if args.classnames else None
-        payload = evaluate(vlm, args.data, classnames=names, template=args.template, predictive=args.predictive,
+        result = evaluate(vlm, args.data, classnames=names, template=args.template, predictive=args.predictive,
                            num_samples=args.mc_samples, pseudo_count=args.pseudo_count,
                            prior_precision=args.prior_precision, cache_dir=args.cache or Path(args.out) / "cache",
                            batch_size=args.batch_size, seed=args.seed)
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    path = write_report(payload, args.out)
-    print(summary_markdown(payload))
-    print(f"written to {path} (features {'from the cache' if payload['cache']['hit'] else 'computed'}, "
-          f"{payload['seconds']['total']:.1f} s)")
+    path = write_report(result, args.out)
+    report = result.report
+    print(summary_markdown(report))
+    print(f"written to {path} (features {'from the cache' if report['cache']['hit'] else 'computed'}, "
+          f"{report['seconds']['total']:.1f} s)")
     return 0
 
 

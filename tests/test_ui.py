@@ -377,7 +377,7 @@ def test_calibrate_reports_the_library_evaluation_of_the_zip(tiny_vlm, tmp_path)
             (folder / Path(name).parent.name).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (32, 32), color).save(folder / Path(name).parent.name / Path(name).name)
     ref = evaluate(tiny_vlm, folder, template="a photo of a {}.", predictive=views.RECOMMENDED,
-                   num_samples=views.NUM_SAMPLES, progress=False)
+                   num_samples=views.NUM_SAMPLES, progress=False).report
     assert p["rows"] == ref["rows"] and p["misclassification"] == ref["misclassification"]
     assert {r["method"] for r in p["rows"]} == {"deterministic", "bayes"} and "| bayes |" in out["summary"]
     assert str(tmp_path) not in str(p) and "/tmp" not in out["summary"]

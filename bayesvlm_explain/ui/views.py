@@ -460,15 +460,14 @@ def calibrate_archive(vlm: Any, archive: Any, template: str) -> dict[str, Any]:
             parse_prompts("\n".join(class_prompts(classnames, (template or "").strip())), "class prompts")
             data = LabeledData(InMemoryPairs([(str(f), c.replace("_", " ").strip()) for f, c in tree.all_images()]),
                                classnames, name)
-            payload = evaluate(vlm, data, template=template.strip(), predictive=RECOMMENDED,
-                               num_samples=NUM_SAMPLES, progress=False)
+            result = evaluate(vlm, data, template=template.strip(), predictive=RECOMMENDED,
+                              num_samples=NUM_SAMPLES, progress=False)
         except EvaluationError as err:
-            raise InputError(str(err).replace("--template", "the template")) from None
-    payload["data"] = name
-    payload["refused"] = tree.refused
-    figure = reliability_diagram(payload.pop("_probs"), payload.pop("_labels"),
-                                 n_bins=payload["settings"]["ece_bins"], title=f"reliability: {name}")
-    payload.pop("cache", None)  # no feature cache in the studio
+            raise InputError(str(err)) from None
+    payload = {k: v for k, v in result.report.items() if k != "cache"}  # no feature cache in the studio
+    payload.update(data=name, refused=tree.refused)
+    figure = reliability_diagram(result.probs, result.labels, n_bins=payload["settings"]["ece_bins"],
+                                 title=f"reliability: {name}")
     summary = summary_markdown(payload).split("\n", 1)[1].strip()
     if tree.refused:
         summary += f"\n\nRefused files ({len(tree.refused)}): " + "; ".join(tree.refused[:5])
