@@ -498,12 +498,11 @@ def select_archive(vlm: Any, pool: Any, prompts_text: str, targets: Any = None) 
     """The Select view: every pool image scored by predictive entropy, BALD and EPIG (nats).
 
     Pool and EPIG targets (the pool itself, or the images of ``targets``; at most
-    :data:`MAX_EPIG_TARGETS`, evenly spaced) are drawn jointly: one
-    :meth:`~bayesvlm_explain.BayesVLM.sample_logits_features` call on the concatenated features with
-    :data:`SELECT_SAMPLES` draws (seed 0), so draw ``s`` of every image uses the same weight sample.
+    :data:`MAX_EPIG_TARGETS`, evenly spaced) are scored by the library's
+    :func:`~bayesvlm_explain.selection.pool_scores` (joint draws, :data:`SELECT_SAMPLES` of them, seed 0).
     Returns ``{"json": {...}, "rows": SELECT_HEADERS rows (top picks), "csv": every image}``.
     """
-    from ..selection import bald, class_probabilities, epig, predictive_entropy
+    from ..selection import pool_scores
 
     prompts = parse_prompts(prompts_text)
     if len(prompts) < 2:
@@ -519,13 +518,9 @@ def select_archive(vlm: Any, pool: Any, prompts_text: str, targets: Any = None) 
         target_feats, target_source = feats, "the pool"
     keep = _spaced(int(target_feats.embeddings.shape[0]), MAX_EPIG_TARGETS)
     n = int(feats.embeddings.shape[0])
-    both = Features(torch.cat([feats.activations, target_feats.activations[keep]]),
-                    torch.cat([feats.embeddings, target_feats.embeddings[keep]]))
-    logits = vlm.sample_logits_features(both, vlm.encode_prompts(prompts), SELECT_SAMPLES,
-                                        torch.Generator().manual_seed(0))  # joint draws: pool and targets
-    probs = class_probabilities(logits, vlm.adapter.likelihood)
-    scores = {"entropy": predictive_entropy(probs[:, :n]), "bald": bald(probs[:, :n]),
-              "epig": epig(probs[:, :n], probs[:, n:])}
+    target_feats = Features(target_feats.activations[keep], target_feats.embeddings[keep])
+    scores = pool_scores(vlm, feats, vlm.encode_prompts(prompts), SELECT_SAMPLES, torch.Generator().manual_seed(0),
+                         target_feats)
     ranks = {k: torch.sort(v, descending=True, stable=True).indices.tolist() for k, v in scores.items()}
     for e_i, e in enumerate(entries):
         e.update({k: float(v[e_i]) for k, v in scores.items()})
