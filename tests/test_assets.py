@@ -12,7 +12,7 @@ import bayesvlm_explain as bx
 from bayesvlm_explain.cli import main
 from bayesvlm_explain.pretrained.assets import ModelAssets, load_assets
 from bayesvlm_explain.pretrained.registry import BUNDLED, asset_spec
-from bayesvlm_explain.ui.views import inspect_image
+from bayesvlm_explain.ui.tabs.inspect import inspect_image
 from bayesvlm_explain.yardstick import Yardstick, build_from_data
 
 
@@ -34,7 +34,7 @@ def test_unknown_model_gets_empty_assets_and_the_studio_says_it_has_no_yardstick
     assert assets.labels is None and assets.prompts() is None and assets.examples == []
     assert "No yardstick" in assets.yardstick_note
     Image.new("RGB", (32, 32), "red").save(tmp_path / "x.png")
-    image = inspect_image(tiny_vlm, str(tmp_path / "x.png"), "a cat\na dog")["json"]["image"]
+    image = inspect_image(tiny_vlm, str(tmp_path / "x.png"), "a cat\na dog").json["image"]
     assert image["percentiles"] == {} and "No yardstick" in image["verdict"]
 
 
@@ -64,7 +64,7 @@ def test_yardstick_command_end_to_end_on_the_bundled_model(tmp_path, capsys):
     assert ys.rule is not None and set(ys.rule.flag_rates) == {"in_domain"}
     assert [p.suffix for p in (post / "cache").iterdir()] == [".safetensors"]  # the feature cache (OUT/cache)
     image = inspect_image(vlm, str(data / "class_0" / "00.png"), "an emoji of frog\nan emoji of anchor",
-                          ys)["json"]["image"]
+                          ys).json["image"]
     assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy"}
     assert all(0.0 <= v <= 100.0 for v in image["percentiles"].values())
 
@@ -88,7 +88,7 @@ def test_yardstick_for_a_random_weight_vit_b_32_with_the_builtin_posterior(vit_b
     assets = load_assets(vit_b_32, "ViT-B-32", "laion2b_s34b_b79k", tmp_path)
     assert assets.yardstick is not None and assets.template == "a photo of a {}."
     image = inspect_image(vit_b_32, str(data / "class_1" / "01.png"), "a photo of a frog\na photo of a boat",
-                          assets.yardstick)["json"]["image"]
+                          assets.yardstick).json["image"]
     assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy"}
     assert isinstance(image["out_of_domain"], bool)
     # another posterior (another λ) is refused, with the field named
