@@ -274,7 +274,7 @@ def build_from_data(vlm: Any, data: Any, *, classnames: Sequence[str] | None = N
     n_out = int(n * held_out) if flag_percentile is not None and n * held_out >= 2 else 0
     ref, out = order[n_out:], order[:n_out]
     ys = build_yardstick(vlm, _rows(enc.features, ref), prompts, num_samples=num_samples, seed=seed,
-                         reference=labelled.description)
+                         reference=f"in-domain images {Path(str(data)).name}")  # no server path shown
     if flag_percentile is not None:
         rates = {}
         if n_out:

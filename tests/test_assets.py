@@ -60,7 +60,7 @@ def test_yardstick_command_end_to_end_on_the_bundled_model(tmp_path, capsys):
     vlm = bx.BayesVLM.from_pretrained(BUNDLED, posterior=post, device="cpu")
     ys = vlm.assets.yardstick
     assert isinstance(ys, Yardstick) and ys.prompts == ["an emoji of class 0", "an emoji of class 1"]
-    assert "13 images" in ys.reference  # 16 minus the 20% held out for the flag rate
+    assert ys.reference == "in-domain images data (13 images)"  # 16 minus the 20% held out for the flag rate
     assert ys.rule is not None and set(ys.rule.flag_rates) == {"in_domain"}
     assert [p.suffix for p in (post / "cache").iterdir()] == [".safetensors"]  # the feature cache (OUT/cache)
     image = inspect_image(vlm, str(data / "class_0" / "00.png"), "an emoji of frog\nan emoji of anchor",
