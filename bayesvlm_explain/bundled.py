@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .pretrained import package_path
+from .pretrained.registry import BUNDLED
 
 __all__ = [
     "BUNDLED_DIR",
@@ -34,7 +35,7 @@ __all__ = [
     "load_bundled",
 ]
 
-BUNDLED_DIR: Path = package_path("bundled")
+BUNDLED_DIR: Path = package_path(BUNDLED)  # the folder is named after the model
 """Default location of the shipped model (overridable with ``$BAYESVLM_BUNDLED_DIR``)."""
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``bayesvlm-explain studio | predict`` (and the commands other modules register)."""
+"""Command line: ``bayesvlm-explain studio | predict | fit | yardstick | evaluate | …`` (``--help`` lists all)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .pretrained.registry import BUNDLED
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="bundled",
+    p.add_argument("--model", default=BUNDLED,
                    help="open_clip model name, 'hf-hub:…', 'local-dir:…', or 'bundled' (default, offline)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
     p.add_argument("--posterior", default=None,
@@ -36,14 +38,14 @@ def _port_taken(host: str, port: int) -> bool:
 
 
 def cmd_studio(args: argparse.Namespace) -> int:
-    from .ui import build_app, bundled_examples
+    from .ui import build_app
 
     taken = f"error: port {args.port} on {args.host} is taken (another studio?); choose a free one with --port N"
     if _port_taken(args.host, args.port):
         print(taken, file=sys.stderr)
         return 2
     vlm = _load(args)
-    app = build_app(vlm, examples=bundled_examples() if args.model == "bundled" else None,
+    app = build_app(vlm, examples=vlm.assets.examples or None,
                     max_queue=args.max_queue)
     try:
         app.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
@@ -123,6 +125,34 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_yardstick(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.evaluate import EvaluationError, read_classnames
+    from .yardstick import YardstickError, build_from_data
+
+    vlm = _load(args)
+    if vlm.posterior is None:
+        print(f"error: no posterior for {vlm.name}; pass --posterior DIR (see `bayesvlm-explain fit`)",
+              file=sys.stderr)
+        return 2
+    try:
+        names = read_classnames(args.classnames) if args.classnames else None
+        ys = build_from_data(vlm, args.data, classnames=names, template=args.template,
+                             cache_dir=args.cache or Path(args.out) / "cache", num_samples=args.mc_samples,
+                             seed=args.seed, flag_percentile=args.flag_percentile or None,
+                             batch_size=args.batch_size)
+    except (EvaluationError, YardstickError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    print(f"wrote {ys.save(args.out)} ({ys.reference}, {len(ys.prompts)} classes)")
+    if ys.rule is not None:
+        rates = ", ".join(f"{k} {v:.1%}" for k, v in ys.rule.flag_rates.items()) or "not measured"
+        print(f"out-of-domain rule: {ys.rule.figure} percentile >= {ys.rule.percentile:g} (flagged: {rates})")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -131,17 +161,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     vlm = _load(args)
     try:
         names = read_classnames(args.classnames) if args.classnames else None
-        payload = evaluate(vlm, args.data, classnames=names, template=args.template, predictive=args.predictive,
+        result = evaluate(vlm, args.data, classnames=names, template=args.template, predictive=args.predictive,
                            num_samples=args.mc_samples, pseudo_count=args.pseudo_count,
                            prior_precision=args.prior_precision, cache_dir=args.cache or Path(args.out) / "cache",
                            batch_size=args.batch_size, seed=args.seed)
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    path = write_report(payload, args.out)
-    print(summary_markdown(payload))
-    print(f"written to {path} (features {'from the cache' if payload['cache']['hit'] else 'computed'}, "
-          f"{payload['seconds']['total']:.1f} s)")
+    path = write_report(result, args.out)
+    report = result.report
+    print(summary_markdown(report))
+    print(f"written to {path} (features {'from the cache' if report['cache']['hit'] else 'computed'}, "
+          f"{report['seconds']['total']:.1f} s)")
     return 0
 
 
@@ -193,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_studio)
     p = sub.add_parser("export-space", help="write a Hugging Face Space folder that runs the studio")
     p.add_argument("dir", help="new or empty folder to write")
-    p.add_argument("--model", default="bundled", help="'bundled' (default) or an open_clip model name / 'hf-hub:…'")
+    p.add_argument("--model", default=BUNDLED, help="'bundled' (default) or an open_clip model name / 'hf-hub:…'")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
     p.add_argument("--posterior", default=None, help="posterior folder to ship (default: bundled or built-in)")
     p.add_argument("--hardware", default=None,
@@ -222,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--marglik", choices=["exact", "reference"], default="exact")
     p.add_argument("--backend", default="gloo", help="torch.distributed backend under torchrun")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("yardstick", help="build the yardstick (percentiles, out-of-domain flag) of a model and "
+                                         "posterior from labelled in-domain images")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="in-domain images: one sub-folder per class, a labels CSV/JSONL, "
+                                                 "or WebDataset tar shards")
+    p.add_argument("--out", required=True, help="folder for yardstick.json: the posterior's, so it loads with it")
+    p.add_argument("--classnames", default=None, help="text file, one class name per line (default: the data's)")
+    p.add_argument("--template", default=None,
+                   help="prompt template with one {} (default: the model's, else 'a photo of a {}.')")
+    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
+    p.add_argument("--mc-samples", type=int, default=1000)
+    p.add_argument("--flag-percentile", type=float, default=95.0,
+                   help="flag out of domain at this percentile of max(epistemic, input scale); 0: no flag")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_yardstick)
     p = sub.add_parser("evaluate", help="accuracy, calibration and misclassification detection on labelled images")
     _add_model_args(p)
     p.add_argument("--data", required=True,

@@ -18,6 +18,8 @@ from .loading import load_open_clip
 from .options import Link, check_option
 from .posterior import META_FILE, REFERENCE_JSON, Posterior, PosteriorError
 from .predictive import Prediction, PredictiveMethod
+from .pretrained.assets import ModelAssets
+from .pretrained.registry import BUNDLED
 
 __all__ = ["ALGEBRA_DTYPE", "BayesVLM", "resolve_device"]
 
@@ -60,6 +62,8 @@ class BayesVLM:
                                batch_size=batch_size, prompt_cache_size=prompt_cache_size)
         self.name = name or self.adapter.architecture
         self._posterior: Posterior | None = None
+        self.assets = ModelAssets()
+        """Label set, template, yardstick, examples (:class:`ModelAssets`; empty unless ``from_pretrained``)."""
         if posterior is not None:
             self.posterior = posterior
 
@@ -87,7 +91,7 @@ class BayesVLM:
     @classmethod
     def from_pretrained(
         cls,
-        model_name: str = "bundled",
+        model_name: str = BUNDLED,
         pretrained: str | None = None,
         posterior: Posterior | str | Path | bool | None = None,
         device: str | torch.device | None = None,
@@ -95,27 +99,34 @@ class BayesVLM:
         **kwargs: Any,
     ) -> BayesVLM:
         """Build from an open_clip name (``"ViT-B-32"`` + ``pretrained="laion2b_s34b_b79k"``), an
-        ``"hf-hub:…"`` id, a ``"local-dir:…"`` checkpoint, or ``"bundled"`` (the offline model shipped
-        with the package). With ``posterior=None`` the bundled model gets its posterior and a known
-        (name, tag) pair its built-in one (:meth:`Posterior.from_pretrained`); ``posterior=False``: none.
+        ``"hf-hub:…"`` id, a ``"local-dir:…"`` checkpoint, or the offline model shipped with the package
+        (:data:`~.pretrained.registry.BUNDLED`, the default). With ``posterior=None`` a model the registry
+        knows gets its shipped posterior (:meth:`Posterior.from_pretrained`); ``posterior=False``: none.
+        ``vlm.assets`` (:class:`~.pretrained.assets.ModelAssets`) holds the registry's label set, template
+        and examples, and the ``yardstick.json`` found beside the posterior.
         Code shipped with a model is never run unless ``trust_remote_code=True``
         (see :mod:`~bayesvlm_explain.loading`)."""
-        from .pretrained.registry import known_posterior_dir
+        from .pretrained.assets import load_assets
+        from .pretrained.registry import asset_spec
 
         dev = resolve_device(device)
         auto, posterior = posterior is None, (None if posterior is False else posterior)
-        if model_name == "bundled":
-            from .bundled import bundled_dir, load_bundled
+        if model_name == BUNDLED:
+            from .bundled import load_bundled
 
             model, tokenizer, preprocess = load_bundled(device=dev)
-            if auto and (bundled_dir() / "posterior" / META_FILE).is_file():
-                posterior = bundled_dir() / "posterior"
-            return cls(model, tokenizer, preprocess, posterior, device=dev, name="bundled", **kwargs)
-        model, tokenizer, preprocess = load_open_clip(model_name, pretrained, dev, trust_remote_code)
-        name = model_name + (f"/{pretrained}" if pretrained else "")
-        if auto and known_posterior_dir(model_name, pretrained) is not None:
-            posterior = Posterior.from_pretrained(model_name, pretrained)
-        return cls(model, tokenizer, preprocess, posterior, device=dev, name=name, **kwargs)
+            name = BUNDLED
+        else:
+            model, tokenizer, preprocess = load_open_clip(model_name, pretrained, dev, trust_remote_code)
+            name = model_name + (f"/{pretrained}" if pretrained else "")
+        spec = asset_spec(model_name, pretrained)
+        shipped = spec.posterior_dir() if spec is not None and spec.posterior_dir is not None else None
+        if auto and shipped is not None and (shipped / META_FILE).is_file():
+            posterior = shipped
+        vlm = cls(model, tokenizer, preprocess, posterior, device=dev, name=name, **kwargs)
+        folder = posterior if isinstance(posterior, str | Path) else (shipped if auto else None)
+        vlm.assets = load_assets(vlm, model_name, pretrained, folder)
+        return vlm
 
     # -- posterior -------------------------------------------------------------------------------
     @property

@@ -16,6 +16,7 @@ underflows, unlike the reference's B9).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -94,3 +95,24 @@ def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> 
     if k > available:
         raise ValueError(f"cannot select {k} of {available} available inputs")
     return torch.sort(masked, descending=True, stable=True).indices[:k]
+
+
+def pool_scores(vlm: Any, pool: Any, txt: Any, num_samples: int, generator: torch.Generator,
+                target: Any = None) -> dict[str, torch.Tensor]:
+    """``entropy``, ``bald`` and ``epig`` [N] (nats) of the pool's image features under ``vlm``'s posterior.
+
+    Pool and EPIG targets (default: the pool) are drawn jointly: one ``vlm.sample_logits_features`` call
+    on their concatenated :class:`~bayesvlm_explain.adapters.Features` with ``num_samples`` draws, so
+    draw ``s`` of every image uses the same weight sample; probabilities use the model's own link
+    (:func:`class_probabilities`). ``txt``: the prompt features.
+    """
+    from .adapters import Features
+
+    target = pool if target is None else target
+    n = int(pool.embeddings.shape[0])
+    both = Features(torch.cat([pool.activations, target.activations]),
+                    torch.cat([pool.embeddings, target.embeddings]))
+    probs = class_probabilities(vlm.sample_logits_features(both, txt, num_samples, generator),
+                                vlm.adapter.likelihood)
+    return {"entropy": predictive_entropy(probs[:, :n]), "bald": bald(probs[:, :n]),
+            "epig": epig(probs[:, :n], probs[:, n:])}

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .pretrained.registry import BUNDLED
+
 __all__ = ["HARDWARE", "LFS_PATTERNS", "PLAIN_FILE_LIMIT", "ZEROGPU", "ZEROGPU_PINS", "ZEROGPU_PYTHON",
            "SpaceExportError", "build_space_app", "check_space", "default_hardware", "export_space", "gpu"]
 
@@ -107,7 +109,7 @@ def gpu(fn: Callable[..., Any]) -> Callable[..., Any]:
     return spaces.GPU(fn)
 
 
-def build_space_app(model: str = "bundled", pretrained: str | None = None, posterior: str | None = None,
+def build_space_app(model: str = BUNDLED, pretrained: str | None = None, posterior: str | None = None,
                     device: str | None = None) -> Any:
     """The studio (a ``gradio.Blocks``, not launched) for ``model``; its queued handlers wrapped by :func:`gpu`.
 
@@ -115,10 +117,10 @@ def build_space_app(model: str = "bundled", pretrained: str | None = None, poste
     uses the bundled or built-in one.
     """
     from .model import BayesVLM
-    from .ui import build_app, bundled_examples
+    from .ui import build_app
 
     vlm = BayesVLM.from_pretrained(model, pretrained=pretrained, posterior=posterior, device=device)
-    app = build_app(vlm, examples=bundled_examples() if model == "bundled" else None)
+    app = build_app(vlm, examples=vlm.assets.examples or None)
     for block_fn in app.fns.values():
         if block_fn.queue and block_fn.fn is not None:
             block_fn.fn = gpu(block_fn.fn)
@@ -177,7 +179,7 @@ def _front_matter(fields: dict[str, Any]) -> str:
 
 def default_hardware(model: str) -> str:
     """``cpu-basic`` for the bundled model (small enough for CPU), :data:`ZEROGPU` for a hub model."""
-    return "cpu-basic" if model == "bundled" else ZEROGPU
+    return "cpu-basic" if model == BUNDLED else ZEROGPU
 
 
 def _package_ignore(model: str, posterior_kept: Path | None, with_bundled: bool) -> Callable[[str, list[str]], set]:
@@ -186,8 +188,8 @@ def _package_ignore(model: str, posterior_kept: Path | None, with_bundled: bool)
     package = Path(__file__).resolve().parent
     pretrained = package / "pretrained"
     skip = set()
-    if model != "bundled" and not with_bundled:
-        skip |= {pretrained / "bundled", pretrained / "examples"}
+    if model != BUNDLED and not with_bundled:
+        skip |= {pretrained / BUNDLED, pretrained / "examples"}
     posteriors = pretrained / "posteriors"
     if posteriors.is_dir():
         skip |= {d for d in posteriors.iterdir() if d.is_dir() and d != posterior_kept}
@@ -198,7 +200,7 @@ def _package_ignore(model: str, posterior_kept: Path | None, with_bundled: bool)
     return ignore
 
 
-def export_space(out_dir: str | Path, model: str = "bundled", pretrained: str | None = None,
+def export_space(out_dir: str | Path, model: str = BUNDLED, pretrained: str | None = None,
                  hardware: str | None = None, posterior: str | Path | None = None,
                  with_bundled: bool = False) -> Path:
     """Write a self-contained Hugging Face Space folder for the studio on ``model``; return its path.
@@ -220,12 +222,12 @@ def export_space(out_dir: str | Path, model: str = "bundled", pretrained: str | 
     hardware = hardware or default_hardware(model)
     if hardware not in (*HARDWARE, ZEROGPU):
         raise SpaceExportError(f"unknown hardware {hardware!r}; one of {ZEROGPU}, {', '.join(HARDWARE)}")
-    if model == "bundled" and pretrained:
+    if model == BUNDLED and pretrained:
         raise SpaceExportError("--pretrained is for open_clip models, not the bundled one")
     zerogpu = hardware == ZEROGPU
     fields: dict[str, Any] = {}
     known = None
-    if model == "bundled":
+    if model == BUNDLED:
         model_label, posterior_label = "bundled (offline emoji CLIP)", "the bundled one"
     else:
         repo = _hub_repo(model, pretrained)

@@ -14,9 +14,11 @@ Entropy and BALD depend on the candidate prompts, so they are always measured ag
 with the yardstick, never against whatever prompts a user typed. An image is flagged out of domain when the
 figure chosen on a shift benchmark (:func:`choose_out_of_domain_rule`) reaches the chosen percentile.
 
-The yardstick is stored as ``yardstick.json`` beside ``posterior.json`` (:meth:`Yardstick.save`); the
-bundled model's is built by ``python -m bayesvlm_explain.yardstick`` (reference: the shift benchmark's
-in-domain calibration split; rule and flag rates: its held-out in-domain split and every shift style).
+The yardstick is stored as ``yardstick.json`` beside ``posterior.json`` (:meth:`Yardstick.save`) and loaded
+into ``vlm.assets`` by ``BayesVLM.from_pretrained``. ``bayesvlm-explain yardstick`` builds one for any model
+and posterior from labelled in-domain images (:func:`build_from_data`); the bundled model's shipped one was
+built with :func:`build_yardstick` on the shift benchmark's in-domain calibration split, its rule chosen by
+:func:`choose_out_of_domain_rule` on the held-out in-domain split and every shift style (build tools).
 """
 
 from __future__ import annotations
@@ -248,49 +250,39 @@ def choose_out_of_domain_rule(yardstick: Yardstick, in_domain: Mapping[str, Any]
     return best[1]
 
 
-def bundled_yardstick_path() -> Path:
-    """Where the bundled model's yardstick lives (beside its posterior)."""
-    from .bundled import bundled_dir
+def build_from_data(vlm: Any, data: Any, *, classnames: Sequence[str] | None = None, template: str | None = None,
+                    cache_dir: str | Path | None = None, num_samples: int = 1000, seed: int = 0,
+                    flag_percentile: float | None = 95.0, held_out: float = 0.2, batch_size: int = 64,
+                    progress: bool = True) -> Yardstick:
+    """A yardstick for ``vlm``'s posterior from labelled in-domain images ``data`` (image folder with one
+    sub-folder per class, labels CSV/JSONL, or tar shards), streamed through the encoder with a progress bar
+    and the evaluation feature cache in ``cache_dir``.
 
-    return bundled_dir() / "posterior" / FILE_NAME
+    The label set is ``classnames`` (default: the data's classes), each written with ``template``
+    (default: ``vlm.assets.template``, else ``"a photo of a {}."``). A seeded ``held_out`` share of the
+    images is kept out of the reference to measure the in-domain flag rate of the out-of-domain rule
+    ``max(epistemic, input_scale)`` percentile >= ``flag_percentile`` (``None``: no rule).
+    """
+    from .evaluation.evaluate import DEFAULT_TEMPLATE, class_prompts, encode_labeled, open_labeled
 
-
-def build_bundled(num_samples: int = 1000, cache_dir: Any = None) -> Yardstick:
-    """The bundled model's yardstick: reference = the shift benchmark's in-domain calibration split; the
-    out-of-domain rule is chosen on its held-out in-domain split and every shift style."""
-    from .data.labels import load_label_space
-    from .evaluation.shift import render_splits
-    from .model import BayesVLM
-
-    vlm = BayesVLM.from_pretrained("bundled", device="cpu")
-    size = vlm.image_size[0] if vlm.image_size else 64
-    splits = render_splits(size, cache_dir)
-    prompts = load_label_space().prompts()
-    ys = build_yardstick(vlm, splits["calibration"].images, prompts, num_samples=num_samples,
-                         reference="bundled shift benchmark, in-domain calibration split")
-    figures = {name: {k: v.numpy() for k, v in ys.measure(vlm, s.images).items()}
-               for name, s in splits.items() if name != "calibration"}
-    in_domain = figures.pop("in_domain")
-    ys.rule = choose_out_of_domain_rule(ys, in_domain, figures)
+    labelled = open_labeled(data, list(classnames) if classnames else None)
+    enc = encode_labeled(vlm, labelled, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    assets = getattr(vlm, "assets", None)
+    prompts = class_prompts(labelled.classnames, template or getattr(assets, "template", None) or DEFAULT_TEMPLATE)
+    n = enc.features.activations.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_out = int(n * held_out) if flag_percentile is not None and n * held_out >= 2 else 0
+    ref, out = order[n_out:], order[:n_out]
+    ys = build_yardstick(vlm, _rows(enc.features, ref), prompts, num_samples=num_samples, seed=seed,
+                         reference=f"in-domain images {Path(str(data)).name}")  # no server path shown
+    if flag_percentile is not None:
+        rates = {}
+        if n_out:
+            pct = ys.percentiles({k: v.numpy() for k, v in ys.measure(vlm, _rows(enc.features, out)).items()})
+            rates["in_domain"] = float(np.mean(_rule_score(pct, RULE_FIGURES[-1]) >= flag_percentile))
+        ys.rule = OutOfDomainRule(RULE_FIGURES[-1], float(flag_percentile), rates)
     return ys
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bayesvlm_explain.yardstick``: rebuild the bundled model's yardstick and print its rule."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--cache-dir", default=None, help="emoji render cache (default: the user cache)")
-    args = parser.parse_args(argv)
-    ys = build_bundled(args.num_samples, args.cache_dir)
-    path = ys.save(bundled_yardstick_path().parent)
-    print(f"wrote {path}")
-    print(f"out-of-domain rule: {ys.rule.figure} percentile >= {ys.rule.percentile}")
-    for name, rate in ys.rule.flag_rates.items():
-        print(f"  flagged {name}: {rate:.1%}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _rows(feats: Features, index: torch.Tensor) -> Features:
+    return Features(feats.activations[index], feats.embeddings[index])

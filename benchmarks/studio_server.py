@@ -85,11 +85,12 @@ def instrument(timings: Timings, replay: bool = False) -> None:
     from bayesvlm_explain import explain
     from bayesvlm_explain.explain import TokenAttribution, UncertaintyAttribution
     from bayesvlm_explain.model import BayesVLM
-    from bayesvlm_explain.ui import views
+    from bayesvlm_explain.ui.tabs import explain as explain_tab
+    from bayesvlm_explain.ui.tabs import inspect as inspect_tab
     from bayesvlm_explain.yardstick import Yardstick
 
-    views.inspect_image = timings.handler("/predict", views.inspect_image, replay)
-    views.explain_prompt = timings.handler("/explain", views.explain_prompt, replay)
+    inspect_tab.inspect_image = timings.handler("/predict", inspect_tab.inspect_image, replay)
+    explain_tab.explain_prompt = timings.handler("/explain", explain_tab.explain_prompt, replay)
     for owner, name in ((BayesVLM, "encode_images"), (BayesVLM, "predict_features"),
                         (BayesVLM, "preprocess_images"), (Yardstick, "measure"),
                         (UncertaintyAttribution, "attribute"), (TokenAttribution, "attribute")):
@@ -125,7 +126,7 @@ def main() -> None:
     timings = Timings()
     if args.timings or args.replay:
         instrument(timings, args.replay)
-    vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
+    vlm = bx.BayesVLM.from_pretrained(device="cpu")  # the bundled model
     app = build_app(vlm, examples=bundled_examples(), max_queue=args.max_queue, per_client=args.per_client)
     app.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True)
     print(f"URL {app.local_url}", flush=True)

@@ -41,7 +41,9 @@ def make_folder(root, per_class: int = 3, corrupt: bool = True):
 def test_folder_metrics_cache_and_skips(tiny_vlm, tmp_path):
     folder = make_folder(tmp_path / "data")
     before = (tiny_vlm.posterior.image.pseudo_count, tiny_vlm.posterior.image.prior_precision)
-    payload = evaluate(tiny_vlm, folder, template="a photo of a {}.", cache_dir=tmp_path / "cache", progress=False)
+    result = evaluate(tiny_vlm, folder, template="a photo of a {}.", cache_dir=tmp_path / "cache", progress=False)
+    payload = result.report
+    assert set(result.probs) == {"deterministic", "bayes (probit)"} and result.labels.shape == (9,)
     assert payload["images"] == 9
     assert payload["skipped"] == {"bad_image": 1, "not_an_image": 1}
     assert payload["classes"] == ["blue-thing", "green thing", "red thing"]  # sorted folders, _ as space
@@ -60,14 +62,14 @@ def test_folder_metrics_cache_and_skips(tiny_vlm, tmp_path):
         for key in ("accuracy", "ece", "nlpd", "brier"):
             assert by_method[method][key] == pytest.approx(ref[key], abs=1e-4)  # float32 feature cache
     assert not payload["cache"]["hit"]
-    again = evaluate(tiny_vlm, folder, template="a photo of a {}.", cache_dir=tmp_path / "cache", progress=False)
+    again = evaluate(tiny_vlm, folder, template="a photo of a {}.", cache_dir=tmp_path / "cache", progress=False).report
     assert again["cache"]["hit"] and again["rows"] == payload["rows"] and again["skipped"] == payload["skipped"]
     other = evaluate(tiny_vlm, folder, template="a photo of a {}.", cache_dir=tmp_path / "cache", progress=False,
-                     pseudo_count=50.0)
+                     pseudo_count=50.0).report
     assert other["cache"]["hit"] and other["settings"]["pseudo_count"]["image"] == 50.0
     assert other["rows"][1]["nlpd"] != payload["rows"][1]["nlpd"]
     assert (tiny_vlm.posterior.image.pseudo_count, tiny_vlm.posterior.image.prior_precision) == before
-    out = write_report(payload, tmp_path / "out")
+    out = write_report(result, tmp_path / "out")
     saved = json.loads(out.read_text())
     assert saved["rows"] == payload["rows"] and (tmp_path / "out" / "reliability.png").stat().st_size > 0
     assert "| bayes | neg_bald |" in (tmp_path / "out" / "evaluation.md").read_text()
@@ -75,9 +77,9 @@ def test_folder_metrics_cache_and_skips(tiny_vlm, tmp_path):
 
 def test_changed_image_invalidates_cache(tiny_vlm, tmp_path):
     folder = make_folder(tmp_path / "data", per_class=1, corrupt=False)
-    first = evaluate(tiny_vlm, folder, cache_dir=tmp_path / "cache", progress=False)
+    first = evaluate(tiny_vlm, folder, cache_dir=tmp_path / "cache", progress=False).report
     Image.new("RGB", (40, 40), (0, 0, 0)).save(folder / CLASSES[0] / "0.png")
-    second = evaluate(tiny_vlm, folder, cache_dir=tmp_path / "cache", progress=False)
+    second = evaluate(tiny_vlm, folder, cache_dir=tmp_path / "cache", progress=False).report
     assert not second["cache"]["hit"] and second["cache"]["path"] != first["cache"]["path"]
 
 
@@ -87,8 +89,8 @@ def test_captions_csv_matches_folder(tiny_vlm, tmp_path):
     rows.append("red_thing/0.png,purple thing")  # a label outside the class names: counted
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     names = ["red thing", "green thing", "blue-thing"]
-    a = evaluate(tiny_vlm, folder, classnames=names, progress=False)
-    b = evaluate(tiny_vlm, folder / "labels.csv", classnames=names, progress=False)
+    a = evaluate(tiny_vlm, folder, classnames=names, progress=False).report
+    b = evaluate(tiny_vlm, folder / "labels.csv", classnames=names, progress=False).report
     assert b["skipped"] == {"unknown_label": 1} and a["skipped"] == {}
     for ra, rb in zip(a["rows"], b["rows"], strict=True):
         # the same images in another order: float32 encodings may differ in the last bit

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import bayesvlm_explain as bx
-from bayesvlm_explain.ui import TABLE_HEADERS, build_app, parse_prompts, prediction_table, views
+from bayesvlm_explain.ui import TABLE_HEADERS, build_app, parse_prompts, prediction_table, tabs, views
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 CLASS_KEYS = {"prompt", "mean", "var", "var_image", "var_text", "var_interaction", "prob", "map_prob"}
@@ -29,8 +29,8 @@ def png(tmp_path):
 
 
 def test_inspect_json_has_the_documented_fields_and_adds_up(tiny_vlm, png):
-    out = views.inspect_image(tiny_vlm, png(), "a cat\n\n a dog \na truck")
-    classes, image = out["json"]["classes"], out["json"]["image"]
+    out = tabs.inspect.inspect_image(tiny_vlm, png(), "a cat\n\n a dog \na truck")
+    classes, image = out.json["classes"], out.json["image"]
     assert [c["prompt"] for c in classes] == ["a cat", "a dog", "a truck"]
     assert all(set(c) == CLASS_KEYS for c in classes)
     assert abs(sum(c["prob"] for c in classes) - 1) < 1e-9 and abs(sum(c["map_prob"] for c in classes) - 1) < 1e-9
@@ -41,10 +41,10 @@ def test_inspect_json_has_the_documented_fields_and_adds_up(tiny_vlm, png):
     probs = np.array([c["prob"] for c in classes])
     assert math.isclose(image["entropy"], float(-(probs * np.log(probs)).sum()), rel_tol=1e-9)
     assert image["percentiles"] == {} and image["out_of_domain"] is False  # no yardstick for this model
-    assert [r[0] for r in out["rows"]] == sorted([c["prompt"] for c in classes], key=lambda p: -next(
+    assert [r[0] for r in out.rows] == sorted([c["prompt"] for c in classes], key=lambda p: -next(
         c["prob"] for c in classes if c["prompt"] == p))
-    assert len(out["rows"][0]) == len(TABLE_HEADERS)
-    assert "a cat" in out["bars"] and "logit" in out["bars"]
+    assert len(out.rows[0]) == len(TABLE_HEADERS)
+    assert "a cat" in out.bars and "logit" in out.bars
 
 
 def test_small_uncertainties_are_shown_not_rounded_to_zero():
@@ -67,9 +67,9 @@ def test_prompts_are_cleaned_and_bad_ones_refused(tiny_vlm, png):
 
 
 def test_compare_expands_templates_and_reports_disagreement(tiny_vlm, png):
-    out = views.compare_sets(tiny_vlm, png(), ["a photo of {}", "", "a drawing of {}", "a cat\na truck"],
+    out = tabs.compare.compare_sets(tiny_vlm, png(), ["a photo of {}", "", "a drawing of {}", "a cat\na truck"],
                              "cat\ndog")
-    sets = out["json"]["sets"]
+    sets = out.json["sets"]
     assert [s["prompts"] for s in sets] == [["a photo of cat", "a photo of dog"],
                                           ["a drawing of cat", "a drawing of dog"], ["a cat", "a truck"]]
     for s in sets:
@@ -77,25 +77,25 @@ def test_compare_expands_templates_and_reports_disagreement(tiny_vlm, png):
         k = s["top"]["index"]
         assert s["top"]["prob"] == max(c["prob"] for c in s["classes"]) == s["classes"][k]["prob"]
         assert 0 <= s["epistemic"] <= s["entropy"] <= math.log(2) + 1e-9
-    assert out["json"]["most_certain"] == int(np.argmin([s["entropy"] for s in sets]))
+    assert out.json["most_certain"] == int(np.argmin([s["entropy"] for s in sets]))
     agree = len({s["top"]["index"] for s in sets}) == 1
-    assert out["json"]["agree"] == agree and ("disagree" in out["summary"]) == (not agree)
+    assert out.json["agree"] == agree and ("disagree" in out.summary) == (not agree)
     with pytest.raises(bx.InputError, match="at least 2"):
-        views.compare_sets(tiny_vlm, png(), ["a cat", " ", "", ""])
+        tabs.compare.compare_sets(tiny_vlm, png(), ["a cat", " ", "", ""])
     with pytest.raises(bx.InputError, match="labels"):
-        views.compare_sets(tiny_vlm, png(), ["a {}", "b {}"], "")
+        tabs.compare.compare_sets(tiny_vlm, png(), ["a {}", "b {}"], "")
 
 
 def test_explain_any_prompt_returns_figure_tokens_and_numbers(tiny_vlm, png):
     from matplotlib.figure import Figure
 
     path = png(color=(20, 200, 20))
-    inspected = views.inspect_image(tiny_vlm, path, "a cat\na dog\na frog")["json"]["classes"]
+    inspected = tabs.inspect.inspect_image(tiny_vlm, path, "a cat\na dog\na frog").json["classes"]
     last = min(inspected, key=lambda c: c["prob"])["prompt"]  # not the most probable prompt
-    out = views.explain_prompt(tiny_vlm, path, "a cat\na dog\na frog", last, "image_variance",
+    out = tabs.explain.explain_prompt(tiny_vlm, path, "a cat\na dog\na frog", last, "image_variance",
                                "integrated_gradients", steps=8, num_samples=200)
-    p = out["json"]
-    assert isinstance(out["figure"], Figure) and p["prompt"] == last
+    p = out.json
+    assert isinstance(out.figure, Figure) and p["prompt"] == last
     assert math.isclose(sum(p["shares"].values()), 1.0, rel_tol=1e-9)
     assert math.isclose(p["entropy"], p["aleatoric"] + p["epistemic"], rel_tol=1e-9)
     words = [t for t in p["tokens"] if not t["special"]]
@@ -105,22 +105,22 @@ def test_explain_any_prompt_returns_figure_tokens_and_numbers(tiny_vlm, png):
     assert p["attribution"]["target_value"] == pytest.approx(var_image, rel=1e-5)
     assert p["attribution"]["unit"] == "squared logits" and abs(p["attribution"]["delta"]) < 0.05 * var_image
     with pytest.raises(bx.InputError, match="not among"):
-        views.explain_prompt(tiny_vlm, path, "a cat\na dog", "a frog")
+        tabs.explain.explain_prompt(tiny_vlm, path, "a cat\na dog", "a frog")
     with pytest.raises(bx.InputError, match="steps"):
-        views.explain_prompt(tiny_vlm, path, "a cat\na dog", "", steps=0)
+        tabs.explain.explain_prompt(tiny_vlm, path, "a cat\na dog", "", steps=0)
 
 
 def test_batch_sorted_by_epistemic_with_safe_csv(tiny_vlm, png):
     paths = [png(f"=img{i}.png", color=(40 * i, 255 - 30 * i, 9 * i)) for i in range(4)]
-    out = views.batch_table(tiny_vlm, paths, "a cat\na dog\na red square")
-    epistemic = [row[6] for row in out["rows"]]
-    assert epistemic == sorted(epistemic, reverse=True) and len(out["rows"]) == 4
-    assert [e["image"]["epistemic"] for e in out["json"]["images"]] == sorted(
-        (e["image"]["epistemic"] for e in out["json"]["images"]), reverse=True)
-    lines = out["csv"].splitlines()
+    out = tabs.batch.batch_table(tiny_vlm, paths, "a cat\na dog\na red square")
+    epistemic = [row[6] for row in out.rows]
+    assert epistemic == sorted(epistemic, reverse=True) and len(out.rows) == 4
+    assert [e["image"]["epistemic"] for e in out.json["images"]] == sorted(
+        (e["image"]["epistemic"] for e in out.json["images"]), reverse=True)
+    lines = out.csv.splitlines()
     assert lines[0].split(",") == views.BATCH_HEADERS and all(line.startswith("'=img") for line in lines[1:])
     with pytest.raises(bx.InputError, match="at most"):
-        views.batch_table(tiny_vlm, [paths[0]] * 17, "a cat")
+        tabs.batch.batch_table(tiny_vlm, [paths[0]] * 17, "a cat")
 
 
 # -- uploads ------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, ca
         assert [c["prompt"] for c in payload["classes"]] == ["a red square", "a blue circle"]
         assert set(payload["image"]) >= {"entropy", "aleatoric", "epistemic", "percentiles", "out_of_domain"}
         assert table["headers"] == TABLE_HEADERS and len(table["data"]) == 2 and "entropy" in verdict
-        alone = views.inspect_image(tiny_vlm, png(), "a red square\na blue circle")["json"]["classes"]
+        alone = tabs.inspect.inspect_image(tiny_vlm, png(), "a red square\na blue circle").json["classes"]
         assert payload["classes"] == alone  # the server returns exactly what the library computes
         _, _, cmp = client.predict(img, "a {}", "the {}", "", "", "cat\ndog", api_name="/compare")
         assert [len(s["prompts"]) for s in cmp["sets"]] == [2, 2]
@@ -365,9 +365,9 @@ def test_calibrate_reports_the_library_evaluation_of_the_zip(tiny_vlm, tmp_path)
     from bayesvlm_explain.evaluation.evaluate import evaluate
 
     z = _zip(tmp_path / "shapes.zip", LABELLED)
-    out = views.calibrate_archive(tiny_vlm, z, "a photo of a {}.")
-    p = out["json"]
-    assert isinstance(out["figure"], Figure) and p["data"] == "shapes.zip" and p["images"] == 8
+    out = tabs.calibrate.calibrate_archive(tiny_vlm, z, "a photo of a {}.")
+    p = out.json
+    assert isinstance(out.figure, Figure) and p["data"] == "shapes.zip" and p["images"] == 8
     assert p["classes"] == ["blue circle", "red square"] and p["refused"] == [
         "set/blue_circle/broken.png: not a JPEG, PNG, WebP, GIF or BMP image"]
     # the same images as a folder, through the library's evaluate: identical metrics
@@ -377,15 +377,15 @@ def test_calibrate_reports_the_library_evaluation_of_the_zip(tiny_vlm, tmp_path)
             (folder / Path(name).parent.name).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (32, 32), color).save(folder / Path(name).parent.name / Path(name).name)
     ref = evaluate(tiny_vlm, folder, template="a photo of a {}.", predictive=views.RECOMMENDED,
-                   num_samples=views.NUM_SAMPLES, progress=False)
+                   num_samples=views.NUM_SAMPLES, progress=False).report
     assert p["rows"] == ref["rows"] and p["misclassification"] == ref["misclassification"]
-    assert {r["method"] for r in p["rows"]} == {"deterministic", "bayes"} and "| bayes |" in out["summary"]
-    assert str(tmp_path) not in str(p) and "/tmp" not in out["summary"]
+    assert {r["method"] for r in p["rows"]} == {"deterministic", "bayes"} and "| bayes |" in out.summary
+    assert str(tmp_path) not in str(p) and "/tmp" not in out.summary
     with pytest.raises(bx.InputError, match="template"):
-        views.calibrate_archive(tiny_vlm, z, "a photo")
+        tabs.calibrate.calibrate_archive(tiny_vlm, z, "a photo")
     flat = _zip(tmp_path / "flat.zip", {"a.png": (1, 2, 3), "b.png": (4, 5, 6)})
     with pytest.raises(bx.InputError, match="flat.zip: expected one folder per class"):
-        views.calibrate_archive(tiny_vlm, flat, "a {}")
+        tabs.calibrate.calibrate_archive(tiny_vlm, flat, "a {}")
 
 
 def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
@@ -396,8 +396,8 @@ def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
     colors = [(25 * i, 255 - 25 * i, (70 * i) % 256) for i in range(7)]
     pool = _zip(tmp_path / "pool.zip", {f"p{i}.png": c for i, c in enumerate(colors)})
     prompts = "a red square\na blue circle\na green leaf"
-    out = views.select_archive(tiny_vlm, pool, prompts)
-    p = out["json"]
+    out = tabs.select.select_archive(tiny_vlm, pool, prompts)
+    p = out.json
     assert p["images"] == 7 and p["targets"] == 7 and p["target_source"] == "the pool"
     # reference: the library's functions on one joint draw of the pool followed by itself as targets
     feats = tiny_vlm.encode_images([Image.new("RGB", (32, 32), c) for c in colors])
@@ -412,19 +412,19 @@ def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
         assert p["ranking"][k] == [f"p{int(i)}.png" for i in torch.sort(v, descending=True, stable=True).indices]
     assert all(0 <= e["bald"] <= e["entropy"] + 1e-12 and e["epig"] >= 0 for e in p["scores"])
     assert max(e["epig"] for e in p["scores"]) > 1e-4  # joint draws: EPIG is not collapsed to zero
-    assert [r[1] for r in out["rows"]] == p["ranking"]["entropy"] and len(out["rows"][0]) == len(
+    assert [r[1] for r in out.rows] == p["ranking"]["entropy"] and len(out.rows[0]) == len(
         views.SELECT_HEADERS)
-    lines = out["csv"].splitlines()
+    lines = out.csv.splitlines()
     assert lines[0].split(",") == views.SELECT_CSV_HEADERS and len(lines) == 8
     targets = _zip(tmp_path / "targets.zip", {"t/a.png": (0, 0, 0), "t/b.png": (255, 255, 255)})
-    with_targets = views.select_archive(tiny_vlm, pool, prompts, targets)["json"]
+    with_targets = tabs.select.select_archive(tiny_vlm, pool, prompts, targets).json
     assert with_targets["targets"] == 2 and with_targets["target_source"] == "targets.zip"
     # the pool's own scores do not depend on the targets (up to float rounding: the joint draw is larger)
     assert [e["entropy"] for e in with_targets["scores"]] == pytest.approx([e["entropy"] for e in p["scores"]],
                                                                           rel=1e-12)
     assert [e["epig"] for e in with_targets["scores"]] != [e["epig"] for e in p["scores"]]
     with pytest.raises(bx.InputError, match="at least 2 class prompts"):
-        views.select_archive(tiny_vlm, pool, "a cat")
+        tabs.select.select_archive(tiny_vlm, pool, "a cat")
 
 
 def test_calibrate_and_select_served(tiny_vlm, tmp_path, capfd):

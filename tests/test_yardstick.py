@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import PROMPTS, random_images
 
+from bayesvlm_explain.pretrained.registry import BUNDLED, asset_spec
 from bayesvlm_explain.yardstick import (
     FIGURES,
     Yardstick,
     YardstickError,
     build_yardstick,
-    bundled_yardstick_path,
     choose_out_of_domain_rule,
     percentile_of,
 )
@@ -87,7 +87,7 @@ def test_malformed_yardstick_files_name_the_field(tmp_path):
     (tmp_path / "yardstick.json").write_text("[1, 2]")
     with pytest.raises(YardstickError, match="format_version"):
         Yardstick.load(tmp_path)
-    good = json.loads(bundled_yardstick_path().read_text())
+    good = json.loads((asset_spec(BUNDLED).posterior_dir() / "yardstick.json").read_text())
     for field, value, message in [("quantiles", {"epistemic": [0.0] * 101}, "quantiles"),
                                   ("prompts", [], "prompts"), ("seed", "abc", "malformed")]:
         bad = dict(good, **{field: value})
@@ -103,9 +103,9 @@ def test_malformed_yardstick_files_name_the_field(tmp_path):
 def test_bundled_yardstick_fits_the_bundled_posterior_and_reports_its_flag_rates():
     import bayesvlm_explain as bx
 
-    vlm = bx.BayesVLM.from_pretrained("bundled", device="cpu")
-    ys = Yardstick.load(bundled_yardstick_path().parent)
-    ys.check(vlm)
+    vlm = bx.BayesVLM.from_pretrained(BUNDLED, device="cpu")
+    ys = vlm.assets.yardstick  # loaded from beside the posterior and checked against it
+    assert isinstance(ys, Yardstick) and ys.prompts == vlm.assets.prompts()
     assert len(ys.prompts) == 93 and ys.rule is not None
     rates = ys.rule.flag_rates
     assert set(rates) == {"in_domain", "noto-v1", "emojione", "openmoji", "openmoji-black", "fluent-hc"}

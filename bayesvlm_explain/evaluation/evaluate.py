@@ -309,19 +309,19 @@ def misclassification_rows(map_probs: torch.Tensor, probs: torch.Tensor, labels:
 def class_prompts(classnames: list[str], template: str) -> list[str]:
     """``template.format(name)`` per class; the template must hold exactly one ``{}``."""
     if template.count("{}") != 1:
-        raise EvaluationError(f"--template must contain '{{}}' exactly once, got {template!r}")
+        raise EvaluationError(f"the prompt template must contain '{{}}' exactly once, got {template!r}")
     return [template.replace("{}", name) for name in classnames]
 
 
 def evaluate(vlm: Any, data: Any, *, classnames: list[str] | None = None, template: str = DEFAULT_TEMPLATE,
              predictive: str = "probit", num_samples: int = 1000, pseudo_count: float | None = None,
              prior_precision: float | None = None, cache_dir: str | Path | None = None, batch_size: int = 64,
-             n_bins: int = 20, progress: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Evaluate ``vlm`` (with its posterior) on labelled images; returns the ``evaluation.json`` payload.
+             n_bins: int = 20, progress: bool = True, seed: int = 0) -> Evaluation:
+    """Evaluate ``vlm`` (with its posterior) on labelled images: the ``evaluation.json`` report and the
+    class probabilities behind it (:class:`Evaluation`).
 
     ``pseudo_count`` / ``prior_precision`` override the posterior's (on a copy; a new ``n`` without a
-    ``λ`` re-optimises ``λ`` by marginal likelihood). The payload's private ``"_probs"`` (deterministic
-    and Bayesian [N, C]) and ``"_labels"`` feed :func:`write_report`.
+    ``λ`` re-optimises ``λ`` by marginal likelihood).
     """
     from ..fitting import optimize_posterior_prior
 
@@ -342,7 +342,7 @@ def evaluate(vlm: Any, data: Any, *, classnames: list[str] | None = None, templa
                   if predictive != "map" else None)
     rows = [{"method": "deterministic", **calibration_metrics(map_probs, enc.labels, n_bins)},
             {"method": "bayes", **calibration_metrics(probs, enc.labels, n_bins)}]
-    return {
+    report = {
         "data": labeled.description, "model": vlm.name, "classes": labeled.classnames, "template": template,
         "images": int(enc.labels.numel()), "skipped": enc.skipped,
         "settings": {"predictive": predictive, "mc_samples": num_samples, "ece_bins": n_bins,
@@ -353,8 +353,24 @@ def evaluate(vlm: Any, data: Any, *, classnames: list[str] | None = None, templa
         "misclassification": misclassification_rows(map_probs, probs, enc.labels, bald_score),
         "cache": {"path": str(enc.cache_path) if enc.cache_path else None, "hit": enc.cache_hit},
         "seconds": {"features": feature_s, "total": time.perf_counter() - start},
-        "_probs": {"deterministic": map_probs, f"bayes ({predictive})": probs}, "_labels": enc.labels,
     }
+    return Evaluation(report, {"deterministic": map_probs, f"bayes ({predictive})": probs}, enc.labels)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        report: the ``evaluation.json`` payload (plain JSON: data, model, classes, settings, metric rows,
+            misclassification rows, cache, seconds).
+        probs: method name (``"deterministic"``, ``"bayes (<predictive>)"``) -> class probabilities [N, C].
+        labels: true class index per image [N].
+    """
+
+    report: dict[str, Any]
+    probs: dict[str, torch.Tensor]
+    labels: torch.Tensor
 
 
 def summary_markdown(payload: dict[str, Any]) -> str:
@@ -375,17 +391,16 @@ def summary_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(payload: dict[str, Any], out_dir: str | Path) -> Path:
+def write_report(result: Evaluation, out_dir: str | Path) -> Path:
     """``evaluation.json``, ``evaluation.md`` and ``reliability.png`` in ``out_dir``; returns the JSON path."""
     from .figures import reliability_diagram
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    probs, labels = payload["_probs"], payload["_labels"]
-    public = {k: v for k, v in payload.items() if not k.startswith("_")}
+    public = result.report
     (out / "evaluation.json").write_text(json.dumps(public, indent=2))
     (out / "evaluation.md").write_text(summary_markdown(public))
-    fig = reliability_diagram(probs, labels, n_bins=public["settings"]["ece_bins"],
+    fig = reliability_diagram(result.probs, result.labels, n_bins=public["settings"]["ece_bins"],
                               title=f"reliability: {Path(str(public['data'])).name}")
     fig.savefig(out / "reliability.png", dpi=90)
     return out / "evaluation.json"

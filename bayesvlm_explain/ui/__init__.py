@@ -1,20 +1,23 @@
-"""The studio: a Gradio page over :class:`~bayesvlm_explain.BayesVLM` (tabs Inspect, Compare prompts,
-Explain, Batch). :mod:`.views` computes (no web framework), :mod:`.uploads` checks uploaded files,
-:mod:`.app` builds the page (the only module that imports gradio, on first use of :func:`build_app`).
+"""The studio: a Gradio page over :class:`~bayesvlm_explain.BayesVLM` with the tabs of :mod:`.tabs` (Inspect,
+Compare prompts, Explain, Batch, Calibrate, Select), each a function to a typed result plus its page;
+:mod:`.views` holds what they share, :mod:`.uploads` checks uploaded files, :mod:`.app` builds the page
+(gradio is imported on first use of :func:`build_app`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .views import TABLE_HEADERS, bundled_examples, inspect_image, parse_prompts
+from ..pretrained.assets import bundled_examples
+from .tabs.inspect import inspect_image
+from .views import TABLE_HEADERS, parse_prompts
 
 __all__ = ["TABLE_HEADERS", "build_app", "bundled_examples", "parse_prompts", "prediction_table"]
 
 
 def prediction_table(vlm: Any, image: Any, prompts_text: str) -> list[list[Any]]:
     """Rows of :data:`TABLE_HEADERS` for one image file, the most probable prompt first (no yardstick)."""
-    return inspect_image(vlm, image, prompts_text)["rows"]
+    return inspect_image(vlm, image, prompts_text).rows
 
 
 def build_app(vlm: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,102 @@
+"""What the library knows about a model besides its weights: :class:`ModelAssets`.
+
+``BayesVLM.from_pretrained`` attaches one to every model as ``vlm.assets``, from the name-keyed registry
+(:data:`~.registry.KNOWN_ASSETS`) and the posterior folder: a ``yardstick.json`` beside ``posterior.json``
+is loaded and checked against the model and posterior, for any model. An unknown model gets empty assets
+(no labels, no template advice, no yardstick) with a note saying why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .registry import asset_spec
+
+__all__ = ["ModelAssets", "bundled_examples", "load_assets"]
+
+
+@dataclass
+class ModelAssets:
+    """A model's label set, prompt template, yardstick, examples and provenance (all optional).
+
+    Attributes:
+        labels: class names of the model's own label set (its in-domain classes), or ``None``.
+        template: prompt template with one ``{}`` for a class name, or ``None``.
+        yardstick: the :class:`~bayesvlm_explain.yardstick.Yardstick` of this model and posterior, or ``None``.
+        yardstick_note: one sentence on the yardstick (its reference images, or why there is none).
+        examples: ``[[image_path, prompts_text], ...]`` shown by the studio.
+        pseudo_count: recommended posterior pseudo-count ``n`` (``None``: the posterior's own).
+        domain: one sentence on what the model knows.
+        licence: licence and provenance of the weights and posterior.
+    """
+
+    labels: list[str] | None = None
+    template: str | None = None
+    yardstick: Any = None
+    yardstick_note: str = "No yardstick is known for this model and posterior."
+    examples: list[list[Any]] = field(default_factory=list)
+    pseudo_count: float | None = None
+    domain: str = ""
+    licence: str = ""
+
+    def prompts(self) -> list[str] | None:
+        """The label set written as prompts (``template`` filled with each label; ``None`` without labels)."""
+        if self.labels is None:
+            return None
+        return [(self.template or "{}").format(label) for label in self.labels]
+
+
+def load_assets(vlm: Any, model_name: str, pretrained: str | None = None,
+                posterior_dir: str | Path | None = None) -> ModelAssets:
+    """The assets of ``vlm`` (loaded as ``model_name``/``pretrained``) with the yardstick stored in
+    ``posterior_dir`` (default: the registry's shipped posterior folder), checked against ``vlm``."""
+    spec = asset_spec(model_name, pretrained)
+    assets = ModelAssets()
+    if spec is not None:
+        assets = ModelAssets(labels=spec.labels() if spec.labels else None, template=spec.template,
+                             examples=spec.examples() if spec.examples else [], pseudo_count=spec.pseudo_count,
+                             domain=spec.domain, licence=spec.licence)
+        if posterior_dir is None and spec.posterior_dir is not None:
+            posterior_dir = spec.posterior_dir()
+    attach_yardstick(vlm, assets, posterior_dir)
+    return assets
+
+
+def attach_yardstick(vlm: Any, assets: ModelAssets, directory: str | Path | None) -> None:
+    """Set ``assets.yardstick`` from ``directory/yardstick.json`` when it is there and fits ``vlm``."""
+    from ..yardstick import FILE_NAME, Yardstick, YardstickError
+
+    if directory is None or vlm.posterior is None or not (Path(directory) / FILE_NAME).is_file():
+        return
+    try:
+        ys = Yardstick.load(directory)
+        ys.check(vlm)
+    except YardstickError as err:
+        assets.yardstick_note = f"Yardstick unavailable: {err}."
+        return
+    assets.yardstick, assets.yardstick_note = ys, f"Yardstick: {ys.reference}."
+
+
+def bundled_examples() -> list[list[Any]]:
+    """``[[image_path, prompts_text], ...]`` from the shipped ``examples/examples.json``.
+
+    Each example's prompts are its own label and two other examples' labels, in the bundled template.
+    """
+    from ..bundled import bundled_dir
+    from ..data.labels import PROMPT_TEMPLATE
+
+    index = bundled_dir().parent / "examples" / "examples.json"
+    if not index.is_file():
+        return []
+    items = json.loads(index.read_text()).get("examples", [])
+    labels = [str(item["label"]) for item in items]
+    out = []
+    for i, item in enumerate(items):
+        path = index.parent / str(item["file"]).rsplit("/", 1)[-1]
+        if path.is_file():
+            chosen = [labels[i], labels[(i + 1) % len(labels)], labels[(i + 3) % len(labels)]]
+            out.append([str(path), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in chosen)])
+    return out

@@ -1,0 +1,108 @@
+"""The Batch tab: several images x prompts, one row per image, most uncertain first."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...inputs import InputError
+from ...yardstick import Yardstick
+from ..uploads import display_name
+from ..views import (
+    BATCH_HEADERS,
+    MAX_BATCH_IMAGES,
+    classes_json,
+    csv_cell,
+    entropy_parts,
+    image_of,
+    parse_prompts,
+    recommended_prediction,
+    significant,
+    yardstick_json,
+)
+from .base import StudioContext
+
+NOTE = (
+    "One row per image, the most epistemically uncertain first; click a column header to sort. Download "
+    "the table as CSV, or everything (every prompt of every image) as JSON."
+)
+"""The tab's "what does this mean?" text."""
+
+
+@dataclass
+class BatchResult:
+    """What :func:`batch_table` returns; the page, the API and the CLI render it.
+
+    Attributes:
+        rows: rows of :data:`~.views.BATCH_HEADERS`
+        json: every prompt of every image (the JSON download)
+        csv: the rows as CSV text
+    """
+
+    rows: list[list[Any]]
+    json: dict[str, Any]
+    csv: str
+
+
+def batch_table(vlm: Any, images: Sequence[Any], prompts_text: str, yardstick: Yardstick | None = None
+                ) -> BatchResult:
+    """The Batch view: one row per image (:data:`BATCH_HEADERS`), the most epistemically uncertain first.
+
+    Returns ``{"rows", "json": {"images": [{"name", "classes", "image"}]}, "csv": text}``.
+    """
+    prompts = parse_prompts(prompts_text)
+    images = [p for p in (images or []) if p]
+    if not images:
+        raise InputError("upload one or more images first")
+    if len(images) > MAX_BATCH_IMAGES:
+        raise InputError(f"{len(images)} images given; a batch takes at most {MAX_BATCH_IMAGES}")
+    feats = vlm.encode_images([image_of(p) for p in images])
+    pred = recommended_prediction(vlm, feats, prompts)
+    total, alea, epi = entropy_parts(pred)
+    ys = yardstick_json(vlm, yardstick, feats)
+    entries = []
+    for n, path in enumerate(images):
+        entries.append({"name": display_name(path), "classes": classes_json(pred, n),
+                        "image": {"entropy": float(total[n]), "aleatoric": float(alea[n]),
+                                  "epistemic": float(epi[n]), **ys[n]}})
+    entries.sort(key=lambda e: -e["image"]["epistemic"])
+    rows = []
+    for e in entries:
+        top = max(e["classes"], key=lambda c: c["prob"])
+        pct = e["image"]["percentiles"]
+        unusual = round(max(pct["epistemic"], pct["input_scale"]), 1) if pct else None
+        rows.append([e["name"], top["prompt"], round(top["prob"], 4), round(top["map_prob"], 4),
+                     round(math.sqrt(top["var"]), 3), significant(e["image"]["entropy"]),
+                     significant(e["image"]["epistemic"]), unusual, e["image"]["out_of_domain"]])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(BATCH_HEADERS)
+    writer.writerows([[csv_cell(v) for v in row] for row in rows])
+    return BatchResult(rows=rows, json={"prompts": prompts, "images": entries}, csv=buf.getvalue())
+
+
+def page(ctx: StudioContext) -> None:
+    """The Batch tab's components and its ``/batch`` endpoint (CSV and JSON downloads)."""
+    import gradio as gr
+
+    from ..uploads import EXTENSIONS
+
+    batch_files = gr.File(label="images", file_count="multiple", file_types=EXTENSIONS, type="filepath")
+    batch_btn = gr.Button("run the batch", variant="primary", elem_id="batch-btn")
+    batch_frame = gr.Dataframe(headers=BATCH_HEADERS, label="one row per image", interactive=False, wrap=True)
+    with gr.Row():
+        batch_csv = gr.File(label="CSV")
+        batch_json = gr.File(label="JSON")
+    with gr.Accordion("what does this mean?", open=False):
+        gr.Markdown(NOTE)
+
+    def run(files: Any, prompts_text: str) -> tuple[Any, ...]:
+        out = batch_table(ctx.vlm, files if isinstance(files, list) else [files], prompts_text, ctx.yardstick)
+        return out.rows, ctx.save_download("batch", ".csv", out.csv), ctx.save_download("batch", ".json", out.json)
+
+    ctx.wire(batch_btn, run, [batch_files, ctx.prompts], [batch_frame, batch_csv, batch_json], "batch",
+             lambda files, *_: files or [], "light", 2)
