@@ -11,14 +11,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from bayesvlm_explain.data.labels import load_label_space
 from bayesvlm_explain.model import BayesVLM
-from bayesvlm_explain.yardstick import (
-    Yardstick,
-    build_yardstick,
-    bundled_yardstick_path,
-    choose_out_of_domain_rule,
-)
+from bayesvlm_explain.pretrained.registry import BUNDLED, asset_spec
+from bayesvlm_explain.yardstick import Yardstick, build_yardstick, choose_out_of_domain_rule
 
 from .shift_benchmark import render_splits
 
@@ -26,10 +21,12 @@ from .shift_benchmark import render_splits
 def build_bundled(num_samples: int = 1000, cache_dir: Any = None) -> Yardstick:
     """The bundled model's yardstick: reference = the shift benchmark's in-domain calibration split; the
     out-of-domain rule is chosen on its held-out in-domain split and every shift style."""
-    vlm = BayesVLM.from_pretrained("bundled", device="cpu")
+    vlm = BayesVLM.from_pretrained(BUNDLED, device="cpu")
     size = vlm.image_size[0] if vlm.image_size else 64
     splits = render_splits(size, cache_dir)
-    prompts = load_label_space().prompts()
+    prompts = vlm.assets.prompts()
+    if prompts is None:
+        raise SystemExit("the bundled model's assets carry no label set")
     ys = build_yardstick(vlm, splits["calibration"].images, prompts, num_samples=num_samples,
                          reference="bundled shift benchmark, in-domain calibration split")
     figures = {name: {k: v.numpy() for k, v in ys.measure(vlm, s.images).items()}
@@ -46,8 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="emoji render cache (default: the user cache)")
     args = parser.parse_args(argv)
     ys = build_bundled(args.num_samples, args.cache_dir)
-    path = ys.save(bundled_yardstick_path().parent)
+    spec = asset_spec(BUNDLED)
+    assert spec is not None and spec.posterior_dir is not None  # the registry's bundled entry
+    path = ys.save(spec.posterior_dir())
     print(f"wrote {path}")
+    assert ys.rule is not None  # set by build_bundled
     print(f"out-of-domain rule: {ys.rule.figure} percentile >= {ys.rule.percentile}")
     for name, rate in ys.rule.flag_rates.items():
         print(f"  flagged {name}: {rate:.1%}")

@@ -42,7 +42,7 @@ from ..adapters import Features
 from ..fitting.update import update_posterior
 from ..options import CHOICES
 from ..posterior import KronPosterior, Posterior
-from ..selection import bald, class_probabilities, epig, predictive_entropy, top_k
+from ..selection import pool_scores, top_k
 from .evaluate import with_posterior
 from .metrics import calibration_metrics
 
@@ -108,10 +108,6 @@ def _rows(x: Features, idx: torch.Tensor) -> Features:
     return Features(x.activations[idx], x.embeddings[idx])
 
 
-def _cat(*parts: Features) -> Features:
-    return Features(torch.cat([p.activations for p in parts]), torch.cat([p.embeddings for p in parts]))
-
-
 @dataclass
 class AdaptedState:
     """An adapted image projection ``W* + delta`` (``delta`` [D, p(+1)]) and its updated posterior."""
@@ -166,17 +162,9 @@ def acquisition_scores(vlm: Any, strategy: str, pool: Features, target: Features
     """Scores [N] of the pool inputs (higher = pick first); ``random`` gives uniform noise."""
     if strategy == "random":
         return torch.rand(pool.activations.shape[0], generator=generator, dtype=torch.float64)
-    n = pool.activations.shape[0]
-    both = _cat(pool, target) if strategy == "epig" else pool
-    logits = vlm.sample_logits_features(both, txt, num_samples, generator)  # shared weight draws
-    probs = class_probabilities(logits, vlm.adapter.likelihood)
-    if strategy == "entropy":
-        return predictive_entropy(probs)
-    if strategy == "bald":
-        return bald(probs)
-    if strategy == "epig":
-        return epig(probs[:, :n], probs[:, n:])
-    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if strategy not in ("entropy", "bald", "epig"):
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    return pool_scores(vlm, pool, txt, num_samples, generator, target=target)[strategy]  # joint draws
 
 
 def evaluate_state(vlm: Any, state: AdaptedState, data: ActiveLearningData, ece_bins: int = 20) -> dict[str, float]:
