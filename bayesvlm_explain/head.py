@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .adapters import Features, OpenCLIPAdapter
+from .adapters import Features, ModelAdapter
 from .encoding import ALGEBRA_DTYPE
 from .options import check_option
 from .posterior import Posterior
@@ -28,7 +28,7 @@ class MomentHead:
         device: where the algebra runs.
     """
 
-    def __init__(self, posterior: Posterior, adapter: OpenCLIPAdapter, *, variance: str = "projected",
+    def __init__(self, posterior: Posterior, adapter: ModelAdapter, *, variance: str = "projected",
                  device: torch.device | str = "cpu") -> None:
         self.variance = check_option("variance", variance)
         self.posterior = posterior
@@ -73,7 +73,7 @@ class MomentHead:
         return map_logits(self.adapter, img, txt)
 
 
-def map_logits(adapter: OpenCLIPAdapter, img: Features, txt: Features) -> torch.Tensor:
+def map_logits(adapter: ModelAdapter, img: Features, txt: Features) -> torch.Tensor:
     """Deterministic logits ``τ cos(μ_n, μ_c) + b`` [N, C] of the mean embeddings (the plain model)."""
     cos = F.normalize(img.embeddings, dim=-1) @ F.normalize(txt.embeddings, dim=-1).T
     return adapter.logit_scale * cos + adapter.logit_bias

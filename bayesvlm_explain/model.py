@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Features, OpenCLIPAdapter
+from .adapters import Features, ModelAdapter
 from .encoding import ALGEBRA_DTYPE, Encoder
 from .head import MomentHead, map_logits
 from .inputs import check_prompts
 from .loading import load_open_clip
-from .options import Link, check_option
+from .options import Link, MargLikMode, Objective, check_option
 from .posterior import META_FILE, REFERENCE_JSON, Posterior, PosteriorError
 from .predictive import Prediction, PredictiveMethod
 from .pretrained.assets import ModelAssets
@@ -80,7 +80,7 @@ class BayesVLM:
         return self.encoder.preprocess
 
     @property
-    def adapter(self) -> OpenCLIPAdapter:
+    def adapter(self) -> ModelAdapter:
         return self.encoder.adapter
 
     @property
@@ -110,7 +110,8 @@ class BayesVLM:
         from .pretrained.registry import asset_spec
 
         dev = resolve_device(device)
-        auto, posterior = posterior is None, (None if posterior is False else posterior)
+        auto = posterior is None or posterior is True
+        chosen: Posterior | str | Path | None = None if isinstance(posterior, bool) else posterior
         if model_name == BUNDLED:
             from .bundled import load_bundled
 
@@ -122,9 +123,9 @@ class BayesVLM:
         spec = asset_spec(model_name, pretrained)
         shipped = spec.posterior_dir() if spec is not None and spec.posterior_dir is not None else None
         if auto and shipped is not None and (shipped / META_FILE).is_file():
-            posterior = shipped
-        vlm = cls(model, tokenizer, preprocess, posterior, device=dev, name=name, **kwargs)
-        folder = posterior if isinstance(posterior, str | Path) else (shipped if auto else None)
+            chosen = shipped
+        vlm = cls(model, tokenizer, preprocess, chosen, device=dev, name=name, **kwargs)
+        folder = chosen if isinstance(chosen, str | Path) else (shipped if auto else None)
         vlm.assets = load_assets(vlm, model_name, pretrained, folder)
         return vlm
 
@@ -178,7 +179,8 @@ class BayesVLM:
         self.posterior = posterior
         return report
 
-    def optimize_prior_precision(self, mode: str = "exact", pseudo_count: float | None = None) -> dict[str, float]:
+    def optimize_prior_precision(self, mode: MargLikMode = "exact",
+                                 pseudo_count: float | None = None) -> dict[str, float]:
         """Set each side's prior precision ``λ`` by marginal likelihood (correct log-det; ``mode="reference"``
         for the authors' objective), optionally for a new pseudo-count ``n``; returns ``{side: λ}``."""
         from .fitting import optimize_posterior_prior
@@ -188,7 +190,7 @@ class BayesVLM:
         post.metadata.update(marglik=mode, marglik_curves=curves)
         return {"image": post.image.prior_precision, "text": post.text.prior_precision}
 
-    def calibrate_posterior(self, labeled_data: Any, objective: str = "nll", **kwargs: Any) -> Any:
+    def calibrate_posterior(self, labeled_data: Any, objective: Objective = "nll", **kwargs: Any) -> Any:
         """Choose the pseudo-count ``n`` (``λ`` by marginal likelihood for each) on held-out labelled data
         ``(images, labels, prompts)``; see :func:`bayesvlm_explain.evaluation.calibrate.calibrate_posterior`."""
         from .evaluation.calibrate import calibrate_posterior

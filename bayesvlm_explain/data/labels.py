@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: the module is Python 3.11+, the library supports 3.10
-    from importlib.resources.abc import Traversable  # novermin
+if TYPE_CHECKING:  # annotations only; importlib.resources.abc is Python 3.11+, importlib.abc has it before
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable  # novermin (guarded by the version check)
+    else:
+        from importlib.abc import Traversable
 
 __all__ = [
     "LABEL_SPACE_FILE",

@@ -51,6 +51,7 @@ class Skip(str, Enum):
     MISSING_IMAGE = "missing_image"  # a sample without an image entry
     MISSING_CAPTION = "missing_caption"  # a sample without a caption entry
     BAD_IMAGE = "bad_image"  # undecodable, too large (decompression bomb) or not an image
+    NOT_AN_IMAGE = "not_an_image"  # a file in an image folder whose suffix is no image format's
     BAD_CAPTION_ENCODING = "bad_caption_encoding"  # caption bytes that are not UTF-8
     EMPTY_CAPTION = "empty_caption"  # blank caption
     CLASS_BATCH_TOO_SMALL = "class_batch_too_small"  # fewer than 2 usable pairs in a class batch

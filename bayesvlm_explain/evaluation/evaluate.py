@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import Features
 from ..data.folders import IMAGE_SUFFIXES, class_folders, class_name, folder_files, is_image_file, normalise_name
-from ..data.pairs import PairSource, RawPair, items_digest, open_pairs
+from ..data.pairs import PairSource, RawPair, Skip, items_digest, open_pairs
 from ..inputs import InputError, load_image
 from ..numerics import categorical_entropy
 from ..posterior import KronPosterior, Posterior
@@ -87,7 +87,7 @@ class ImageFolder(PairSource):
     def __iter__(self) -> Iterator[RawPair]:
         for name in self.classes:
             for f in folder_files(self.root / name):
-                yield RawPair(f"{name}/{f.name}", f, name, None if is_image_file(f) else "not_an_image")
+                yield RawPair(f"{name}/{f.name}", f, name, None if is_image_file(f) else Skip.NOT_AN_IMAGE)
 
 
 def _is_image_folder(data: Any) -> bool:
@@ -115,10 +115,11 @@ def open_labeled(data: Any, classnames: list[str] | None = None) -> LabeledData:
     distinct labels of the source are the classes.
     """
     if _is_image_folder(data):
-        source: PairSource = ImageFolder(data)
-        folders = {normalise_name(c): c for c in source.classes}
+        folder = ImageFolder(data)
+        source: PairSource = folder
+        folders = {normalise_name(c): c for c in folder.classes}
         if classnames is None:
-            classnames = [class_name(c) for c in source.classes]
+            classnames = [class_name(c) for c in folder.classes]
         else:
             names = {normalise_name(c) for c in classnames}
             extra_folders = sorted(folders[k] for k in folders.keys() - names)
@@ -214,7 +215,10 @@ def encode_labeled(vlm: Any, data: LabeledData, *, cache_dir: str | Path | None 
             return EncodedData(Features(t["activations"].double(), t["embeddings"].double()), t["labels"].long(),
                                meta["keys"], meta["skipped"], path, True)
     skipped: Counter = Counter()
-    acts, embs, labels, keys = [], [], [], []
+    acts: list[torch.Tensor] = []
+    embs: list[torch.Tensor] = []
+    labels: list[int] = []
+    keys: list[str] = []
     batch: list[tuple[torch.Tensor, int, str]] = []
 
     def flush() -> None:

@@ -64,7 +64,7 @@ def batch_table(vlm: Any, images: Sequence[Any], prompts_text: str, yardstick: Y
     pred = recommended_prediction(vlm, feats, prompts)
     total, alea, epi = entropy_parts(pred)
     ys = yardstick_json(vlm, yardstick, feats)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for n, path in enumerate(images):
         entries.append({"name": display_name(path), "classes": classes_json(pred, n),
                         "image": {"entropy": float(total[n]), "aleatoric": float(alea[n]),

@@ -67,7 +67,7 @@ def calibrate_archive(vlm: Any, archive: Any, template: str) -> CalibrateResult:
             raise ArchiveError(f"{name}: {len(classnames)} class folders; the studio takes at most {MAX_PROMPTS}")
         try:
             parse_prompts("\n".join(class_prompts(classnames, (template or "").strip())), "class prompts")
-            data = LabeledData(InMemoryPairs([(str(f), c) for f, c in tree.all_images()]),
+            data = LabeledData(InMemoryPairs([(str(f), c) for c, files in tree.classes.items() for f in files]),
                                classnames, name)
             result = evaluate(vlm, data, template=template.strip(), predictive=RECOMMENDED,
                               num_samples=NUM_SAMPLES, progress=False)

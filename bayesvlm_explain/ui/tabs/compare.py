@@ -72,7 +72,7 @@ def compare_sets(vlm: Any, image: Any, set_texts: Sequence[str], labels_text: st
     labels = [ln.strip() for ln in (labels_text or "").splitlines() if ln.strip()]
     sets = [expand_set(t, labels, i) for i, t in enumerate(texts)]
     feats = vlm.encode_images([image_of(image)])
-    out = []
+    out: list[dict[str, Any]] = []
     for prompts in sets:
         pred = recommended_prediction(vlm, feats, prompts)
         total, _, epi = entropy_parts(pred)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ...inputs import InputError
+from ...options import PixelMethod
 from ..views import (
     EXPLAIN_METHODS,
     EXPLAIN_TARGETS,
@@ -60,6 +61,7 @@ def explain_prompt(vlm: Any, image: Any, prompts_text: str, prompt: str | None =
     """
     from ...explain import TokenAttribution, UncertaintyAttribution
     from ...explain import figures as figs
+    from ...explain.attribution import PixelTarget
 
     if target not in TARGET_UNITS:
         raise InputError(f"unknown target {target!r}; choose one of {sorted(TARGET_UNITS)}")
@@ -79,8 +81,9 @@ def explain_prompt(vlm: Any, image: Any, prompts_text: str, prompt: str | None =
     else:
         k = int(pred.probs[0].argmax())
     total, alea, epi = entropy_parts(pred)
-    attr = UncertaintyAttribution(vlm, target=target, num_samples=num_samples).attribute(
-        x, prompts, prompt_index=k, method=method, n_steps=int(steps))
+    # both checked against the studio's choices above
+    attr = UncertaintyAttribution(vlm, target=cast(PixelTarget, target), num_samples=num_samples).attribute(
+        x, prompts, prompt_index=k, method=cast(PixelMethod, method), n_steps=int(steps))
     tok = TokenAttribution(vlm, target="text_variance").attribute(x, prompts[k], n_steps=int(steps))
     unit = TARGET_UNITS[target]
     norm = getattr(vlm.preprocess, "transforms", [None])[-1]

@@ -62,11 +62,10 @@ def inspect_image(vlm: Any, image: Any, prompts_text: str, yardstick: Yardstick 
     total, alea, epi = entropy_parts(pred)
     ys = yardstick_json(vlm, yardstick, feats)[0]
     classes = classes_json(pred)
-    payload = {"classes": classes,
-               "image": {"name": display_name(image), "entropy": float(total[0]), "aleatoric": float(alea[0]),
-                         "epistemic": float(epi[0]), **ys}}
-    return InspectResult(json=payload, rows=table_rows(classes), bars=probability_bars_html(classes),
-            verdict=verdict_markdown(payload["image"]))
+    summary: dict[str, Any] = {"name": display_name(image), "entropy": float(total[0]),
+                               "aleatoric": float(alea[0]), "epistemic": float(epi[0]), **ys}
+    return InspectResult(json={"classes": classes, "image": summary}, rows=table_rows(classes),
+                         bars=probability_bars_html(classes), verdict=verdict_markdown(summary))
 
 
 

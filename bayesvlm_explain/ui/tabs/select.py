@@ -153,7 +153,7 @@ def page(ctx: StudioContext) -> None:
     sel_md = gr.Markdown(elem_id="select-summary")
     sel_table = gr.Dataframe(headers=SELECT_HEADERS, label="top picks per acquisition function",
                              interactive=False, wrap=True, max_height=1400,
-                             column_widths=["64px"] + ["250px", "112px"] * 3)
+                             column_widths=[*["64px"], *["250px", "112px"] * 3])
     sel_csv = gr.File(label="CSV (every pool image)")
     sel_json = ctx.json_and_note("select", NOTE)
 
