@@ -1,12 +1,14 @@
 """bayesvlm-explain: post-hoc Bayesian uncertainty for CLIP-style models, explained.
 
 >>> import bayesvlm_explain as bx
->>> vlm = bx.BayesVLM.from_pretrained("bundled")
+>>> vlm = bx.BayesVLM.from_pretrained()  # the offline model shipped with the package
 >>> pred = vlm.predict(images, ["an emoji of a cat", "an emoji of a dog"])
 >>> pred.mean, pred.var, pred.probs
 """
 
-from .adapters import Features, OpenCLIPAdapter, UnsupportedModelError
+from importlib import metadata as _metadata
+
+from .adapters import Features, ModelAdapter, OpenCLIPAdapter, UnsupportedModelError, adapter_for
 from .explain import (
     AttributionResult,
     TokenAttribution,
@@ -20,7 +22,10 @@ from .model import BayesVLM
 from .posterior import KronPosterior, Posterior, PosteriorError
 from .predictive import Prediction
 
-__version__ = "0.1.0"
+try:  # one version: the installed distribution's (pyproject.toml)
+    __version__ = _metadata.version("bayesvlm-explain")
+except _metadata.PackageNotFoundError:  # imported from a checkout that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AttributionResult",
@@ -31,6 +36,7 @@ __all__ = [
     "decompose_uncertainty",
     "BayesVLM",
     "Features",
+    "ModelAdapter",
     "InputError",
     "KronPosterior",
     "OpenCLIPAdapter",
@@ -39,4 +45,5 @@ __all__ = [
     "Prediction",
     "UnsupportedModelError",
     "__version__",
+    "adapter_for",
 ]

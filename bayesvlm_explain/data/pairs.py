@@ -184,7 +184,11 @@ class WebDatasetShards(PairSource):
         return out
 
     def __iter__(self) -> Iterator[RawPair]:
-        import webdataset as wds
+        try:
+            import webdataset as wds
+        except ImportError as err:
+            raise ImportError('reading WebDataset shards needs webdataset: pip install "bayesvlm-explain[shards]"'
+                              ) from err
 
         dataset = wds.WebDataset(self._expanded(), shardshuffle=False, empty_check=False)
         for sample in dataset:

@@ -136,7 +136,8 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
         objective: ``"nll"`` (mean negative log predictive probability) or ``"ece"`` (``n_bins`` bins).
         predictive: ``"mc"`` (recommended), ``"probit"`` or ``"map"`` (then ``n`` does not matter).
         pseudo_counts: the grid searched; ties go to the earliest value.
-        num_samples, seed: Monte Carlo draws, seeded, so every ``n`` sees the same standard normals.
+        num_samples: Monte Carlo draws per ``n``.
+        seed: their seed, so every ``n`` sees the same standard normals.
     Returns:
         a :class:`PosteriorCalibration`; the choice is also recorded in ``vlm.posterior.metadata["calibration"]``.
     """

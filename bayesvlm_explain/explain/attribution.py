@@ -102,7 +102,8 @@ class UncertaintyAttribution:
             (expected entropy), ``"epistemic"`` (mutual information, BALD); or a callable
             ``CosineMoments -> [B]``.
         predictive: ``"mc"`` (default) or ``"probit"`` (only for ``"entropy"``).
-        num_samples, seed: Gaussian logit draws of the MC predictive (common random numbers).
+        num_samples: Gaussian logit draws of the MC predictive (common random numbers).
+        seed: seed of those draws.
         link: ``"softmax"`` over prompts or ``"sigmoid"`` per prompt.
         variance: ``"projected"``, ``"expected_norm"`` or ``"diagonal"`` moments, as in ``BayesVLM.predict``.
         internal_batch_size: images per forward/backward pass in the attribution methods
