@@ -157,7 +157,8 @@ class BayesVLM:
         proj = self.adapter.image if side == "image" else self.adapter.text
         return proj.dim_in, proj.dim_out
 
-    def _require_posterior(self) -> Posterior:
+    def require_posterior(self) -> Posterior:
+        """The posterior, or a :class:`PosteriorError` saying how to get one."""
         if self._posterior is None:
             raise PosteriorError(
                 "this BayesVLM has no posterior: pass posterior=... (Posterior.load(dir) or "
@@ -185,7 +186,7 @@ class BayesVLM:
         for the authors' objective), optionally for a new pseudo-count ``n``; returns ``{side: λ}``."""
         from .fitting import optimize_posterior_prior
 
-        post = self._require_posterior()
+        post = self.require_posterior()
         curves = optimize_posterior_prior(self, post, mode=mode, pseudo_count=pseudo_count)
         post.metadata.update(marglik=mode, marglik_curves=curves)
         return {"image": post.image.prior_precision, "text": post.text.prior_precision}
@@ -224,7 +225,7 @@ class BayesVLM:
 
     def head(self, variance: str = "projected", device: torch.device | str = "cpu") -> MomentHead:
         """The posterior algebra (features -> logit moments) used by :meth:`predict` and the explanations."""
-        return MomentHead(self._require_posterior(), self.adapter, variance=variance, device=device)
+        return MomentHead(self.require_posterior(), self.adapter, variance=variance, device=device)
 
     # -- prediction ------------------------------------------------------------------------------
     def map_logits(self, img: Features, txt: Features) -> torch.Tensor:
@@ -264,7 +265,7 @@ class BayesVLM:
             a :class:`Prediction` with ``mean``, ``var``, ``cov`` and the three variance parts.
         """
         prompts = check_prompts(prompts)
-        self._require_posterior()
+        self.require_posterior()
         return self.predict_features(self.encode_images(images), self.encode_prompts(prompts), prompts,
                                      predictive=predictive, num_samples=num_samples, variance=variance,
                                      link=link, seed=seed)
@@ -289,7 +290,7 @@ class BayesVLM:
         """:meth:`sample_logits` on already-encoded features."""
         if num_samples < 1:
             raise ValueError("num_samples must be at least 1")
-        post = self._require_posterior()
+        post = self.require_posterior()
         u_draws = post.image.sample_outputs(self.adapter.image.augment(img.activations), img.embeddings,
                                             num_samples, generator)
         v_draws = post.text.sample_outputs(self.adapter.text.augment(txt.activations), txt.embeddings,

@@ -16,12 +16,15 @@ underflows, unlike the reference's B9).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .numerics import categorical_entropy
 from .options import check_option
+
+if TYPE_CHECKING:
+    from .model import BayesVLM
 
 
 def _check_draws(probs: torch.Tensor, name: str) -> None:
@@ -97,7 +100,7 @@ def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> 
     return torch.sort(masked, descending=True, stable=True).indices[:k]
 
 
-def pool_scores(vlm: Any, pool: Any, txt: Any, num_samples: int, generator: torch.Generator,
+def pool_scores(vlm: BayesVLM, pool: Any, txt: Any, num_samples: int, generator: torch.Generator,
                 target: Any = None) -> dict[str, torch.Tensor]:
     """``entropy``, ``bald`` and ``epig`` [N] (nats) of the pool's image features under ``vlm``'s posterior.
 

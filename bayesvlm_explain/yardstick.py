@@ -28,12 +28,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .adapters import Features
+
+if TYPE_CHECKING:
+    from .model import BayesVLM
 
 FIGURES = ("epistemic", "input_scale", "entropy")
 """The per-image figures a yardstick places, in the order shown."""
@@ -83,7 +86,7 @@ class Yardstick:
     rule: OutOfDomainRule | None = None
 
     # -- measuring --------------------------------------------------------------------------------------
-    def measure(self, vlm: Any, images: Any | Features) -> dict[str, torch.Tensor]:
+    def measure(self, vlm: BayesVLM, images: Any | Features) -> dict[str, torch.Tensor]:
         """The figures [N] of images (anything ``vlm.encode_images`` takes, or their :class:`Features`)."""
         return measure_figures(vlm, images, self.prompts, self.num_samples, self.seed, self.variance)
 
@@ -110,7 +113,7 @@ class Yardstick:
         return f"Familiar to this model: more unusual than only {shown}% of its in-domain images."
 
     # -- storage ----------------------------------------------------------------------------------------
-    def check(self, vlm: Any) -> None:
+    def check(self, vlm: BayesVLM) -> None:
         """Raise :class:`YardstickError` unless the yardstick was made for ``vlm``'s model and posterior."""
         now = posterior_signature(vlm)
         for key, value in self.posterior.items():
@@ -162,15 +165,15 @@ class Yardstick:
             raise YardstickError(f"{FILE_NAME}: malformed field ({err})") from err
 
 
-def posterior_signature(vlm: Any) -> dict[str, Any]:
+def posterior_signature(vlm: BayesVLM) -> dict[str, Any]:
     """What the figures depend on besides the images: model name, prior precisions, pseudo-count."""
-    post = vlm.posterior
+    post = vlm.require_posterior()
     return {"model": vlm.name, "prior_precision_image": float(post.image.prior_precision),
             "prior_precision_text": float(post.text.prior_precision),
             "pseudo_count": float(post.image.pseudo_count)}
 
 
-def measure_figures(vlm: Any, images: Any | Features, prompts: Sequence[str], num_samples: int = 1000,
+def measure_figures(vlm: BayesVLM, images: Any | Features, prompts: Sequence[str], num_samples: int = 1000,
                     seed: int = 0, variance: str = "projected") -> dict[str, torch.Tensor]:
     """``epistemic`` and ``entropy`` (nats, over ``prompts``) and ``input_scale`` per image, each [N]."""
     from .explain import decompose_uncertainty
@@ -179,7 +182,7 @@ def measure_figures(vlm: Any, images: Any | Features, prompts: Sequence[str], nu
     pred = vlm.predict_features(img, vlm.encode_prompts(list(prompts)), list(prompts), predictive="mc",
                                 num_samples=num_samples, seed=seed, variance=variance)
     dec = decompose_uncertainty(pred, leave_one_out=False, rank_by="variance")
-    scale = vlm.posterior.image.input_scales(vlm.adapter.image.augment(img.activations))
+    scale = vlm.require_posterior().image.input_scales(vlm.adapter.image.augment(img.activations))
     return {"epistemic": dec.epistemic.detach(), "input_scale": scale.detach().reshape(-1),
             "entropy": dec.total_entropy.detach()}
 
@@ -200,7 +203,7 @@ def percentile_of(quantiles: Sequence[float], values: Any) -> np.ndarray:
     return np.where(x < uniq[0], 0.0, np.where(x > uniq[-1], 100.0, out))
 
 
-def build_yardstick(vlm: Any, images: Any | Features, prompts: Sequence[str], *, num_samples: int = 1000,
+def build_yardstick(vlm: BayesVLM, images: Any | Features, prompts: Sequence[str], *, num_samples: int = 1000,
                     seed: int = 0, reference: str = "", variance: str = "projected") -> Yardstick:
     """Quantiles of the figures over reference ``images`` (the model's in-domain data) for ``vlm``'s posterior."""
     figures = measure_figures(vlm, images, prompts, num_samples, seed, variance)
@@ -250,7 +253,7 @@ def choose_out_of_domain_rule(yardstick: Yardstick, in_domain: Mapping[str, Any]
     return best[1]
 
 
-def build_from_data(vlm: Any, data: Any, *, classnames: Sequence[str] | None = None, template: str | None = None,
+def build_from_data(vlm: BayesVLM, data: Any, *, classnames: Sequence[str] | None = None, template: str | None = None,
                     cache_dir: str | Path | None = None, num_samples: int = 1000, seed: int = 0,
                     flag_percentile: float | None = 95.0, held_out: float = 0.2, batch_size: int = 64,
                     progress: bool = True) -> Yardstick:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import Likelihood
 from .tokenizers import TokenizerInfo, token_counts
 
 
@@ -276,7 +277,7 @@ class ModelAdapter(Protocol):
     def logit_bias(self) -> float: ...
 
     @property
-    def likelihood(self) -> str: ...
+    def likelihood(self) -> Likelihood: ...
 
     @property
     def image_size(self) -> tuple[int, int] | None:

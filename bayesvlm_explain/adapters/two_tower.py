@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..options import Likelihood
 from .base import ImageTower, Projection, TextTower, UnsupportedModelError
 from .registry import Side, find, listing
 from .tokenizers import TokenizerInfo
@@ -77,7 +78,7 @@ class OpenCLIPAdapter:
         return 0.0 if bias is None else float(bias.detach().reshape(-1)[0])
 
     @property
-    def likelihood(self) -> str:
+    def likelihood(self) -> Likelihood:
         """``"sigmoid"`` for models with a logit bias (SigLIP), else ``"infonce"``."""
         return "sigmoid" if getattr(self.model, "logit_bias", None) is not None else "infonce"
 

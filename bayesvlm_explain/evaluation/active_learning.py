@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +45,9 @@ from ..posterior import KronPosterior, Posterior
 from ..selection import pool_scores, top_k
 from .evaluate import with_posterior
 from .metrics import calibration_metrics
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 
 STRATEGIES: tuple[str, ...] = CHOICES["strategy"]
 
@@ -115,7 +118,7 @@ class AdaptedState:
     delta: torch.Tensor
     posterior: Posterior
 
-    def shift(self, vlm: Any, x: Features) -> Features:
+    def shift(self, vlm: BayesVLM, x: Features) -> Features:
         """Features under the adapted projection: ``μ + delta x̃``."""
         return Features(x.activations, x.embeddings + vlm.adapter.image.augment(x.activations) @ self.delta.T)
 
@@ -133,7 +136,7 @@ def kron_quadratic(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tor
     return (delta * (b @ delta @ a)).sum()
 
 
-def adapt_projection(vlm: Any, support: Features, labels: torch.Tensor, txt: Features, *, steps: int,
+def adapt_projection(vlm: BayesVLM, support: Features, labels: torch.Tensor, txt: Features, *, steps: int,
                      lr: float, prior: KronPosterior | None = None, prior_weight: float = 1.0) -> torch.Tensor:
     """``ΔW`` [D, p(+1)] after ``steps`` full-batch Adam steps from ``W*`` on the support set's loss.
 
@@ -157,7 +160,7 @@ def adapt_projection(vlm: Any, support: Features, labels: torch.Tensor, txt: Fea
     return delta.detach()
 
 
-def acquisition_scores(vlm: Any, strategy: str, pool: Features, target: Features, txt: Features,
+def acquisition_scores(vlm: BayesVLM, strategy: str, pool: Features, target: Features, txt: Features,
                        num_samples: int, generator: torch.Generator) -> torch.Tensor:
     """Scores [N] of the pool inputs (higher = pick first); ``random`` gives uniform noise."""
     if strategy == "random":
@@ -167,7 +170,8 @@ def acquisition_scores(vlm: Any, strategy: str, pool: Features, target: Features
     return pool_scores(vlm, pool, txt, num_samples, generator, target=target)[strategy]  # joint draws
 
 
-def evaluate_state(vlm: Any, state: AdaptedState, data: ActiveLearningData, ece_bins: int = 20) -> dict[str, float]:
+def evaluate_state(vlm: BayesVLM, state: AdaptedState, data: ActiveLearningData,
+                   ece_bins: int = 20) -> dict[str, float]:
     """Bayesian (probit) and deterministic metrics of the adapted model on the test set."""
     view = with_posterior(vlm, state.posterior)
     pred = view.predict_features(state.shift(vlm, data.test), data.txt, data.prompts)
@@ -178,7 +182,7 @@ def evaluate_state(vlm: Any, state: AdaptedState, data: ActiveLearningData, ece_
             "prior_precision": state.posterior.image.prior_precision}
 
 
-def run_strategy(vlm: Any, data: ActiveLearningData, strategy: str, seed: int, config: ActiveLearningConfig
+def run_strategy(vlm: BayesVLM, data: ActiveLearningData, strategy: str, seed: int, config: ActiveLearningConfig
                  ) -> list[dict[str, Any]]:
     """One (strategy, seed) run: a row per budget with the test metrics after adapting on that budget."""
     gen = torch.Generator().manual_seed(seed)
@@ -187,7 +191,7 @@ def run_strategy(vlm: Any, data: ActiveLearningData, strategy: str, seed: int, c
     pool_idx = torch.randperm(n_pool, generator=gen)[:keep]
     target_idx = torch.randperm(data.target.activations.shape[0], generator=gen)[:config.num_targets]
     pool, labels, target = _rows(data.pool, pool_idx), data.pool_labels[pool_idx], _rows(data.target, target_idx)
-    base = vlm.posterior
+    base = vlm.require_posterior()
     delta = torch.zeros(vlm.adapter.image.dim_out, vlm.adapter.image.dim_in, dtype=torch.float64)
     state = AdaptedState(delta, base)
     chosen = torch.zeros(0, dtype=torch.long)
@@ -252,7 +256,7 @@ def summarise(rows: list[dict[str, Any]], metrics: Sequence[str] = ("accuracy", 
     return out
 
 
-def run_active_learning(vlm: Any, data: ActiveLearningData, config: ActiveLearningConfig | None = None,
+def run_active_learning(vlm: BayesVLM, data: ActiveLearningData, config: ActiveLearningConfig | None = None,
                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every strategy × seed; returns the ``active_learning.json`` payload (``rows``, ``summary``, ``settings``).
 
@@ -335,7 +339,7 @@ def write_results(payload: dict[str, Any], out_dir: str | Path) -> Path:
     return out / "active_learning.json"
 
 
-def folder_active_learning_data(vlm: Any, pool: Any, test: Any, *, target: Any = None,
+def folder_active_learning_data(vlm: BayesVLM, pool: Any, test: Any, *, target: Any = None,
                                 classnames: list[str] | None = None, template: str = "a photo of a {}.",
                                 cache_dir: str | Path | None = None, progress: bool = True) -> ActiveLearningData:
     """:class:`ActiveLearningData` from users' labelled data (any source :func:`.evaluate.open_labeled` reads).

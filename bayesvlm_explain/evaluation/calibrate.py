@@ -22,13 +22,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..adapters import Features
-from ..options import Objective, check_option
+from ..options import Objective, Predictive, check_option
 from .metrics import calibration_metrics
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 
 __all__ = [
     "PSEUDO_COUNTS",
@@ -100,7 +103,7 @@ def _labels(labels: Any, num_classes: int) -> torch.Tensor:
     return out
 
 
-def prepare_labeled_data(vlm: Any, labeled_data: Any) -> LabeledFeatures:
+def prepare_labeled_data(vlm: BayesVLM, labeled_data: Any) -> LabeledFeatures:
     """Validate ``(images, labels, prompts)`` (tuple or mapping) and encode what is not encoded yet."""
     if isinstance(labeled_data, LabeledFeatures):
         return labeled_data
@@ -124,8 +127,8 @@ def prepare_labeled_data(vlm: Any, labeled_data: Any) -> LabeledFeatures:
     return LabeledFeatures(img, list(prompts), vlm.encode_prompts(list(prompts)), y)
 
 
-def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll", *,
-                        predictive: str = "mc", pseudo_counts: Sequence[float] = PSEUDO_COUNTS,
+def calibrate_posterior(vlm: BayesVLM, labeled_data: Any, objective: Objective = "nll", *,
+                        predictive: Predictive = "mc", pseudo_counts: Sequence[float] = PSEUDO_COUNTS,
                         num_samples: int = 1000, variance: str = "projected", n_bins: int = 20,
                         seed: int = 0) -> PosteriorCalibration:
     """Choose the pseudo-count ``n`` (``λ`` by marginal likelihood for each) minimising ``objective``.
@@ -159,7 +162,7 @@ def calibrate_posterior(vlm: Any, labeled_data: Any, objective: Objective = "nll
     lam = vlm.optimize_prior_precision(pseudo_count=grid[best])
     edge = len(grid) > 1 and grid[best] in (min(grid), max(grid))
     result = PosteriorCalibration(grid[best], lam, chosen, predictive, curve, edge)
-    vlm.posterior.metadata["calibration"] = {"pseudo_count": grid[best], "objective": chosen,
+    vlm.require_posterior().metadata["calibration"] = {"pseudo_count": grid[best], "objective": chosen,
                                              "predictive": predictive, "variance": variance,
                                              "num_examples": int(data.labels.shape[0])}
     return result

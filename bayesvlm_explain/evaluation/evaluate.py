@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -40,6 +40,9 @@ from ..numerics import categorical_entropy
 from ..posterior import KronPosterior, Posterior
 from ..selection import bald, class_probabilities
 from .metrics import calibration_metrics, misclassification_auroc, selective_accuracy
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 COVERAGES = (0.5, 0.8)
@@ -191,7 +194,7 @@ def _labelled_items(data: LabeledData, skipped: Counter) -> Iterator[tuple[RawPa
         yield item, label
 
 
-def encode_labeled(vlm: Any, data: LabeledData, *, cache_dir: str | Path | None = None, batch_size: int = 64,
+def encode_labeled(vlm: BayesVLM, data: LabeledData, *, cache_dir: str | Path | None = None, batch_size: int = 64,
                    progress: bool = True) -> EncodedData:
     """Image features [N, p] / [N, D] of every usable item, read from or written to the feature cache.
 
@@ -260,14 +263,14 @@ def posterior_copy(post: Posterior, *, pseudo_count: float | None = None,
     return Posterior(sides["image"], sides["text"], copy.deepcopy(dict(post.metadata)))
 
 
-def with_posterior(vlm: Any, post: Posterior) -> Any:
+def with_posterior(vlm: BayesVLM, post: Posterior) -> Any:
     """A shallow copy of ``vlm`` that uses ``post``; the encoder is shared and ``vlm`` is left untouched."""
     view = copy.copy(vlm)
     view.posterior = post  # the setter rebinds the copy's attribute only
     return view
 
 
-def bald_scores(vlm: Any, img: Features, txt: Features, prompts: list[str], num_samples: int, seed: int = 0,
+def bald_scores(vlm: BayesVLM, img: Features, txt: Features, prompts: list[str], num_samples: int, seed: int = 0,
                 max_elements: int = 1 << 22) -> torch.Tensor:
     """BALD [N] (nats) from Gaussian logit draws with the full class covariance, in chunks of images; each
     draw becomes class probabilities by the model's own link (:func:`~bayesvlm_explain.selection.class_probabilities`:
@@ -317,7 +320,7 @@ def class_prompts(classnames: list[str], template: str) -> list[str]:
     return [template.replace("{}", name) for name in classnames]
 
 
-def evaluate(vlm: Any, data: Any, *, classnames: list[str] | None = None, template: str = DEFAULT_TEMPLATE,
+def evaluate(vlm: BayesVLM, data: Any, *, classnames: list[str] | None = None, template: str = DEFAULT_TEMPLATE,
              predictive: str = "probit", num_samples: int = 1000, pseudo_count: float | None = None,
              prior_precision: float | None = None, cache_dir: str | Path | None = None, batch_size: int = 64,
              n_bins: int = 20, progress: bool = True, seed: int = 0) -> Evaluation:
@@ -332,7 +335,7 @@ def evaluate(vlm: Any, data: Any, *, classnames: list[str] | None = None, templa
     start = time.perf_counter()
     labeled = data if isinstance(data, LabeledData) else open_labeled(data, classnames)
     prompts = class_prompts(labeled.classnames, template)
-    post = posterior_copy(vlm._require_posterior(), pseudo_count=pseudo_count, prior_precision=prior_precision)
+    post = posterior_copy(vlm.require_posterior(), pseudo_count=pseudo_count, prior_precision=prior_precision)
     if pseudo_count is not None and prior_precision is None:
         optimize_posterior_prior(vlm, post)
     view = with_posterior(vlm, post)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .registry import asset_spec
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 
 __all__ = ["ModelAssets", "bundled_examples", "load_assets"]
 
@@ -49,7 +52,7 @@ class ModelAssets:
         return [(self.template or "{}").format(label) for label in self.labels]
 
 
-def load_assets(vlm: Any, model_name: str, pretrained: str | None = None,
+def load_assets(vlm: BayesVLM, model_name: str, pretrained: str | None = None,
                 posterior_dir: str | Path | None = None) -> ModelAssets:
     """The assets of ``vlm`` (loaded as ``model_name``/``pretrained``) with the yardstick stored in
     ``posterior_dir`` (default: the registry's shipped posterior folder), checked against ``vlm``."""
@@ -65,7 +68,7 @@ def load_assets(vlm: Any, model_name: str, pretrained: str | None = None,
     return assets
 
 
-def attach_yardstick(vlm: Any, assets: ModelAssets, directory: str | Path | None) -> None:
+def attach_yardstick(vlm: BayesVLM, assets: ModelAssets, directory: str | Path | None) -> None:
     """Set ``assets.yardstick`` from ``directory/yardstick.json`` when it is there and fits ``vlm``."""
     from ..yardstick import FILE_NAME, Yardstick, YardstickError
 

@@ -6,21 +6,24 @@ Compare prompts, Explain, Batch, Calibrate, Select), each a function to a typed 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..pretrained.assets import bundled_examples
 from .tabs.inspect import inspect_image
 from .views import TABLE_HEADERS, parse_prompts
 
+if TYPE_CHECKING:
+    from ..model import BayesVLM
+
 __all__ = ["TABLE_HEADERS", "build_app", "bundled_examples", "parse_prompts", "prediction_table"]
 
 
-def prediction_table(vlm: Any, image: Any, prompts_text: str) -> list[list[Any]]:
+def prediction_table(vlm: BayesVLM, image: Any, prompts_text: str) -> list[list[Any]]:
     """Rows of :data:`TABLE_HEADERS` for one image file, the most probable prompt first (no yardstick)."""
     return inspect_image(vlm, image, prompts_text).rows
 
 
-def build_app(vlm: Any, **kwargs: Any) -> Any:
+def build_app(vlm: BayesVLM, **kwargs: Any) -> Any:
     """The studio page (see :func:`.app.build_app`); imports gradio."""
     from .app import build_app as build
 

@@ -19,7 +19,7 @@ import ctypes
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from gradio.utils import get_upload_folder
@@ -30,6 +30,9 @@ from ..yardstick import Yardstick, YardstickError
 from .tabs import TABS
 from .tabs.base import StudioContext
 from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard, open_upload
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (InputError, PosteriorError, YardstickError)
@@ -72,7 +75,7 @@ class StudioBlocks(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def studio_extras(vlm: Any) -> tuple[Yardstick | None, list[str] | None, str]:
+def studio_extras(vlm: BayesVLM) -> tuple[Yardstick | None, list[str] | None, str]:
     """``vlm.assets``' yardstick and label prompts (``None`` where the model has none), and a note on them."""
     from ..pretrained.assets import ModelAssets
 
@@ -199,7 +202,7 @@ def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: lis
     return image, prompts
 
 
-def build_app(vlm: Any, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
+def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
               yardstick: Yardstick | None = None, labels: list[str] | None = None) -> StudioBlocks:
     """The studio as a :class:`StudioBlocks` (not launched): the shared inputs, then :data:`~.tabs.TABS`.
     The yardstick and the label set come from ``vlm.assets`` unless given."""

@@ -10,16 +10,20 @@ from __future__ import annotations
 import html
 import math
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..adapters import Features
 from ..inputs import InputError, check_prompts
+from ..options import Predictive
 from ..predictive import Prediction
 from ..yardstick import Yardstick
 from .archives import ArchiveError
 from .uploads import open_upload
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 
 MAX_PROMPTS = 64
 MAX_SETS = 4
@@ -31,7 +35,7 @@ SELECT_SHOWN = 20  # ranked picks shown per acquisition function (the CSV has ev
 SELECT_HEADERS = ["rank", "entropy: image", "entropy (nats)", "BALD: image", "BALD (nats)", "EPIG: image",
                   "EPIG (nats)"]
 SELECT_CSV_HEADERS = ["image", "folder", "entropy", "bald", "epig", "rank_entropy", "rank_bald", "rank_epig"]
-RECOMMENDED = "mc"  # the predictive shown first; the deterministic one is shown beside it
+RECOMMENDED: Predictive = "mc"  # the predictive shown first; the deterministic one is shown beside it
 NUM_SAMPLES = 1000
 TABLE_HEADERS = ["prompt", "p (MC)", "p (det.)", "logit mean", "logit std", "image share", "text share",
                  "inter. share"]
@@ -94,13 +98,13 @@ def entropy_parts(pred: Prediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return tuple(t.detach().numpy() for t in (dec.total_entropy, dec.aleatoric, dec.epistemic))  # type: ignore
 
 
-def recommended_prediction(vlm: Any, feats: Features, prompts: list[str]) -> Prediction:
+def recommended_prediction(vlm: BayesVLM, feats: Features, prompts: list[str]) -> Prediction:
     """The recommended predictive of encoded images against ``prompts`` (fixed seed: reproducible)."""
     return vlm.predict_features(feats, vlm.encode_prompts(prompts), prompts, predictive=RECOMMENDED,
                                 num_samples=NUM_SAMPLES, seed=0)
 
 
-def yardstick_json(vlm: Any, yardstick: Yardstick | None, feats: Features) -> list[dict[str, Any]]:
+def yardstick_json(vlm: BayesVLM, yardstick: Yardstick | None, feats: Features) -> list[dict[str, Any]]:
     """Per image: ``percentiles`` (figure -> 0..100), the raw ``figures``, ``out_of_domain`` and ``verdict``."""
     count = int(feats.embeddings.shape[0])
     if yardstick is None:

@@ -7,7 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ...model import BayesVLM
 
 
 @dataclass
@@ -24,7 +27,7 @@ class StudioContext:
         json_and_note: ``json_and_note(api_name, note)`` adds a tab's JSON accordion and note; returns the JSON.
     """
 
-    vlm: Any
+    vlm: BayesVLM
     yardstick: Any
     image: Any
     prompts: Any

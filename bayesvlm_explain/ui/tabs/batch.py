@@ -7,7 +7,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...inputs import InputError
 from ...yardstick import Yardstick
@@ -25,6 +25,9 @@ from ..views import (
     yardstick_json,
 )
 from .base import StudioContext
+
+if TYPE_CHECKING:
+    from ...model import BayesVLM
 
 NOTE = (
     "One row per image, the most epistemically uncertain first; click a column header to sort. Download "
@@ -48,7 +51,7 @@ class BatchResult:
     csv: str
 
 
-def batch_table(vlm: Any, images: Sequence[Any], prompts_text: str, yardstick: Yardstick | None = None
+def batch_table(vlm: BayesVLM, images: Sequence[Any], prompts_text: str, yardstick: Yardstick | None = None
                 ) -> BatchResult:
     """The Batch view: one row per image (:data:`BATCH_HEADERS`), the most epistemically uncertain first.
 

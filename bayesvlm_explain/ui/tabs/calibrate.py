@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...inputs import InputError
 from ..archives import ArchiveError, extracted, image_files
 from ..uploads import display_name
 from ..views import MAX_PROMPTS, NUM_SAMPLES, RECOMMENDED, check_count, parse_prompts
 from .base import StudioContext
+
+if TYPE_CHECKING:
+    from ...model import BayesVLM
 
 NOTE = (
     "Upload a zip with one folder per class (the folder name fills the template's `{}`). Calibration: "
@@ -38,14 +41,14 @@ class CalibrateResult:
     summary: str
 
 
-def default_template(vlm: Any) -> str:
+def default_template(vlm: BayesVLM) -> str:
     """The class-prompt template offered for ``vlm``: its assets' template, else the photo one."""
     from ...evaluation.evaluate import DEFAULT_TEMPLATE
 
     return getattr(getattr(vlm, "assets", None), "template", None) or DEFAULT_TEMPLATE
 
 
-def calibrate_archive(vlm: Any, archive: Any, template: str) -> CalibrateResult:
+def calibrate_archive(vlm: BayesVLM, archive: Any, template: str) -> CalibrateResult:
     """The Calibrate view: a labelled zip (one folder per class) evaluated deterministic vs Bayes.
 
     The class names (folder names decoded by :func:`~bayesvlm_explain.data.folders.class_name`) fill

@@ -6,13 +6,16 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...inputs import InputError
 from ..views import MAX_SETS, classes_json, entropy_parts, image_of, nats, parse_prompts, recommended_prediction
 from .base import StudioContext
+
+if TYPE_CHECKING:
+    from ...model import BayesVLM
 
 NOTE = (
     "The same image against several wordings. Lower entropy means the wording makes the model more "
@@ -58,7 +61,7 @@ def expand_set(text: str, labels: Sequence[str], index: int) -> list[str]:
     return parse_prompts(text, what)
 
 
-def compare_sets(vlm: Any, image: Any, set_texts: Sequence[str], labels_text: str = "") -> CompareResult:
+def compare_sets(vlm: BayesVLM, image: Any, set_texts: Sequence[str], labels_text: str = "") -> CompareResult:
     """The Compare view: one image against 2-4 prompt sets (empty sets ignored).
 
     Returns ``{"json": {"sets": [{"prompts", "classes", "top", "entropy", "epistemic"}], "most_certain",

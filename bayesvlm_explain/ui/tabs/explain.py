@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ...inputs import InputError
 from ...options import PixelMethod
@@ -22,6 +22,9 @@ from ..views import (
     recommended_prediction,
 )
 from .base import StudioContext
+
+if TYPE_CHECKING:
+    from ...model import BayesVLM
 
 NOTE = (
     "Which pixels raise (red) or lower (blue) the chosen quantity for the chosen prompt; the colour bar "
@@ -49,7 +52,7 @@ class ExplainResult:
     summary: str
 
 
-def explain_prompt(vlm: Any, image: Any, prompts_text: str, prompt: str | None = None,
+def explain_prompt(vlm: BayesVLM, image: Any, prompts_text: str, prompt: str | None = None,
                    target: str = "image_variance", method: str = "integrated_gradients", steps: int = 16,
                    num_samples: int = 500) -> ExplainResult:
     """The Explain view: pixel attribution of ``target`` for ``prompt`` (any of the prompts; default the

@@ -4,7 +4,7 @@ entropy split and the yardstick verdict."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...yardstick import Yardstick
 from ..uploads import display_name
@@ -21,6 +21,9 @@ from ..views import (
     yardstick_json,
 )
 from .base import StudioContext
+
+if TYPE_CHECKING:
+    from ...model import BayesVLM
 
 NOTE = (
     "Each prompt's logit has a mean and a standard deviation from the Laplace posterior over the two "
@@ -50,7 +53,7 @@ class InspectResult:
     verdict: str
 
 
-def inspect_image(vlm: Any, image: Any, prompts_text: str, yardstick: Yardstick | None = None) -> InspectResult:
+def inspect_image(vlm: BayesVLM, image: Any, prompts_text: str, yardstick: Yardstick | None = None) -> InspectResult:
     """The Inspect view of one uploaded image.
 
     Returns ``{"json": {"classes": [...], "image": {...}}, "rows": TABLE_HEADERS rows, "bars": html,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from ..views import (
     significant,
 )
 from .base import StudioContext
+
+if TYPE_CHECKING:
+    from ...model import BayesVLM
 
 NOTE = (
     "Which unlabelled images would be most useful to label next (active learning). *Entropy*: the model "
@@ -53,7 +56,7 @@ class SelectResult:
     summary: str
 
 
-def _archive_images(vlm: Any, archive: Any) -> tuple[list[dict[str, Any]], Features, list[str]]:
+def _archive_images(vlm: BayesVLM, archive: Any) -> tuple[list[dict[str, Any]], Features, list[str]]:
     """``[{"image", "folder"}]``, the encoded features [N, ...] and the refused files of one image zip."""
     name = display_name(archive)
     with extracted(archive) as root:
@@ -72,7 +75,7 @@ def _spaced(count: int, limit: int) -> list[int]:
     return list(range(count)) if count <= limit else [round(i * (count - 1) / (limit - 1)) for i in range(limit)]
 
 
-def select_archive(vlm: Any, pool: Any, prompts_text: str, targets: Any = None) -> SelectResult:
+def select_archive(vlm: BayesVLM, pool: Any, prompts_text: str, targets: Any = None) -> SelectResult:
     """The Select view: every pool image scored by predictive entropy, BALD and EPIG (nats).
 
     Pool and EPIG targets (the pool itself, or the images of ``targets``; at most
