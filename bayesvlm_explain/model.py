@@ -17,7 +17,7 @@ from .inputs import check_prompts
 from .loading import load_open_clip
 from .options import Link, MargLikMode, Objective, check_option
 from .posterior import META_FILE, REFERENCE_JSON, Posterior, PosteriorError
-from .predictive import Prediction, PredictiveMethod
+from .predictive import Prediction, PredictiveMethod, class_link
 from .pretrained.assets import ModelAssets
 from .pretrained.registry import BUNDLED
 
@@ -235,10 +235,11 @@ class BayesVLM:
     def predict_features(
         self, img: Features, txt: Features, prompts: list[str], *,
         predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
-        link: Link = "softmax", seed: int | None = 0,
+        link: Link | None = None, seed: int | None = 0,
     ) -> Prediction:
         """:meth:`predict` on already-encoded features (float64, CPU)."""
         check_option("predictive", predictive)
+        link = class_link(self.adapter.likelihood) if link is None else link
         check_option("link", link)
         head = self.head(variance)
         return Prediction(head(img, txt), head.map_logits(img, txt), list(prompts), method=predictive,
@@ -247,7 +248,7 @@ class BayesVLM:
     def predict(
         self, images: Any, prompts: str | Sequence[str], *,
         predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
-        link: Link = "softmax", seed: int | None = 0,
+        link: Link | None = None, seed: int | None = 0,
     ) -> Prediction:
         """Probabilistic logits and predictive probabilities of ``images`` against ``prompts``.
 
@@ -260,7 +261,9 @@ class BayesVLM:
             variance: ``"projected"`` (default: closest to the true cosine), ``"expected_norm"`` (the
                 paper's normalisation; ``"exact"`` is its former name) or ``"diagonal"`` (the reference's
                 diagonal ``B̃⁻¹``); see :mod:`bayesvlm_explain.probcos`.
-            link: ``"softmax"`` over prompts (zero-shot classification) or ``"sigmoid"`` per pair.
+            link: how logits become probabilities: ``None`` (default) the model's own class link (a
+                softmax over prompts for CLIP, the sigmoids renormalised over prompts for SigLIP),
+                ``"softmax"``, ``"normalized_sigmoid"``, or ``"sigmoid"`` per pair.
         Returns:
             a :class:`Prediction` with ``mean``, ``var``, ``cov`` and the three variance parts.
         """

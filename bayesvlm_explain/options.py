@@ -39,6 +39,8 @@ class LinkKind(_Option):
     """A softmax over the prompts: zero-shot classification."""
     SIGMOID = "sigmoid"
     """An independent sigmoid per image-prompt pair: is this prompt a match?"""
+    NORMALIZED_SIGMOID = "normalized_sigmoid"
+    """The per-pair sigmoids renormalised over the prompts: a sigmoid (SigLIP) model's class probabilities."""
 
 
 class VarianceKind(_Option):
@@ -157,7 +159,7 @@ MOMENT_TARGETS: tuple[str, ...] = tuple(t.value for t in TargetKind)[:4]
 ENTROPY_TARGETS: tuple[str, ...] = tuple(t.value for t in TargetKind)[4:]
 
 Predictive = Literal["probit", "mc", "map"]
-Link = Literal["softmax", "sigmoid"]
+Link = Literal["softmax", "sigmoid", "normalized_sigmoid"]
 Variance = Literal["projected", "expected_norm", "exact", "diagonal"]
 MargLikMode = Literal["exact", "reference"]
 Likelihood = Literal["infonce", "sigmoid"]

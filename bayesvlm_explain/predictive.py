@@ -3,6 +3,9 @@
 * ``"probit"`` (default): ``softmax_c(m_c / sqrt(1 + π/8 · v_c))`` per class, MacKay's scaling.
 * ``"mc"``: the average softmax over Gaussian logit draws with the full class covariance.
 * ``"map"``: the deterministic model, ``softmax(τ·cos_MAP + b)``.
+
+"softmax" stands for the prediction's link (:func:`link_probabilities`): by default the model's own
+class link (:func:`class_link`), a softmax for CLIP, the renormalised sigmoids for SigLIP.
 """
 
 from __future__ import annotations
@@ -13,24 +16,48 @@ from functools import cached_property
 
 import torch
 
-from .options import Link, Predictive, check_option
+from .options import Likelihood, Link, Predictive, check_option
 from .probcos import DEFAULT_MAX_MEMORY, CosineMoments
 
 PredictiveMethod = Predictive
 
 
-def _link(logits: torch.Tensor, link: Link) -> torch.Tensor:
-    return torch.softmax(logits, dim=-1) if link == "softmax" else torch.sigmoid(logits)
+def class_link(likelihood: Likelihood) -> Link:
+    """The link a model's own likelihood gives its class probabilities: ``"softmax"`` for a contrastive
+    (InfoNCE) model, ``"normalized_sigmoid"`` for a sigmoid (SigLIP) one."""
+    return "softmax" if check_option("likelihood", likelihood) == "infonce" else "normalized_sigmoid"
+
+
+def link_log_probabilities(logits: torch.Tensor, link: Link) -> torch.Tensor:
+    """Log-probabilities [..., C] of logits [..., C] under ``link``; the renormalised sigmoid is
+    ``softmax(log σ(z))``, computed as such so that it stays finite when every sigmoid underflows."""
+    if link == "softmax":
+        return torch.log_softmax(logits, dim=-1)
+    if link == "normalized_sigmoid":
+        return torch.log_softmax(torch.nn.functional.logsigmoid(logits), dim=-1)
+    check_option("link", link)  # an unknown link raises here
+    return torch.nn.functional.logsigmoid(logits)
+
+
+def link_probabilities(logits: torch.Tensor, link: Link) -> torch.Tensor:
+    """Probabilities [..., C] of logits [..., C]: the one logits-to-probabilities map of the library
+    (softmax over prompts, a sigmoid per pair, or the sigmoids renormalised over the prompts)."""
+    if link == "softmax":
+        return torch.softmax(logits, dim=-1)
+    if link == "sigmoid":
+        return torch.sigmoid(logits)
+    return link_log_probabilities(logits, link).exp()
+
 
 
 def probit_probs(mean: torch.Tensor, var: torch.Tensor, link: Link = "softmax") -> torch.Tensor:
     """Probit-approximate predictive [N, C] from logit means and variances [N, C]."""
-    return _link(mean / torch.sqrt(1.0 + (math.pi / 8.0) * var), link)
+    return link_probabilities(mean / torch.sqrt(1.0 + (math.pi / 8.0) * var), link)
 
 
 def mc_probs(samples: torch.Tensor, link: Link = "softmax") -> torch.Tensor:
     """Monte Carlo predictive [N, C] from logit draws [S, N, C]."""
-    return _link(samples, link).mean(0)
+    return link_probabilities(samples, link).mean(0)
 
 
 @dataclass
@@ -102,7 +129,7 @@ class Prediction:
     @property
     def map_probs(self) -> torch.Tensor:
         """Deterministic model's probabilities [N, C]."""
-        return _link(self.map_logits, self.link)
+        return link_probabilities(self.map_logits, self.link)
 
     def predictive(self, method: PredictiveMethod = "probit", num_samples: int | None = None) -> torch.Tensor:
         """Predictive probabilities [N, C] by ``method`` (``"probit"``, ``"mc"`` or ``"map"``)."""

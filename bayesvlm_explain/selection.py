@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .numerics import categorical_entropy
-from .options import check_option
+from .options import Likelihood
+from .predictive import class_link, link_probabilities
 
 if TYPE_CHECKING:
     from .model import BayesVLM
@@ -33,16 +34,13 @@ def _check_draws(probs: torch.Tensor, name: str) -> None:
                          f"got {tuple(probs.shape)}")
 
 
-def class_probabilities(logits: torch.Tensor, likelihood: str = "infonce") -> torch.Tensor:
+def class_probabilities(logits: torch.Tensor, likelihood: Likelihood = "infonce") -> torch.Tensor:
     """Class probabilities [..., C] from logits [..., C] by the model's own link: the softmax for contrastive
     (InfoNCE) models; for sigmoid models (SigLIP) the per-class sigmoids renormalised over the classes.
 
     The one logits-to-class-probabilities map of ``evaluate`` (BALD), active learning and the studio's
     Select tab; ``likelihood`` is the model's (``vlm.adapter.likelihood``)."""
-    if check_option("likelihood", likelihood) == "infonce":
-        return torch.softmax(logits, -1)
-    p = torch.sigmoid(logits)
-    return p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    return link_probabilities(logits, class_link(likelihood))
 
 
 def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ..adapters import adapter_for
 from ..inputs import check_prompts
 from ..options import CHOICES, ENTROPY_TARGETS, MOMENT_TARGETS, Link, PixelMethod, check_option
+from ..predictive import class_link
 from .targets import CustomTarget, check_grad_mode, evaluate_target, standard_draws
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 
 PixelTarget = Literal["image_variance", "text_variance", "variance", "mean", "entropy", "aleatoric", "epistemic"]
 PIXEL_METHODS: tuple[str, ...] = CHOICES["method"]
@@ -104,7 +108,8 @@ class UncertaintyAttribution:
         predictive: ``"mc"`` (default) or ``"probit"`` (only for ``"entropy"``).
         num_samples: Gaussian logit draws of the MC predictive (common random numbers).
         seed: seed of those draws.
-        link: ``"softmax"`` over prompts or ``"sigmoid"`` per prompt.
+        link: ``None`` (default): the model's own class link (softmax for CLIP, renormalised sigmoids for
+            SigLIP); or ``"softmax"``, ``"normalized_sigmoid"``, ``"sigmoid"`` per prompt.
         variance: ``"projected"``, ``"expected_norm"`` or ``"diagonal"`` moments, as in ``BayesVLM.predict``.
         internal_batch_size: images per forward/backward pass in the attribution methods
             (default ``vlm.batch_size``).
@@ -112,19 +117,20 @@ class UncertaintyAttribution:
 
     def __init__(
         self,
-        vlm: Any,
+        vlm: BayesVLM,
         target: PixelTarget | CustomTarget = "image_variance",
         *,
         predictive: Literal["mc", "probit"] = "mc",
         num_samples: int = 1000,
         seed: int | None = 0,
-        link: Link = "softmax",
+        link: Link | None = None,
         variance: str = "projected",
         internal_batch_size: int | None = None,
     ) -> None:
         if not callable(target):
             check_option("target", target)
         check_option("predictive", predictive, ("mc", "probit"))
+        link = class_link(vlm.adapter.likelihood) if link is None else link
         check_option("link", link)
         check_option("variance", variance)
         if num_samples < 1:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..head import MomentHead
 from ..numerics import log_categorical_entropy
 from ..options import ENTROPY_TARGETS, MOMENT_TARGETS, EntropyTarget, Link, MomentTarget, check_option
+from ..predictive import link_log_probabilities
 from ..probcos import CosineMoments
 
 __all__ = ["ENTROPY_TARGETS", "MOMENT_TARGETS", "CustomTarget", "EntropyTarget", "MomentTarget", "check_grad_mode",
@@ -41,15 +42,16 @@ def entropy_terms(samples: torch.Tensor, link: Link = "softmax") -> tuple[torch.
 
     Args:
         samples: [S, N, C] Gaussian logit draws (e.g. ``Prediction.sample``).
-        link: ``"softmax"`` over the C prompts, or ``"sigmoid"`` per prompt (then each entropy is the sum
-            of the C Bernoulli entropies).
+        link: ``"softmax"`` over the C prompts, ``"normalized_sigmoid"`` (the sigmoids renormalised over
+            the prompts), or ``"sigmoid"`` per prompt (then each entropy is the sum of the C Bernoulli
+            entropies).
     Returns:
         ``(total, aleatoric, epistemic)``, each [N]: ``H[E p]``, ``E[H[p]]`` and their difference (the
         mutual information between the prediction and the projection weights, BALD). Differentiable.
     """
     log_s = math.log(samples.shape[0])
-    if link == "softmax":
-        logp = torch.log_softmax(samples, dim=-1)  # [S, N, C]
+    if link in ("softmax", "normalized_sigmoid"):
+        logp = link_log_probabilities(samples, link)  # [S, N, C]
         aleatoric = log_categorical_entropy(logp).mean(0)
         total = log_categorical_entropy(torch.logsumexp(logp, dim=0) - log_s)  # entropy of the MC predictive
     elif link == "sigmoid":
@@ -65,8 +67,8 @@ def entropy_terms(samples: torch.Tensor, link: Link = "softmax") -> tuple[torch.
 def probit_entropy(mean: torch.Tensor, var: torch.Tensor, link: Link = "softmax") -> torch.Tensor:
     """Entropy (nats) [N] of the probit predictive ``link(m / sqrt(1 + π/8 v))`` from [N, C] moments."""
     z = mean / torch.sqrt(1.0 + (math.pi / 8.0) * var)
-    if link == "softmax":
-        return log_categorical_entropy(torch.log_softmax(z, dim=-1))
+    if link in ("softmax", "normalized_sigmoid"):
+        return log_categorical_entropy(link_log_probabilities(z, link))
     lp1, lp0 = F.logsigmoid(z), F.logsigmoid(-z)
     return -(lp1.exp() * lp1 + lp0.exp() * lp0).sum(-1)
 

@@ -16,7 +16,7 @@ logit, for contrast). All depend on the prompt's own features only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from torch import nn
 from ..adapters import adapter_for
 from ..inputs import InputError, check_prompts
 from ..options import MOMENT_TARGETS, check_option
+
+if TYPE_CHECKING:
+    from ..model import BayesVLM
 from .targets import check_grad_mode, moment_values
 
 TokenTarget = Literal["text_variance", "image_variance", "variance", "mean"]
@@ -66,7 +69,7 @@ class TokenAttribution:
         variance: ``"projected"``, ``"expected_norm"`` or ``"diagonal"`` moments.
     """
 
-    def __init__(self, vlm: Any, target: TokenTarget = "text_variance", *, variance: str = "projected") -> None:
+    def __init__(self, vlm: BayesVLM, target: TokenTarget = "text_variance", *, variance: str = "projected") -> None:
         check_option("target", target, MOMENT_TARGETS)
         check_option("variance", variance)
         self.vlm = vlm

@@ -14,7 +14,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -23,17 +23,15 @@ from ..data.pairs import PairSource, RawPair, Skip, items_digest
 from ..encoding import autocast
 from ..inputs import InputError, load_image
 from .files import CorruptFileError, load_checked, save_checked
+from .protocol import FittableModel
 from .report import FitError, FitReport
-
-if TYPE_CHECKING:
-    from ..model import BayesVLM
 
 CACHE_VERSION = 2
 FEATURE_KEYS = ("img_act", "img_emb", "txt_act", "txt_emb")
 log = logging.getLogger(__name__)
 
 
-def model_fingerprint(vlm: BayesVLM) -> str:
+def model_fingerprint(vlm: FittableModel) -> str:
     """A hash of all model parameters and buffers plus the projection layout (identifies caches)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(vlm.adapter.architecture.encode())
@@ -46,7 +44,7 @@ def model_fingerprint(vlm: BayesVLM) -> str:
 class ShardEncoder:
     """Decodes, validates and encodes the items of one shard with the model's adapters."""
 
-    def __init__(self, vlm: BayesVLM, batch_size: int):
+    def __init__(self, vlm: FittableModel, batch_size: int):
         self.vlm, self.batch_size = vlm, batch_size
 
     def _decode(self, item: RawPair, skipped: Counter) -> tuple[torch.Tensor, str] | None:

@@ -7,7 +7,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..data.pairs import open_pairs
 from ..options import MargLikMode
@@ -16,15 +16,13 @@ from .accumulate import ClassBatches, accumulate
 from .features import CACHE_VERSION, FeatureCache, ShardEncoder, model_fingerprint
 from .files import CacheLock
 from .prior import form_posterior, set_prior_precision
+from .protocol import FittableModel
 from .reduce import all_reduce, process_group
 from .report import FitError, FitReport
 
-if TYPE_CHECKING:
-    from ..model import BayesVLM
-
 
 def fit_posterior(
-    vlm: BayesVLM,
+    vlm: FittableModel,
     pairs: Any,
     *,
     num_candidates: int = 32768,
@@ -69,7 +67,7 @@ def fit_posterior(
                        marglik, progress)
 
 
-def _fit_in(vlm: BayesVLM, pairs: Any, root: Path, num_candidates: int, batch_size: int, shard_size: int,
+def _fit_in(vlm: FittableModel, pairs: Any, root: Path, num_candidates: int, batch_size: int, shard_size: int,
             pseudo_count: float, prior_precision: float | tuple[float, float] | None, marglik: MargLikMode,
             progress: bool) -> tuple[Posterior, FitReport]:
     """The four steps of :func:`fit_posterior` on the (locked) cache folder ``root``."""

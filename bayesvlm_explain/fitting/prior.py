@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..estimation import KFACAccumulator
 from ..marglik import factor_eigenvalues, optimize_prior_precision
 from ..options import MargLikMode
 from ..posterior import KronPosterior, Posterior
-
-if TYPE_CHECKING:
-    from ..model import BayesVLM
+from .protocol import FittableModel
 
 
 def form_posterior(acc: dict[str, KFACAccumulator], pseudo_count: float) -> Posterior:
@@ -22,7 +18,7 @@ def form_posterior(acc: dict[str, KFACAccumulator], pseudo_count: float) -> Post
     return Posterior(sides["image"], sides["text"])
 
 
-def set_prior_precision(vlm: BayesVLM, posterior: Posterior, prior_precision: float | tuple[float, float] | None,
+def set_prior_precision(vlm: FittableModel, posterior: Posterior, prior_precision: float | tuple[float, float] | None,
                         marglik: MargLikMode) -> dict[str, list[list[float]]]:
     """Fixed ``λ`` (one value or (image, text)), or ``None``: the marginal-likelihood maximiser; returns
     the marginal-likelihood curves (empty for fixed values)."""
@@ -33,7 +29,7 @@ def set_prior_precision(vlm: BayesVLM, posterior: Posterior, prior_precision: fl
     return {}
 
 
-def optimize_posterior_prior(vlm: BayesVLM, posterior: Posterior, *, mode: MargLikMode = "exact",
+def optimize_posterior_prior(vlm: FittableModel, posterior: Posterior, *, mode: MargLikMode = "exact",
                              pseudo_count: float | None = None) -> dict[str, list[list[float]]]:
     """Set each side's ``λ`` to the marginal-likelihood maximiser (method.md §2.5); return the curves.
 

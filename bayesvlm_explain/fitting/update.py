@@ -9,7 +9,6 @@ same candidate sets (``tests/test_update.py``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,12 +16,10 @@ from ..adapters import Features
 from ..estimation import input_factor, output_factor
 from ..marglik import factor_eigenvalues, optimize_prior_precision
 from ..posterior import KronPosterior, Posterior
-
-if TYPE_CHECKING:
-    from ..model import BayesVLM
+from .protocol import FittableModel
 
 
-def update_posterior(vlm: BayesVLM, posterior: Posterior, images: Features, classes: Features,
+def update_posterior(vlm: FittableModel, posterior: Posterior, images: Features, classes: Features,
                      delta: torch.Tensor | None = None) -> Posterior:
     """A new posterior: ``posterior`` plus the image-side curvature of ``M`` new labelled images.
 
