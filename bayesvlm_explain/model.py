@@ -35,7 +35,8 @@ class BayesVLM:
     """A CLIP-style model whose (image, prompt) logits carry a mean and a variance.
 
     Args:
-        model: a built open_clip model (``CLIP``, ``CustomTextCLIP``; ViT or SigLIP towers).
+        model: a built open_clip model (``CLIP``, ``CustomTextCLIP``) whose towers a registered family
+            supports (:func:`~bayesvlm_explain.adapters.adapter_for`: ViT, ResNet or SigLIP image towers).
         tokenizer: the matching open_clip tokenizer.
         preprocess: the eval image transform (PIL image -> [3, H, W] tensor).
         posterior: a :class:`Posterior` (or a path to one); may be set later via ``vlm.posterior``.

@@ -121,3 +121,36 @@ def test_studio_and_export_space_on_b32(b32, checkpoint, tmp_path):
     for name in ("README.md", "app.py", "requirements.txt", "bayesvlm_explain/__init__.py", ".gitattributes"):
         assert (out / name).is_file(), name
     assert f"{MODEL}" in (out / "app.py").read_text()
+
+
+@pytest.mark.slow
+def test_yardstick_command_on_b32_from_a_local_checkpoint(checkpoint, tmp_path, capsys):
+    """`bayesvlm-explain yardstick` end to end on the real architecture: the CLI loads the local weights and
+    the built-in posterior, writes yardstick.json beside a copy of it, and the studio then has percentiles."""
+    import shutil
+
+    import numpy as np
+
+    from bayesvlm_explain.cli import main
+    from bayesvlm_explain.ui.tabs.inspect import inspect_image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    post = tmp_path / "posterior"
+    shutil.copytree(known_posterior_dir(MODEL, TAG), post)
+    with pytest.warns(UserWarning, match="posterior was fitted for"):
+        assert main(["yardstick", "--model", MODEL, "--pretrained", checkpoint, "--posterior", str(post),
+                     "--data", str(tmp_path / "data"), "--out", str(post), "--device", "cpu",
+                     "--mc-samples", "32", "--batch-size", "4"]) == 0
+    assert "yardstick.json" in capsys.readouterr().out and (post / "yardstick.json").is_file()
+    with pytest.warns(UserWarning, match="posterior was fitted for"):
+        vlm = bx.BayesVLM.from_pretrained(MODEL, pretrained=checkpoint, posterior=post, device="cpu")
+    ys = vlm.assets.yardstick
+    assert ys is not None and ys.prompts == ["a photo of a cat.", "a photo of a dog."]
+    image = inspect_image(vlm, str(tmp_path / "data" / "cat" / "0.png"), "a photo of a cat\na photo of a dog",
+                          ys).json["image"]
+    assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy"}
+    assert all(0.0 <= v <= 100.0 for v in image["percentiles"].values())
