@@ -140,7 +140,7 @@ def cmd_yardstick(args: argparse.Namespace) -> int:
         names = read_classnames(args.classnames) if args.classnames else None
         ys = build_from_data(vlm, args.data, classnames=names, template=args.template,
                              cache_dir=args.cache or Path(args.out) / "cache", num_samples=args.mc_samples,
-                             seed=args.seed, flag_percentile=args.flag_percentile or None,
+                             seed=args.seed, false_alarm=args.false_alarm or None,
                              batch_size=args.batch_size)
     except (EvaluationError, YardstickError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt template with one {} (default: the model's, else 'a photo of a {}.')")
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
     p.add_argument("--mc-samples", type=int, default=1000)
-    p.add_argument("--flag-percentile", type=float, default=95.0,
-                   help="flag out of domain at this percentile of max(epistemic, input scale); 0: no flag")
+    p.add_argument("--false-alarm", type=float, default=0.1,
+                   help="in-domain false-alarm rate of the out-of-domain flag (joint figure); 0: no flag")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_yardstick)

@@ -11,14 +11,19 @@ in-domain data), and places a new image's figures as percentiles of them:
 * ``entropy``: the total predictive entropy over the yardstick's label set (nats).
 
 Entropy and BALD depend on the candidate prompts, so they are always measured against the label set stored
-with the yardstick, never against whatever prompts a user typed. An image is flagged out of domain when the
-figure chosen on a shift benchmark (:func:`choose_out_of_domain_rule`) reaches the chosen percentile.
+with the yardstick, never against whatever prompts a user typed. A fourth, derived figure ``joint`` combines
+the epistemic part and the input scale (Fisher's rule on their tail probabilities) and has its own reference
+quantiles, so its percentile is calibrated like the others.
+
+An image is flagged out of domain when its rule figure's percentile reaches ``100·(1 − false_alarm)``: the
+in-domain false-alarm rate is fixed in advance (10 % by default), and only the figure is chosen, on a shift
+benchmark (:func:`choose_out_of_domain_rule`), never on the images the flag is later judged on.
 
 The yardstick is stored as ``yardstick.json`` beside ``posterior.json`` (:meth:`Yardstick.save`) and loaded
 into ``vlm.assets`` by ``BayesVLM.from_pretrained``. ``bayesvlm-explain yardstick`` builds one for any model
-and posterior from labelled in-domain images (:func:`build_from_data`); the bundled model's shipped one was
-built with :func:`build_yardstick` on the shift benchmark's in-domain calibration split, its rule chosen by
-:func:`choose_out_of_domain_rule` on the held-out in-domain split and every shift style (build tools).
+and posterior from labelled in-domain images (:func:`build_from_data`); the bundled model's shipped one is
+built by ``python -m tools.bundled_yardstick`` (reference: the shift benchmark's in-domain calibration split
+in 10 augmentations; figure chosen on the emoji shift styles; false alarms measured on the in-domain test split).
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ if TYPE_CHECKING:
     from .model import BayesVLM
 
 FIGURES = ("epistemic", "input_scale", "entropy")
-"""The per-image figures a yardstick places, in the order shown."""
+"""The per-image figures a yardstick measures, in the order shown."""
+JOINT = "joint"
+"""The derived figure: Fisher's combination of the epistemic and input-scale percentiles (:func:`joint_score`)."""
 FILE_NAME = "yardstick.json"
 LEVELS = np.linspace(0.0, 100.0, 101)  # the stored quantile levels, in percent
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional 'joint' quantiles; rules at a fixed false-alarm rate
 
 
 class YardstickError(ValueError):
@@ -51,9 +58,10 @@ class YardstickError(ValueError):
 
 @dataclass
 class OutOfDomainRule:
-    """Flag an image when ``figure``'s percentile is at least ``percentile``.
+    """Flag an image when ``figure``'s percentile is at least ``percentile`` (``100·(1 − false alarm rate)``).
 
-    ``flag_rates`` maps a split name (``in_domain`` and each shift style) to the fraction flagged there.
+    ``flag_rates`` maps a split name (``in_domain``: held-out in-domain images, and each shift style) to the
+    fraction flagged there.
     """
 
     figure: str
@@ -91,8 +99,12 @@ class Yardstick:
         return measure_figures(vlm, images, self.prompts, self.num_samples, self.seed, self.variance)
 
     def percentiles(self, figures: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Each figure's percentile (0..100) among the reference images; monotone in the figure."""
-        return {name: percentile_of(self.quantiles[name], figures[name]) for name in FIGURES if name in figures}
+        """Each figure's percentile (0..100) among the reference images; monotone in the figure. ``joint``
+        is added when the yardstick has its quantiles and both of its parts are given."""
+        out = {name: percentile_of(self.quantiles[name], figures[name]) for name in FIGURES if name in figures}
+        if JOINT in self.quantiles and "epistemic" in out and "input_scale" in out:
+            out[JOINT] = percentile_of(self.quantiles[JOINT], joint_score(out))
+        return out
 
     def out_of_domain(self, percentiles: Mapping[str, Any]) -> np.ndarray:
         """Boolean [N]: the rule's figure at or above its percentile (all False without a rule)."""
@@ -100,17 +112,26 @@ class Yardstick:
             return np.zeros(np.shape(percentiles[FIGURES[0]]), dtype=bool)
         return np.asarray(_rule_score(percentiles, self.rule.figure)) >= self.rule.percentile
 
+    def unusualness(self, percentiles: Mapping[str, Any]) -> Any:
+        """The percentile the verdict reports: the rule's figure (``joint`` or the larger of the epistemic
+        and input-scale percentiles without a rule)."""
+        if self.rule is not None:
+            return _rule_score(percentiles, self.rule.figure)
+        return np.maximum(percentiles["epistemic"], percentiles["input_scale"])
+
     def verdict(self, percentiles: Mapping[str, float]) -> str:
         """One plain sentence about one image (its percentiles as floats)."""
-        unusual = float(max(percentiles["epistemic"], percentiles["input_scale"]))
+        unusual = float(self.unusualness({k: np.asarray(v) for k, v in percentiles.items()}))
         shown = ">99" if unusual >= 99.5 else f"{unusual:.0f}"
         flagged = bool(self.out_of_domain({k: np.asarray(v) for k, v in percentiles.items()}))
         if flagged:
-            return (f"More unusual for this model than {shown}% of its in-domain images: probably outside what "
-                    "it knows; treat the answer with care.")
+            return (f"Probably outside what this model knows: more unusual for it than {shown}% of its "
+                    "in-domain images. Treat the answer with care.")
         if unusual >= 75:
-            return f"Less familiar to this model than {shown}% of its in-domain images: check the answer."
-        return f"Familiar to this model: more unusual than only {shown}% of its in-domain images."
+            return (f"Less familiar than most: more unusual for this model than {shown}% of its in-domain "
+                    "images. Check the answer.")
+        return (f"Like this model's own images: {100 - unusual:.0f}% of its in-domain images are more unusual "
+                "than this one.")
 
     # -- storage ----------------------------------------------------------------------------------------
     def check(self, vlm: BayesVLM) -> None:
@@ -141,11 +162,11 @@ class Yardstick:
             raise YardstickError(f"no {FILE_NAME} in {directory}") from err
         except (OSError, ValueError) as err:
             raise YardstickError(f"{FILE_NAME} is not readable JSON ({err.__class__.__name__})") from err
-        if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-            raise YardstickError(f"{FILE_NAME}: format_version must be {FORMAT_VERSION}")
+        if not isinstance(payload, dict) or payload.get("format_version") not in (1, FORMAT_VERSION):
+            raise YardstickError(f"{FILE_NAME}: format_version must be 1 or {FORMAT_VERSION}")
         quantiles = payload.get("quantiles")
-        if not isinstance(quantiles, dict) or set(quantiles) != set(FIGURES):
-            raise YardstickError(f"{FILE_NAME}: 'quantiles' must hold {FIGURES}")
+        if not isinstance(quantiles, dict) or not set(FIGURES) <= set(quantiles) <= {*FIGURES, JOINT}:
+            raise YardstickError(f"{FILE_NAME}: 'quantiles' must hold {FIGURES} (and optionally {JOINT!r})")
         for name, values in quantiles.items():
             arr = np.asarray(values, dtype=float) if isinstance(values, list) else np.zeros(0)
             if arr.shape != LEVELS.shape or not np.isfinite(arr).all() or (np.diff(arr) < 0).any():
@@ -203,68 +224,84 @@ def percentile_of(quantiles: Sequence[float], values: Any) -> np.ndarray:
     return np.where(x < uniq[0], 0.0, np.where(x > uniq[-1], 100.0, out))
 
 
+def joint_score(percentiles: Mapping[str, Any]) -> np.ndarray:
+    """Fisher's combination ``−ln(1 − p_e) − ln(1 − p_s)`` of the epistemic and input-scale percentiles
+    (as tail probabilities, floored at 0.5 %): large when either part is in its upper tail, larger when both are."""
+    tails = [np.clip(1.0 - np.asarray(percentiles[k], dtype=float) / 100.0, 0.005, 1.0)
+             for k in ("epistemic", "input_scale")]
+    return -np.log(tails[0]) - np.log(tails[1])
+
+
 def build_yardstick(vlm: BayesVLM, images: Any | Features, prompts: Sequence[str], *, num_samples: int = 1000,
                     seed: int = 0, reference: str = "", variance: str = "projected") -> Yardstick:
-    """Quantiles of the figures over reference ``images`` (the model's in-domain data) for ``vlm``'s posterior."""
+    """Quantiles of the figures (and of ``joint``) over reference ``images`` (the model's in-domain data)
+    for ``vlm``'s posterior."""
     figures = measure_figures(vlm, images, prompts, num_samples, seed, variance)
     n = int(figures["epistemic"].shape[0])
     if n < 2:
         raise YardstickError("a yardstick needs at least 2 reference images")
     quantiles = {k: np.quantile(v.numpy(), LEVELS / 100.0).tolist() for k, v in figures.items()}
-    return Yardstick(prompts=list(prompts), quantiles=quantiles, num_samples=num_samples, seed=seed,
-                     posterior=posterior_signature(vlm), reference=f"{reference} ({n} images)".strip(),
-                     variance=variance)
+    ys = Yardstick(prompts=list(prompts), quantiles=quantiles, num_samples=num_samples, seed=seed,
+                   posterior=posterior_signature(vlm), reference=f"{reference} ({n} images)".strip(),
+                   variance=variance)
+    joint = joint_score(ys.percentiles({k: v.numpy() for k, v in figures.items()}))
+    ys.quantiles[JOINT] = np.quantile(joint, LEVELS / 100.0).tolist()
+    return ys
 
 
 def _rule_score(percentiles: Mapping[str, Any], figure: str) -> Any:
-    if figure == "max(epistemic, input_scale)":
+    if figure == "max(epistemic, input_scale)":  # the rule of format-1 yardsticks
         return np.maximum(percentiles["epistemic"], percentiles["input_scale"])
     return percentiles[figure]
 
 
-RULE_FIGURES = ("epistemic", "input_scale", "entropy", "max(epistemic, input_scale)")
-RULE_PERCENTILES = (80.0, 85.0, 90.0, 95.0, 97.5, 99.0)
+RULE_FIGURES = ("epistemic", "input_scale", "entropy", JOINT)
+"""The figures a rule may use."""
 
 
-def choose_out_of_domain_rule(yardstick: Yardstick, in_domain: Mapping[str, Any],
-                              shifted: Mapping[str, Mapping[str, Any]], max_in_domain_rate: float = 0.1
+def choose_out_of_domain_rule(yardstick: Yardstick, shifted: Mapping[str, Mapping[str, Any]],
+                              false_alarm: float = 0.1, in_domain: Mapping[str, Any] | None = None
                               ) -> OutOfDomainRule:
-    """The (figure, percentile) flagging the most shifted images on average while flagging at most
-    ``max_in_domain_rate`` of held-out in-domain images.
+    """The rule at percentile ``100·(1 − false_alarm)`` whose figure flags the most shifted images on average.
+
+    The false-alarm rate is fixed in advance (the reference images are in-domain, so a new in-domain image
+    exceeds that percentile with probability ``false_alarm``); only the figure is chosen, on ``shifted``.
 
     Args:
-        in_domain: figure -> values [N] of held-out in-domain images (not the reference images).
-        shifted: split name -> figure -> values of that shift style's images.
+        shifted: split name -> figure -> values [N] of that shift style's images.
+        false_alarm: the in-domain flag rate allowed, in (0, 1).
+        in_domain: figure -> values of held-out in-domain images (not the reference), only to *report*
+            their flag rate as ``flag_rates["in_domain"]``; it does not take part in the choice.
     """
-    pct_in = yardstick.percentiles(in_domain)
+    if not 0.0 < false_alarm < 1.0:
+        raise YardstickError(f"false_alarm must be in (0, 1), got {false_alarm}")
+    level = 100.0 * (1.0 - false_alarm)
     pct_shift = {name: yardstick.percentiles(f) for name, f in shifted.items()}
-    best: tuple[float, OutOfDomainRule] | None = None
-    for figure in RULE_FIGURES:
-        for level in RULE_PERCENTILES:
-            rate_in = float(np.mean(_rule_score(pct_in, figure) >= level))
-            if rate_in > max_in_domain_rate:
-                continue
-            rates = {name: float(np.mean(_rule_score(p, figure) >= level)) for name, p in pct_shift.items()}
-            gain = float(np.mean(list(rates.values()))) - rate_in
-            if best is None or gain > best[0]:
-                best = (gain, OutOfDomainRule(figure, level, {"in_domain": rate_in, **rates}))
-    if best is None:
-        raise YardstickError(f"no rule flags at most {max_in_domain_rate:.0%} of the in-domain images")
-    return best[1]
+    figures = [f for f in RULE_FIGURES if f in yardstick.quantiles]
+    if not pct_shift or not figures:
+        raise YardstickError("choosing a rule needs shifted images and a yardstick with figures")
+    rates = {f: {name: float(np.mean(_rule_score(p, f) >= level)) for name, p in pct_shift.items()}
+             for f in figures}
+    best = max(figures, key=lambda f: float(np.mean(list(rates[f].values()))))
+    flag_rates = dict(rates[best])
+    if in_domain is not None:
+        flag_rates = {"in_domain": float(np.mean(_rule_score(yardstick.percentiles(in_domain), best) >= level)),
+                      **flag_rates}
+    return OutOfDomainRule(best, level, flag_rates)
 
 
 def build_from_data(vlm: BayesVLM, data: Any, *, classnames: Sequence[str] | None = None, template: str | None = None,
                     cache_dir: str | Path | None = None, num_samples: int = 1000, seed: int = 0,
-                    flag_percentile: float | None = 95.0, held_out: float = 0.2, batch_size: int = 64,
+                    false_alarm: float | None = 0.1, held_out: float = 0.2, batch_size: int = 64,
                     progress: bool = True) -> Yardstick:
     """A yardstick for ``vlm``'s posterior from labelled in-domain images ``data`` (image folder with one
     sub-folder per class, labels CSV/JSONL, or tar shards), streamed through the encoder with a progress bar
     and the evaluation feature cache in ``cache_dir``.
 
     The label set is ``classnames`` (default: the data's classes), each written with ``template``
-    (default: ``vlm.assets.template``, else ``"a photo of a {}."``). A seeded ``held_out`` share of the
-    images is kept out of the reference to measure the in-domain flag rate of the out-of-domain rule
-    ``max(epistemic, input_scale)`` percentile >= ``flag_percentile`` (``None``: no rule).
+    (default: ``vlm.assets.template``, else ``"a photo of a {}."``). The out-of-domain rule flags the
+    ``joint`` figure at percentile ``100·(1 − false_alarm)`` (``None``: no rule); a seeded ``held_out``
+    share of the images is kept out of the reference to measure its in-domain flag rate.
     """
     from .evaluation.evaluate import DEFAULT_TEMPLATE, class_prompts, encode_labeled, open_labeled
 
@@ -274,16 +311,17 @@ def build_from_data(vlm: BayesVLM, data: Any, *, classnames: Sequence[str] | Non
     prompts = class_prompts(labelled.classnames, template or getattr(assets, "template", None) or DEFAULT_TEMPLATE)
     n = enc.features.activations.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_out = int(n * held_out) if flag_percentile is not None and n * held_out >= 2 else 0
+    n_out = int(n * held_out) if false_alarm is not None and n * held_out >= 2 else 0
     ref, out = order[n_out:], order[:n_out]
     ys = build_yardstick(vlm, _rows(enc.features, ref), prompts, num_samples=num_samples, seed=seed,
                          reference=f"in-domain images {Path(str(data)).name}")  # no server path shown
-    if flag_percentile is not None:
-        rates = {}
+    if false_alarm is not None:
+        if not 0.0 < false_alarm < 1.0:
+            raise YardstickError(f"false_alarm must be in (0, 1), got {false_alarm}")
+        ys.rule = OutOfDomainRule(JOINT, 100.0 * (1.0 - false_alarm))
         if n_out:
             pct = ys.percentiles({k: v.numpy() for k, v in ys.measure(vlm, _rows(enc.features, out)).items()})
-            rates["in_domain"] = float(np.mean(_rule_score(pct, RULE_FIGURES[-1]) >= flag_percentile))
-        ys.rule = OutOfDomainRule(RULE_FIGURES[-1], float(flag_percentile), rates)
+            ys.rule.flag_rates["in_domain"] = float(np.mean(ys.out_of_domain(pct)))
     return ys
 
 

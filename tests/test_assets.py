@@ -65,7 +65,7 @@ def test_yardstick_command_end_to_end_on_the_bundled_model(tmp_path, capsys):
     assert [p.suffix for p in (post / "cache").iterdir()] == [".safetensors"]  # the feature cache (OUT/cache)
     image = inspect_image(vlm, str(data / "class_0" / "00.png"), "an emoji of frog\nan emoji of anchor",
                           ys).json["image"]
-    assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy"}
+    assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy", "joint"}
     assert all(0.0 <= v <= 100.0 for v in image["percentiles"].values())
 
 
@@ -89,7 +89,7 @@ def test_yardstick_for_a_random_weight_vit_b_32_with_the_builtin_posterior(vit_b
     assert assets.yardstick is not None and assets.template == "a photo of a {}."
     image = inspect_image(vit_b_32, str(data / "class_1" / "01.png"), "a photo of a frog\na photo of a boat",
                           assets.yardstick).json["image"]
-    assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy"}
+    assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy", "joint"}
     assert isinstance(image["out_of_domain"], bool)
     # another posterior (another λ) is refused, with the field named
     vit_b_32.posterior = random_posterior(vit_b_32, prior_precision=3.0)

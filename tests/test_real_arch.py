@@ -152,5 +152,5 @@ def test_yardstick_command_on_b32_from_a_local_checkpoint(checkpoint, tmp_path, 
     assert ys is not None and ys.prompts == ["a photo of a cat.", "a photo of a dog."]
     image = inspect_image(vlm, str(tmp_path / "data" / "cat" / "0.png"), "a photo of a cat\na photo of a dog",
                           ys).json["image"]
-    assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy"}
+    assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy", "joint"}
     assert all(0.0 <= v <= 100.0 for v in image["percentiles"].values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +13,13 @@ from conftest import PROMPTS, random_images
 from bayesvlm_explain.pretrained.registry import BUNDLED, asset_spec
 from bayesvlm_explain.yardstick import (
     FIGURES,
+    JOINT,
+    OutOfDomainRule,
     Yardstick,
     YardstickError,
     build_yardstick,
     choose_out_of_domain_rule,
+    joint_score,
     percentile_of,
 )
 
@@ -36,11 +40,11 @@ def test_percentiles_are_monotone_and_match_the_empirical_rank():
 def test_build_save_load_check_and_verdict(tiny_vlm, tmp_path):
     images = random_images(tiny_vlm, n=24, seed=3)
     ys = build_yardstick(tiny_vlm, images, PROMPTS, num_samples=200, reference="random")
-    assert set(ys.quantiles) == set(FIGURES) and ys.reference == "random (24 images)"
+    assert set(ys.quantiles) == {*FIGURES, JOINT} and ys.reference == "random (24 images)"
     figures = ys.measure(tiny_vlm, images)
     # the reference images' own percentiles are spread over 0..100 (their median near 50)
     pct = ys.percentiles({k: v.numpy() for k, v in figures.items()})
-    assert all(35 <= float(np.median(v)) <= 65 for v in pct.values())
+    assert set(pct) == {*FIGURES, JOINT} and all(35 <= float(np.median(v)) <= 65 for v in pct.values())
     # input_scale is the posterior's f^T A^-1 f, checked against a direct solve
     f = tiny_vlm.adapter.image.augment(tiny_vlm.encode_images(images).activations)
     a = tiny_vlm.posterior.image.covariance_factors()[0]
@@ -59,26 +63,59 @@ def test_build_save_load_check_and_verdict(tiny_vlm, tmp_path):
         tiny_vlm.posterior.image.prior_precision /= 2
 
 
-def test_rule_respects_the_in_domain_rate_and_flags_shifted_images():
-    rng = np.random.default_rng(1)
-    reference = {"epistemic": rng.gamma(2, 0.01, 2000), "input_scale": rng.normal(0.5, 0.05, 2000),
-                 "entropy": rng.gamma(3, 0.3, 2000)}
+def _synthetic_yardstick(rng: np.random.Generator, n: int = 4000) -> tuple[Yardstick, dict[str, np.ndarray]]:
+    reference = {"epistemic": rng.gamma(2, 0.01, n), "input_scale": rng.normal(0.5, 0.05, n),
+                 "entropy": rng.gamma(3, 0.3, n)}
     ys = Yardstick(prompts=["a"], quantiles={k: np.quantile(v, np.linspace(0, 1, 101)).tolist()
                                              for k, v in reference.items()},
                    num_samples=10, seed=0, posterior={}, reference="synthetic")
-    held_out = {"epistemic": rng.gamma(2, 0.01, 500), "input_scale": rng.normal(0.5, 0.05, 500),
-                "entropy": rng.gamma(3, 0.3, 500)}
+    ys.quantiles[JOINT] = np.quantile(joint_score(ys.percentiles(reference)), np.linspace(0, 1, 101)).tolist()
+    return ys, reference
+
+
+def test_rule_fixes_the_false_alarm_rate_and_picks_the_figure_that_sees_every_shift():
+    rng = np.random.default_rng(1)
+    ys, _ = _synthetic_yardstick(rng)
+    held_out = {"epistemic": rng.gamma(2, 0.01, 2000), "input_scale": rng.normal(0.5, 0.05, 2000),
+                "entropy": rng.gamma(3, 0.3, 2000)}
     # one style shifts the input scale only, one the epistemic part only
-    scale_shift = dict(held_out, input_scale=rng.normal(0.62, 0.05, 500))
-    bald_shift = dict(held_out, epistemic=rng.gamma(2, 0.02, 500))
-    rule = choose_out_of_domain_rule(ys, held_out, {"scale": scale_shift, "bald": bald_shift}, 0.1)
+    scale_shift = dict(held_out, input_scale=rng.normal(0.62, 0.05, 2000))
+    bald_shift = dict(held_out, epistemic=rng.gamma(2, 0.025, 2000))
+    rule = choose_out_of_domain_rule(ys, {"scale": scale_shift, "bald": bald_shift}, 0.1, in_domain=held_out)
+    assert rule.figure == JOINT and rule.percentile == 90.0  # the only figure that sees both shifts
     rates = rule.flag_rates
-    assert rates["in_domain"] <= 0.1 and rates["scale"] > 2 * rates["in_domain"] < rates["bald"]
-    assert rule.figure == "max(epistemic, input_scale)"  # the only figure that sees both shifts
+    assert abs(rates["in_domain"] - 0.1) < 0.03  # fixed in advance, measured on images not in the reference
+    assert rates["scale"] > 3 * rates["in_domain"] and rates["bald"] > 3 * rates["in_domain"]
     ys.rule = rule
     assert ys.out_of_domain(ys.percentiles(scale_shift)).mean() == pytest.approx(rates["scale"])
-    with pytest.raises(YardstickError, match="at most"):
-        choose_out_of_domain_rule(ys, {k: v + 100 for k, v in held_out.items()}, {"scale": scale_shift}, 0.1)
+    # the held-out images only report: the choice is the same without them
+    assert choose_out_of_domain_rule(ys, {"scale": scale_shift, "bald": bald_shift}, 0.1).figure == JOINT
+    with pytest.raises(YardstickError, match="false_alarm"):
+        choose_out_of_domain_rule(ys, {"scale": scale_shift}, 1.5)
+
+
+def test_joint_figure_is_calibrated_and_grows_with_either_part():
+    rng = np.random.default_rng(2)
+    ys, _ = _synthetic_yardstick(rng)
+    fresh = {"epistemic": rng.gamma(2, 0.01, 4000), "input_scale": rng.normal(0.5, 0.05, 4000),
+             "entropy": rng.gamma(3, 0.3, 4000)}
+    joint = ys.percentiles(fresh)[JOINT]
+    assert abs(float(np.mean(joint >= 90)) - 0.1) < 0.02  # a fresh in-domain image exceeds the 90th 10% of the time
+    base = {"epistemic": 0.02, "input_scale": 0.5, "entropy": 1.0}
+    p0 = ys.percentiles(base)[JOINT]
+    assert ys.percentiles(dict(base, epistemic=0.08))[JOINT] > p0 < ys.percentiles(dict(base, input_scale=0.6))[JOINT]
+
+
+def test_verdict_wording_matches_the_percentile():
+    rng = np.random.default_rng(3)
+    ys, _ = _synthetic_yardstick(rng)
+    ys.rule = OutOfDomainRule(JOINT, 90.0)
+    usual = ys.verdict({k: float(v) for k, v in ys.percentiles({"epistemic": 0.01, "input_scale": 0.45,
+                                                                  "entropy": 1.0}).items()})
+    assert usual.startswith("Like this model's own images") and "only" not in usual
+    odd = ys.verdict({k: float(v) for k, v in ys.percentiles({"epistemic": 1.0, "input_scale": 2.0,
+                                                                "entropy": 1.0}).items()})
+    assert odd.startswith("Probably outside what this model knows") and ">99%" in odd
 
 
 def test_malformed_yardstick_files_name_the_field(tmp_path):
@@ -109,4 +146,11 @@ def test_bundled_yardstick_fits_the_bundled_posterior_and_reports_its_flag_rates
     assert len(ys.prompts) == 93 and ys.rule is not None
     rates = ys.rule.flag_rates
     assert set(rates) == {"in_domain", "noto-v1", "emojione", "openmoji", "openmoji-black", "fluent-hc"}
-    assert rates["in_domain"] <= 0.1 and all(rates[s] > rates["in_domain"] for s in rates if s != "in_domain")
+    assert ys.rule.percentile == 90.0 and rates["in_domain"] <= 0.15  # 10% fixed in advance; measured on test
+    assert all(rates[s] > rates["in_domain"] for s in rates if s != "in_domain")
+    # the shipped posterior carries the scale the shift benchmark chose on its calibration split
+    post = vlm.require_posterior()
+    assert post.metadata["calibration"]["pseudo_count"] == post.image.pseudo_count == post.text.pseudo_count
+    assert vlm.assets.pseudo_count == post.image.pseudo_count
+    bench = json.loads((Path(__file__).parents[1] / "assets/shift-benchmark/benchmark.json").read_text())
+    assert bench["settings"]["pseudo_count"] == post.image.pseudo_count  # the benchmark's own choice

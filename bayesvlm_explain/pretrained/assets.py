@@ -31,7 +31,8 @@ class ModelAssets:
         yardstick: the :class:`~bayesvlm_explain.yardstick.Yardstick` of this model and posterior, or ``None``.
         yardstick_note: one sentence on the yardstick (its reference images, or why there is none).
         examples: ``[[image_path, prompts_text], ...]`` shown by the studio.
-        pseudo_count: recommended posterior pseudo-count ``n`` (``None``: the posterior's own).
+        pseudo_count: recommended posterior pseudo-count ``n``: the registry's, else the one a calibration
+            recorded in the posterior (``posterior.metadata["calibration"]``), else ``None``.
         domain: one sentence on what the model knows.
         licence: licence and provenance of the weights and posterior.
     """
@@ -64,6 +65,9 @@ def load_assets(vlm: BayesVLM, model_name: str, pretrained: str | None = None,
                              domain=spec.domain, licence=spec.licence)
         if posterior_dir is None and spec.posterior_dir is not None:
             posterior_dir = spec.posterior_dir()
+    calibration = vlm.posterior.metadata.get("calibration") if vlm.posterior is not None else None
+    if assets.pseudo_count is None and isinstance(calibration, dict) and "pseudo_count" in calibration:
+        assets.pseudo_count = float(calibration["pseudo_count"])
     attach_yardstick(vlm, assets, posterior_dir)
     return assets
 
