@@ -73,7 +73,7 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise InputError("prompts must be a non-empty list of strings")
     out = []
-    for i, p in enumerate(prompts):
+    for i, p in enumerate(prompts, start=1):  # counted from 1, like the studio's lines
         if not isinstance(p, str):
             raise InputError(f"prompt {i} is a {type(p).__name__}, not a string")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from .loading import load_open_clip
 from .options import Link, MargLikMode, Objective, check_option
 from .posterior import META_FILE, REFERENCE_JSON, Posterior, PosteriorError
 from .predictive import Prediction, PredictiveMethod, class_link
-from .pretrained.assets import ModelAssets
+from .pretrained.assets import ModelAssets, rescaled_assets
 from .pretrained.registry import BUNDLED
 
 __all__ = ["ALGEBRA_DTYPE", "BayesVLM", "resolve_device"]
@@ -191,6 +192,16 @@ class BayesVLM:
         curves = optimize_posterior_prior(self, post, mode=mode, pseudo_count=pseudo_count)
         post.metadata.update(marglik=mode, marglik_curves=curves)
         return {"image": post.image.prior_precision, "text": post.text.prior_precision}
+
+    def with_pseudo_count(self, pseudo_count: float, mode: MargLikMode = "exact") -> BayesVLM:
+        """A view of this model at another posterior scale: same encoders and caches, a copy of the
+        posterior with pseudo-count ``n = pseudo_count`` and ``λ`` re-optimised by marginal likelihood.
+        This model is unchanged; the view's yardstick is dropped (with a note) unless made for that posterior."""
+        view = copy.copy(self)
+        view._posterior = self.require_posterior().copy()
+        view.optimize_prior_precision(mode, pseudo_count=float(pseudo_count))
+        view.assets = rescaled_assets(view, self.assets)
+        return view
 
     def calibrate_posterior(self, labeled_data: Any, objective: Objective = "nll", **kwargs: Any) -> Any:
         """Choose the pseudo-count ``n`` (``λ`` by marginal likelihood for each) on held-out labelled data

@@ -24,6 +24,7 @@ semi-definite beyond round-off (:data:`ROUNDOFF`, relative to its largest entry 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import pickle
@@ -340,6 +341,14 @@ class Posterior:
 
     def sides(self) -> dict[str, KronPosterior]:
         return {"image": self.image, "text": self.text}
+
+    def copy(self) -> Posterior:
+        """A posterior whose ``n``, ``λ`` and metadata can change without touching this one (the factors
+        ``A``/``B`` are shared: they are never modified in place)."""
+        def side(post: KronPosterior) -> KronPosterior:
+            return KronPosterior(post.A, post.B, pseudo_count=post.pseudo_count,
+                                 prior_precision=post.prior_precision, num_pairs=post.num_pairs)
+        return Posterior(side(self.image), side(self.text), copy.deepcopy(self.metadata))
 
     def check_compatible(
         self, image_dims: tuple[int, int], text_dims: tuple[int, int], model_name: str | None = None

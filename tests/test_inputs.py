@@ -76,14 +76,14 @@ def test_decompression_bomb_header_is_an_input_error():
 
 
 def test_lone_surrogate_prompt_gets_a_message_about_the_prompt(tiny_vlm):
-    with pytest.raises(bx.InputError, match=r"prompt 1 is not valid text \(an unpaired surrogate .* position 2\)"):
+    with pytest.raises(bx.InputError, match=r"prompt 2 is not valid text \(an unpaired surrogate .* position 2\)"):
         check_prompts(["a cat", "a \ud800 dog"])
-    with pytest.raises(bx.InputError, match="prompt 0 is not valid text"):
+    with pytest.raises(bx.InputError, match="prompt 1 is not valid text"):
         tiny_vlm.predict(random_images(tiny_vlm, 1), ["\udfff"])
 
 
 @pytest.mark.parametrize("prompt", ["\x00\x01\x02", "\t\x0b\u200b\u2028 ", "\u00a0\x7f"])
 def test_prompt_of_only_control_characters_is_empty(prompt):
-    with pytest.raises(bx.InputError, match="prompt 1 is empty"):
+    with pytest.raises(bx.InputError, match="prompt 2 is empty"):  # counted from 1, like the studio's lines
         check_prompts(["a cat", prompt])
     assert check_prompts(["a\x00cat"]) == ["a\x00cat"]  # one visible character is enough

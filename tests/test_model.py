@@ -109,7 +109,7 @@ def test_bad_inputs_get_clear_errors(tiny_vlm, tmp_path):
     x = random_images(tiny_vlm, 1)
     with pytest.raises(bx.InputError, match="non-empty list"):
         tiny_vlm.predict(x, [])
-    with pytest.raises(bx.InputError, match="prompt 1 is empty"):
+    with pytest.raises(bx.InputError, match="prompt 2 is empty"):
         tiny_vlm.predict(x, ["a cat", "   "])
     with pytest.raises(bx.InputError, match="not a string"):
         tiny_vlm.predict(x, ["a cat", 3])

@@ -14,6 +14,7 @@ from PIL import Image
 
 import bayesvlm_explain as bx
 from bayesvlm_explain.ui import TABLE_HEADERS, build_app, parse_prompts, prediction_table, tabs, views
+from bayesvlm_explain.ui.views import MAX_PROMPTS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 CLASS_KEYS = {"prompt", "mean", "var", "var_image", "var_text", "var_interaction", "prob", "map_prob"}
@@ -47,6 +48,29 @@ def test_inspect_json_has_the_documented_fields_and_adds_up(tiny_vlm, png):
     assert "a cat" in out.bars and "logit" in out.bars
 
 
+def test_scale_views_refit_lambda_leave_the_model_alone_and_drop_a_foreign_yardstick():
+    from bayesvlm_explain.evaluation.calibrate import PSEUDO_COUNTS
+    from bayesvlm_explain.ui.tabs.base import ScaleViews
+
+    vlm = bx.BayesVLM.from_pretrained(device="cpu")  # bundled: posterior at its calibrated n, with yardstick
+    n0, lam0 = vlm.posterior.image.pseudo_count, vlm.posterior.image.prior_precision
+    views = ScaleViews(vlm, PSEUDO_COUNTS)
+    assert views.default == n0 and n0 in views.grid and views.view(None) is vlm and views.view(n0) is vlm
+    broad = views.view(views.check("1"))
+    assert views.view(1.0) is broad  # made once
+    assert broad.posterior.image.pseudo_count == 1.0 and broad.posterior.image.prior_precision != lam0
+    assert (vlm.posterior.image.pseudo_count, vlm.posterior.image.prior_precision) == (n0, lam0)
+    assert broad.assets.yardstick is None and "n = 1 " in broad.assets.yardstick_note
+    assert vlm.assets.yardstick is not None
+    # lambda is the marginal-likelihood optimum at that n, as optimize_prior_precision gives it
+    fresh = bx.BayesVLM.from_pretrained(device="cpu")
+    assert fresh.optimize_prior_precision(pseudo_count=1.0)["image"] == broad.posterior.image.prior_precision
+    with pytest.raises(bx.InputError, match="must be one of"):
+        views.check(0.5)
+    with pytest.raises(bx.InputError, match="a number"):
+        views.check("abc")
+
+
 def test_small_uncertainties_are_shown_not_rounded_to_zero():
     assert [views.nats(x) for x in (0.0, 1.2346, 0.0012, 4.62e-06)] == ["0", "1.235", "0.001", "4.6e-06"]
     assert [views.significant(x) for x in (0.123456, 4.6201e-06, 12.345)] == [0.123, 4.62e-06, 12.3]
@@ -60,8 +84,9 @@ def test_prompts_are_cleaned_and_bad_ones_refused(tiny_vlm, png):
         parse_prompts("a \ud800 cat")
     with pytest.raises(bx.InputError, match="twice"):
         parse_prompts("a cat\na cat")
-    with pytest.raises(bx.InputError, match="at most"):
-        parse_prompts("\n".join(f"p{i}" for i in range(100)))
+    assert len(parse_prompts("\n".join(f"p{i}" for i in range(MAX_PROMPTS)))) == MAX_PROMPTS == 1000
+    with pytest.raises(bx.InputError, match="at most 1000"):
+        parse_prompts("\n".join(f"p{i}" for i in range(MAX_PROMPTS + 1)))
     with pytest.raises(bx.InputError, match="upload an image"):
         prediction_table(tiny_vlm, None, "a cat")
 
@@ -186,6 +211,13 @@ def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, ca
         assert table["headers"] == TABLE_HEADERS and len(table["data"]) == 2 and "entropy" in verdict
         alone = tabs.inspect.inspect_image(tiny_vlm, png(), "a red square\na blue circle").json["classes"]
         assert payload["classes"] == alone  # the server returns exactly what the library computes
+        # the posterior scale is a per-request input: a broader posterior (smaller n) widens every logit
+        n0 = tiny_vlm.posterior.image.pseudo_count
+        _, _, _, wide = client.predict(img, "a red square\na blue circle", 0.001, api_name="/predict")
+        assert all(w["var"] > c["var"] for w, c in zip(wide["classes"], payload["classes"], strict=True))
+        assert tiny_vlm.posterior.image.pseudo_count == n0  # the shared model is untouched
+        with pytest.raises(Exception, match="scale n must be one of"):
+            client.predict(img, "a cat", 0.5, api_name="/predict")
         _, _, cmp = client.predict(img, "a {}", "the {}", "", "", "cat\ndog", api_name="/compare")
         assert [len(s["prompts"]) for s in cmp["sets"]] == [2, 2]
         summary, figure, tokens, exp = client.predict(img, "a cat\na dog", "a dog", "total predictive entropy",

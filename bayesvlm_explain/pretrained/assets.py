@@ -9,7 +9,7 @@ is loaded and checked against the model and posterior, for any model. An unknown
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,23 @@ def attach_yardstick(vlm: BayesVLM, assets: ModelAssets, directory: str | Path |
         assets.yardstick_note = f"Yardstick unavailable: {err}."
         return
     assets.yardstick, assets.yardstick_note = ys, f"Yardstick: {ys.reference}."
+
+
+def rescaled_assets(vlm: BayesVLM, assets: ModelAssets) -> ModelAssets:
+    """``assets`` for ``vlm`` after its posterior changed scale: the yardstick is kept only if it was made
+    for that posterior (else dropped, with a note saying why)."""
+    from ..yardstick import YardstickError
+
+    if assets.yardstick is None:
+        return assets
+    try:
+        assets.yardstick.check(vlm)
+    except YardstickError:
+        n, built = vlm.require_posterior().image.pseudo_count, assets.yardstick.posterior.get("pseudo_count")
+        return replace(assets, yardstick=None,
+                       yardstick_note=f"No yardstick at n = {n:g} (it was built for n = {built:g}): the "
+                                      "out-of-domain verdict is off.")
+    return assets
 
 
 def bundled_examples() -> list[list[Any]]:

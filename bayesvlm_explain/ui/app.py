@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from ..evaluation.calibrate import PSEUDO_COUNTS
 from ..inputs import InputError
 from ..posterior import PosteriorError
 from ..yardstick import Yardstick, YardstickError
 from .tabs import TABS
-from .tabs.base import StudioContext
+from .tabs.base import ScaleViews, StudioContext
 from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard, open_upload
+from .views import MAX_PROMPTS
 
 if TYPE_CHECKING:
     from ..model import BayesVLM
@@ -185,21 +187,47 @@ def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: lis
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
             image = gr.File(label="image (JPEG, PNG, WebP, GIF or BMP)", file_types=EXTENSIONS,
-                            type="filepath", elem_id="image-file")
-            shown = gr.Image(label="the image", interactive=False, height=180, format="png", type="pil",
+                            type="filepath", elem_id="image-file", height=110)
+            shown = gr.Image(label="the image", interactive=False, height=150, format="png", type="pil",
                              buttons=[])
         with gr.Column(scale=2, min_width=280):
-            prompts = gr.Textbox(lines=6, label="class prompts (one per line)", value=default_prompts,
-                                 elem_id="prompts")
+            prompts = gr.Textbox(lines=5, max_lines=12, label=f"class prompts (one per line, at most {MAX_PROMPTS})",
+                                 value=default_prompts, elem_id="prompts")
             if labels:
-                use_all = gr.Button(f"use all {len(labels)} labels of the model", size="sm")
-                use_all.click(lambda: "\n".join(labels), None, prompts, queue=False, api_visibility="private")
-                with gr.Accordion(f"the model's labels ({len(labels)})", open=False):
-                    gr.Markdown(", ".join(labels))
+                shown_labels = labels[:MAX_PROMPTS]
+                text = (f"use all {len(labels)} labels of the model" if len(labels) <= MAX_PROMPTS
+                        else f"use the first {MAX_PROMPTS} of the model's {len(labels)} labels")
+                use_all = gr.Button(text, size="sm", elem_id="use-labels")
+                use_all.click(lambda: "\n".join(shown_labels), None, prompts, queue=False, api_visibility="private")
+            if examples:
+                gr.Examples(examples, [image, prompts], label="examples: click one, then run a tab",
+                            examples_per_page=5, elem_id="examples")
     image.change(_preview, image, shown, api_visibility="private", concurrency_id="light", concurrency_limit=2)
-    if examples:
-        gr.Examples(examples, [image, prompts], label="examples (the model's own)", examples_per_page=4)
     return image, prompts
+
+
+def _header(vlm: BayesVLM, labels: list[str] | None, ys_note: str) -> None:
+    """What is loaded: model, device, what it knows (its domain) and its label set, the yardstick."""
+    assets = getattr(vlm, "assets", None)
+    domain = getattr(assets, "domain", "") or "no description of its domain is known"
+    gr.Markdown(
+        "# bayesvlm-explain studio\n"
+        f"Model **{vlm.name}** on `{vlm.device}`: {domain}. Every (image, prompt) logit has a mean and a "
+        "variance from a Laplace posterior over the two projection layers. " + ys_note, elem_id="model-card")
+    if labels:
+        with gr.Accordion(f"the model's label set ({len(labels)} classes)", open=False):
+            gr.Markdown(", ".join(labels))
+
+
+def _scale_control(views_grid: list[float], default: float | None) -> Any:
+    """The posterior-scale dropdown (``None`` without a posterior)."""
+    if default is None:
+        return None
+    choices = [(f"{g:g}" + (" (recommended)" if g == default else ""), g) for g in views_grid]
+    return gr.Dropdown(choices, value=default, label="posterior scale n (pseudo-count)", elem_id="scale",
+                       info="smaller n = broader posterior, more uncertainty; λ is re-fitted by marginal "
+                            "likelihood for each n. The out-of-domain verdict needs the n its yardstick was "
+                            "built for.", filterable=False, allow_custom_value=True)  # checked by ScaleViews
 
 
 def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
@@ -209,17 +237,20 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
     auto_ys, auto_labels, ys_note = studio_extras(vlm)
     if yardstick is not None:
         ys_note = f"Yardstick: {yardstick.reference}."
+    labels = labels or auto_labels
     default_prompts = examples[0][1] if examples else "a photo of a cat\na photo of a dog\na photo of a car"
     with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(600, 3600)) as app:
-        gr.Markdown(
-            "# bayesvlm-explain studio\n"
-            f"Model **{vlm.name}** on `{vlm.device}`. Every (image, prompt) logit has a mean and a variance from "
-            "a Laplace posterior over the two projection layers. " + ys_note)
-        image, prompts = _shared_inputs(labels or auto_labels, default_prompts, examples)
+        with gr.Row():
+            with gr.Column(scale=4):
+                _header(vlm, labels, ys_note)
+            with gr.Column(scale=1, min_width=200):
+                views = ScaleViews(vlm, PSEUDO_COUNTS)
+                scale = _scale_control(views.grid, views.default)
+        image, prompts = _shared_inputs(labels, default_prompts, examples)
         ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
                             Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app, per_client),
-                            _json_and_note)
-        with gr.Tabs():
+                            _json_and_note, views, scale)
+        with gr.Tabs(elem_id="tabs"):
             for title, tab_id, module in TABS:
                 with gr.Tab(title, id=tab_id):
                     module.page(ctx)

@@ -25,7 +25,7 @@ from .uploads import open_upload
 if TYPE_CHECKING:
     from ..model import BayesVLM
 
-MAX_PROMPTS = 64
+MAX_PROMPTS = 1000  # a real label set (ImageNet: 1000 classes); encodings are cached per prompt
 MAX_SETS = 4
 MAX_BATCH_IMAGES = 16
 MAX_ARCHIVE_IMAGES = 1000  # images used from one zip (Calibrate, Select pool, Select targets)
