@@ -420,6 +420,38 @@ def test_calibrate_reports_the_library_evaluation_of_the_zip(tiny_vlm, tmp_path)
         tabs.calibrate.calibrate_archive(tiny_vlm, flat, "a {}")
 
 
+def test_calibrate_fits_the_scale_on_one_half_and_compares_on_the_other(tiny_vlm, tmp_path):
+    from bayesvlm_explain.evaluation.calibrate import PSEUDO_COUNTS
+    from bayesvlm_explain.evaluation.metrics import calibration_metrics
+
+    members = {f"set/{'red_square' if i % 2 else 'blue_circle'}/{i:02d}.png": ((40 * i) % 256, 90, 200 - 7 * i)
+               for i in range(12)}
+    z = _zip(tmp_path / "twelve.zip", members)
+    n0 = tiny_vlm.posterior.image.pseudo_count
+    out = tabs.calibrate.calibrate_archive(tiny_vlm, z, "a photo of a {}.", fit_n=True)
+    fit = out.json["scale_fit"]
+    assert fit["pseudo_count"] in PSEUDO_COUNTS and (fit["fitted_on"], fit["compared_on"]) == (6, 6)
+    assert fit["before"]["pseudo_count"] == n0 and fit["after"]["pseudo_count"] == fit["pseudo_count"]
+    assert tiny_vlm.posterior.image.pseudo_count == n0  # the shared model is untouched
+    assert out.summary.startswith("**Posterior scale fitted on 6 images") and "| after |" in out.summary
+    # the after-row is the refitted posterior's predictive on the held-out half, recomputed independently
+    import torch
+
+    ordered = sorted(members, key=lambda m: (m.split("/")[1], m))  # class folders, then files, sorted
+    images = [Image.new("RGB", (32, 32), members[m]) for m in ordered]
+    labels = torch.tensor([0 if "/blue_circle/" in m else 1 for m in ordered])
+    held = torch.randperm(12, generator=torch.Generator().manual_seed(0))[6:]
+    view = tiny_vlm.with_pseudo_count(fit["pseudo_count"])
+    prompts = ["a photo of a blue circle.", "a photo of a red square."]
+    pred = view.predict([images[int(i)] for i in held], prompts, predictive=views.RECOMMENDED,
+                        num_samples=views.NUM_SAMPLES, seed=0)
+    expected = calibration_metrics(pred.probs, labels[held])
+    assert fit["after"]["nlpd"] == pytest.approx(expected["nlpd"], rel=1e-5)
+    few = _zip(tmp_path / "few.zip", dict(list(members.items())[:8]))
+    with pytest.raises(bx.InputError, match="at least 10"):
+        tabs.calibrate.calibrate_archive(tiny_vlm, few, "a photo of a {}.", fit_n=True)
+
+
 def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
     import torch
 
