@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .pretrained.registry import BUNDLED
 
@@ -60,8 +61,6 @@ def cmd_studio(args: argparse.Namespace) -> int:
 
 
 def cmd_export_space(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .space import SpaceExportError, check_space, default_hardware, export_space
 
     existing = Path(args.dir).is_dir() and any(Path(args.dir).iterdir())
@@ -84,8 +83,11 @@ def cmd_export_space(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .inputs import InputError
     from .ui import TABLE_HEADERS, prediction_table
 
+    if not Path(args.image).is_file():
+        raise InputError(f"{args.image}: file not found")
     vlm = _load(args)
     rows = prediction_table(vlm, args.image, "\n".join(args.prompts))
     print("\t".join(TABLE_HEADERS))
@@ -126,8 +128,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_yardstick(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .evaluation.evaluate import EvaluationError, read_classnames
     from .yardstick import YardstickError, build_from_data
 
@@ -154,8 +154,6 @@ def cmd_yardstick(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .evaluation.evaluate import EvaluationError, evaluate, read_classnames, summary_markdown, write_report
 
     vlm = _load(args)
@@ -177,8 +175,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_active_learning(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .evaluation.active_learning import (
         config_from_arguments,
         folder_active_learning_data,

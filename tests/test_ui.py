@@ -71,6 +71,13 @@ def test_scale_views_refit_lambda_leave_the_model_alone_and_drop_a_foreign_yards
         views.check("abc")
 
 
+def test_percentiles_read_as_english_ordinals():
+    from bayesvlm_explain.ui.tabs.inspect import ordinal
+
+    assert [ordinal(x) for x in (1, 2, 3, 4, 11, 12, 13, 21, 33, 63, 100, 0.4, 111, 112)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "33rd", "63rd", "100th", "0th", "111th", "112th"]
+
+
 def test_small_uncertainties_are_shown_not_rounded_to_zero():
     assert [views.nats(x) for x in (0.0, 1.2346, 0.0012, 4.62e-06)] == ["0", "1.235", "0.001", "4.6e-06"]
     assert [views.significant(x) for x in (0.123456, 4.6201e-06, 12.345)] == [0.123, 4.62e-06, 12.3]
@@ -98,13 +105,18 @@ def test_compare_expands_templates_and_reports_disagreement(tiny_vlm, png):
     assert [s["prompts"] for s in sets] == [["a photo of cat", "a photo of dog"],
                                           ["a drawing of cat", "a drawing of dog"], ["a cat", "a truck"]]
     for s in sets:
-        assert set(s) == {"prompts", "classes", "top", "entropy", "epistemic"}
+        assert set(s) == {"prompts", "classes", "top", "entropy", "epistemic", "relative_entropy"}
         k = s["top"]["index"]
         assert s["top"]["prob"] == max(c["prob"] for c in s["classes"]) == s["classes"][k]["prob"]
         assert 0 <= s["epistemic"] <= s["entropy"] <= math.log(2) + 1e-9
     assert out.json["most_certain"] == int(np.argmin([s["entropy"] for s in sets]))
     agree = len({s["top"]["index"] for s in sets}) == 1
     assert out.json["agree"] == agree and ("disagree" in out.summary) == (not agree)
+    # sets of different sizes are ranked by entropy / log C, not by entropy (which grows with C)
+    mixed = tabs.compare.compare_sets(tiny_vlm, png(), ["a cat\na dog", "a cat\na dog\na car\na cow\na hat"])
+    rel = [s["entropy"] / math.log(len(s["prompts"])) for s in mixed.json["sets"]]
+    assert [s["relative_entropy"] for s in mixed.json["sets"]] == pytest.approx(rel)
+    assert mixed.json["most_certain"] == int(np.argmin(rel)) and "for its size" in mixed.summary
     with pytest.raises(bx.InputError, match="at least 2"):
         tabs.compare.compare_sets(tiny_vlm, png(), ["a cat", " ", "", ""])
     with pytest.raises(bx.InputError, match="labels"):
@@ -354,6 +366,14 @@ def test_per_client_limit_reads_the_queue_and_turns_off_when_its_shape_is_unknow
         other = build_app(tiny_vlm)
     assert _pending(other, "s1") is None
     assert "per-client limit is off" in caplog.text
+
+
+def test_cli_predict_on_a_missing_file_says_not_found(tmp_path, capsys):
+    from bayesvlm_explain.cli import main
+
+    assert main(["predict", str(tmp_path / "nope.png"), "a cat", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "nope.png: file not found" in err and "JPEG" not in err
 
 
 def test_cli_predict(tiny_vlm, tmp_path, monkeypatch, capsys):

@@ -64,8 +64,9 @@ def expand_set(text: str, labels: Sequence[str], index: int) -> list[str]:
 def compare_sets(vlm: BayesVLM, image: Any, set_texts: Sequence[str], labels_text: str = "") -> CompareResult:
     """The Compare view: one image against 2-4 prompt sets (empty sets ignored).
 
-    Returns ``{"json": {"sets": [{"prompts", "classes", "top", "entropy", "epistemic"}], "most_certain",
-    "agree"}, "html": side-by-side summary, "summary": markdown}``.
+    Returns ``{"json": {"sets": [{"prompts", "classes", "top", "entropy", "epistemic", "relative_entropy"}],
+    "most_certain", "agree"}, "html": side-by-side summary, "summary": markdown}``. ``relative_entropy`` is
+    the entropy over ``log C``; sets of different sizes are ranked by it, sets of one size by the entropy.
     """
     texts = [t for t in set_texts if t and t.strip()]
     if len(texts) < 2:
@@ -87,7 +88,9 @@ def compare_sets(vlm: BayesVLM, image: Any, set_texts: Sequence[str], labels_tex
                     "entropy": float(total[0]), "epistemic": float(epi[0])})
     same_size = len({len(s) for s in sets}) == 1
     tops = [s["top"]["index"] if same_size else s["top"]["prompt"] for s in out]
-    most = int(np.argmin([s["entropy"] for s in out]))
+    for s in out:  # entropy as a share of its maximum log C: comparable across sets of different sizes
+        s["relative_entropy"] = s["entropy"] / math.log(len(s["prompts"])) if len(s["prompts"]) > 1 else 0.0
+    most = int(np.argmin([s["entropy" if same_size else "relative_entropy"] for s in out]))
     payload = {"sets": out, "most_certain": most, "agree": len(set(tops)) == 1}
     return CompareResult(json=payload, html=compare_html(payload), summary=compare_summary(payload, same_size))
 
@@ -99,6 +102,10 @@ def compare_summary(payload: dict[str, Any], aligned: bool) -> str:
     best = sets[payload["most_certain"]]
     text = (f"**Set {payload['most_certain'] + 1} makes the model most certain** (entropy {nats(best['entropy'])} "
             f"nats, epistemic {nats(best['epistemic'])}).")
+    if not aligned:
+        text = (f"**Set {payload['most_certain'] + 1} makes the model most certain** for its size: entropy "
+                f"{nats(best['entropy'])} nats = {best['relative_entropy']:.0%} of the most its "
+                f"{len(best['prompts'])} prompts allow (sets of different sizes are compared by this share).")
     if payload["agree"]:
         return text + " All sets pick the same answer" + (" (same position in each set)." if aligned else ".")
     picks = "; ".join(f"set {i + 1}: {s['top']['prompt']!r}" for i, s in enumerate(sets))

@@ -72,19 +72,26 @@ def inspect_image(vlm: BayesVLM, image: Any, prompts_text: str, yardstick: Yards
 
 
 
+def ordinal(x: float) -> str:
+    """``x`` rounded, as an English ordinal: 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 33rd, 63rd..."""
+    n = int(round(x))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def verdict_markdown(image: dict[str, Any]) -> str:
     """The per-image summary: warning (if out of domain), verdict, entropy split and percentiles."""
     lines = []
     if image["out_of_domain"]:
-        lines.append("### ⚠ Out of domain for this model")
+        lines.append("### ⚠ Outside what this model knows: do not trust this answer")
     lines.append(f"**{image['verdict']}**")
     lines.append(f"Predictive entropy over these prompts **{nats(image['entropy'])}** nats = aleatoric "
                  f"{nats(image['aleatoric'])} + epistemic {nats(image['epistemic'])}.")
     if image["percentiles"]:
         p = image["percentiles"]
-        lines.append(f"Against the model's own labels: epistemic (BALD) at the {p['epistemic']:.0f}th percentile, "
-                     f"image input scale at the {p['input_scale']:.0f}th, entropy at the {p['entropy']:.0f}th "
-                     "of its in-domain images.")
+        lines.append(f"Against the model's own labels: epistemic (BALD) at the {ordinal(p['epistemic'])} "
+                     f"percentile, image input scale at the {ordinal(p['input_scale'])}, entropy at the "
+                     f"{ordinal(p['entropy'])} of its in-domain images.")
     return "\n\n".join(lines)
 
 
