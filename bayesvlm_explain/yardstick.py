@@ -130,8 +130,7 @@ class Yardstick:
         if unusual >= 75:
             return (f"Less familiar than most: more unusual for this model than {shown}% of its in-domain "
                     "images. Check the answer.")
-        return (f"Like this model's own images: {100 - unusual:.0f}% of its in-domain images are more unusual "
-                "than this one.")
+        return f"Not flagged: within the range of this model's own in-domain images ({ordinal(unusual)} percentile)."
 
     # -- storage ----------------------------------------------------------------------------------------
     def check(self, vlm: BayesVLM) -> None:
@@ -184,6 +183,13 @@ class Yardstick:
                        rule=OutOfDomainRule(**rule) if rule else None)
         except (KeyError, TypeError, ValueError) as err:
             raise YardstickError(f"{FILE_NAME}: malformed field ({err})") from err
+
+
+def ordinal(x: float) -> str:
+    """``x`` rounded, as an English ordinal: 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 33rd, 63rd..."""
+    n = int(round(x))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def posterior_signature(vlm: BayesVLM) -> dict[str, Any]:

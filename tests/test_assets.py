@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import random_posterior
@@ -94,3 +95,14 @@ def test_yardstick_for_a_random_weight_vit_b_32_with_the_builtin_posterior(vit_b
     # another posterior (another λ) is refused, with the field named
     vit_b_32.posterior = random_posterior(vit_b_32, prior_precision=3.0)
     assert load_assets(vit_b_32, "ViT-B-32", "laion2b_s34b_b79k", tmp_path).yardstick is None
+
+
+def test_bundled_model_ships_credited_photographs_outside_its_domain():
+    vlm = bx.BayesVLM.from_pretrained(BUNDLED, device="cpu")
+    photos = vlm.assets.outside_examples
+    assert len(photos) == 4 and "photographs are outside what it knows" in vlm.assets.domain
+    credits = (Path(photos[0][0]).parent / "ATTRIBUTION.md").read_text()
+    labels = set(vlm.assets.labels or [])
+    for path, prompts in photos:
+        assert Path(path).name in credits and max(Image.open(path).size) <= 256
+        assert all(line.removeprefix("an emoji of ") in labels for line in prompts.splitlines())

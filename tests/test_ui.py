@@ -72,7 +72,7 @@ def test_scale_views_refit_lambda_leave_the_model_alone_and_drop_a_foreign_yards
 
 
 def test_percentiles_read_as_english_ordinals():
-    from bayesvlm_explain.ui.tabs.inspect import ordinal
+    from bayesvlm_explain.yardstick import ordinal
 
     assert [ordinal(x) for x in (1, 2, 3, 4, 11, 12, 13, 21, 33, 63, 100, 0.4, 111, 112)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "33rd", "63rd", "100th", "0th", "111th", "112th"]

@@ -112,7 +112,7 @@ def test_verdict_wording_matches_the_percentile():
     ys.rule = OutOfDomainRule(JOINT, 90.0)
     usual = ys.verdict({k: float(v) for k, v in ys.percentiles({"epistemic": 0.01, "input_scale": 0.45,
                                                                   "entropy": 1.0}).items()})
-    assert usual.startswith("Like this model's own images") and "only" not in usual
+    assert usual.startswith("Not flagged: within the range") and "percentile" in usual and "only" not in usual
     odd = ys.verdict({k: float(v) for k, v in ys.percentiles({"epistemic": 1.0, "input_scale": 2.0,
                                                                 "entropy": 1.0}).items()})
     assert odd.startswith("Probably outside what this model knows") and ">99%" in odd
@@ -145,7 +145,8 @@ def test_bundled_yardstick_fits_the_bundled_posterior_and_reports_its_flag_rates
     assert isinstance(ys, Yardstick) and ys.prompts == vlm.assets.prompts()
     assert len(ys.prompts) == 93 and ys.rule is not None
     rates = ys.rule.flag_rates
-    assert set(rates) == {"in_domain", "noto-v1", "emojione", "openmoji", "openmoji-black", "fluent-hc"}
+    assert set(rates) == {"in_domain", "noto-v1", "emojione", "openmoji", "openmoji-black", "fluent-hc",
+                          "real photographs"}  # photographs: measured after the choice, never in it
     assert ys.rule.percentile == 90.0 and rates["in_domain"] <= 0.15  # 10% fixed in advance; measured on test
     assert all(rates[s] > rates["in_domain"] for s in rates if s != "in_domain")
     # the shipped posterior carries the scale the shift benchmark chose on its calibration split

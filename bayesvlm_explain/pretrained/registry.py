@@ -57,6 +57,7 @@ class AssetSpec:
         pseudo_count: recommended posterior pseudo-count ``n`` (``None``: use the posterior's own).
         labels: returns the model's class names (its zero-shot label set), or ``None``.
         examples: returns ``[[image_path, prompts_text], ...]`` for the studio.
+        outside_examples: the same for images outside the model's domain.
         posterior_dir: returns the folder of the model's shipped posterior (and yardstick).
     """
 
@@ -66,6 +67,7 @@ class AssetSpec:
     pseudo_count: float | None = None
     labels: Callable[[], list[str]] | None = None
     examples: Callable[[], list[list[Any]]] | None = None
+    outside_examples: Callable[[], list[list[Any]]] | None = None
     posterior_dir: Callable[[], Path] | None = None
 
 
@@ -81,6 +83,12 @@ def _bundled_examples() -> list[list[Any]]:
     return bundled_examples()
 
 
+def _bundled_photo_examples() -> list[list[Any]]:
+    from .assets import bundled_photo_examples
+
+    return bundled_photo_examples()
+
+
 def _bundled_posterior_dir() -> Path:
     from ..bundled import bundled_dir
 
@@ -93,7 +101,8 @@ KNOWN_ASSETS: dict[tuple[str, str | None], AssetSpec] = {
         domain="a small model trained on emoji artwork; photographs are outside what it knows",
         licence="weights: trained by this project on openly licensed emoji artwork (credits in "
                 "pretrained/bundled/ATTRIBUTION.md); posterior fitted by this project",
-        labels=_bundled_labels, examples=_bundled_examples, posterior_dir=_bundled_posterior_dir),
+        labels=_bundled_labels, examples=_bundled_examples, outside_examples=_bundled_photo_examples,
+        posterior_dir=_bundled_posterior_dir),
     ("ViT-B-32", "laion2b_s34b_b79k"): AssetSpec(
         template="a photo of a {}.",
         domain="OpenAI-style CLIP ViT-B/32 trained by LAION on LAION-2B (English image-text pairs from the web)",

@@ -181,8 +181,8 @@ def _preview(path: Any) -> Any:
     return img
 
 
-def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: list[list[Any]] | None
-                   ) -> tuple[Any, Any]:
+def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: list[list[Any]] | None,
+                   outside: list[list[Any]] | None = None) -> tuple[Any, Any]:
     """The image file and class-prompts components above the tabs (with the model's labels and examples)."""
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
@@ -199,9 +199,13 @@ def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: lis
                         else f"use the first {MAX_PROMPTS} of the model's {len(labels)} labels")
                 use_all = gr.Button(text, size="sm", elem_id="use-labels")
                 use_all.click(lambda: "\n".join(shown_labels), None, prompts, queue=False, api_visibility="private")
-            if examples:
-                gr.Examples(examples, [image, prompts], label="examples: click one, then run a tab",
-                            examples_per_page=5, elem_id="examples")
+            with gr.Row():
+                if examples:
+                    gr.Examples(examples, [image, prompts], label="examples the model knows (click, then run a tab)",
+                                examples_per_page=4, elem_id="examples")
+                if outside:
+                    gr.Examples(outside, [image, prompts], label="photographs: outside what it knows",
+                                examples_per_page=4, elem_id="outside-examples")
     image.change(_preview, image, shown, api_visibility="private", concurrency_id="light", concurrency_limit=2)
     return image, prompts
 
@@ -246,7 +250,8 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
             with gr.Column(scale=1, min_width=200):
                 views = ScaleViews(vlm, PSEUDO_COUNTS)
                 scale = _scale_control(views.grid, views.default)
-        image, prompts = _shared_inputs(labels, default_prompts, examples)
+        image, prompts = _shared_inputs(labels, default_prompts, examples,
+                                        getattr(getattr(vlm, "assets", None), "outside_examples", None))
         ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
                             Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app, per_client),
                             _json_and_note, views, scale)

@@ -105,10 +105,11 @@ def recommended_prediction(vlm: BayesVLM, feats: Features, prompts: list[str]) -
 
 
 def yardstick_json(vlm: BayesVLM, yardstick: Yardstick | None, feats: Features) -> list[dict[str, Any]]:
-    """Per image: ``percentiles`` (figure -> 0..100), the raw ``figures``, ``out_of_domain`` and ``verdict``."""
+    """Per image: ``percentiles`` (figure -> 0..100), the raw ``figures``, ``out_of_domain``, ``verdict`` and
+    the rule's measured ``flag_rates`` (split -> fraction flagged)."""
     count = int(feats.embeddings.shape[0])
     if yardstick is None:
-        return [{"percentiles": {}, "figures": {}, "out_of_domain": False,
+        return [{"percentiles": {}, "figures": {}, "out_of_domain": False, "flag_rates": {},
                  "verdict": "No yardstick for this posterior: the figures cannot be compared with the "
                             "model's in-domain images."}] * count
     figures = {k: v.numpy() for k, v in yardstick.measure(vlm, feats).items()}
@@ -118,7 +119,8 @@ def yardstick_json(vlm: BayesVLM, yardstick: Yardstick | None, feats: Features) 
     for n in range(len(ood)):
         p = {k: float(v[n]) for k, v in pct.items()}
         out.append({"percentiles": p, "figures": {k: float(v[n]) for k, v in figures.items()},
-                    "out_of_domain": bool(ood[n]), "verdict": yardstick.verdict(p)})
+                    "out_of_domain": bool(ood[n]), "verdict": yardstick.verdict(p),
+                    "flag_rates": dict(yardstick.rule.flag_rates) if yardstick.rule else {}})
     return out
 
 

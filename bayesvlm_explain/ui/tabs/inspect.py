@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...yardstick import Yardstick
+from ...yardstick import Yardstick, ordinal
 from ..uploads import display_name
 from ..views import (
     TABLE_HEADERS,
@@ -72,13 +72,6 @@ def inspect_image(vlm: BayesVLM, image: Any, prompts_text: str, yardstick: Yards
 
 
 
-def ordinal(x: float) -> str:
-    """``x`` rounded, as an English ordinal: 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 33rd, 63rd..."""
-    n = int(round(x))
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def verdict_markdown(image: dict[str, Any]) -> str:
     """The per-image summary: warning (if out of domain), verdict, entropy split and percentiles."""
     lines = []
@@ -87,6 +80,11 @@ def verdict_markdown(image: dict[str, Any]) -> str:
     lines.append(f"**{image['verdict']}**")
     lines.append(f"Predictive entropy over these prompts **{nats(image['entropy'])}** nats = aleatoric "
                  f"{nats(image['aleatoric'])} + epistemic {nats(image['epistemic'])}.")
+    rates = image.get("flag_rates") or {}
+    if "in_domain" in rates:
+        others = ", ".join(f"{name} {rate:.0%}" for name, rate in rates.items() if name != "in_domain")
+        lines.append(f"How far to trust the flag: it fires on {rates['in_domain']:.0%} of held-out in-domain "
+                     "images" + (f"; measured on images outside the domain: {others}." if others else "."))
     if image["percentiles"]:
         p = image["percentiles"]
         lines.append(f"Against the model's own labels: epistemic (BALD) at the {ordinal(p['epistemic'])} "
