@@ -9,6 +9,7 @@ Screenshots go to ``$STUDIO_SCREENSHOTS`` when set (the README's are made so), e
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -22,14 +23,18 @@ TABS = {"Inspect": "inspect", "Compare prompts": "compare", "Explain": "explain"
 
 
 def open_tab(page, name: str) -> None:
-    """Click a tab; on a narrow screen Gradio moves some tabs into its "More tabs" menu."""
+    """Click a tab: every tab is shown (the tab row wraps on a phone; no overflow menu)."""
+    from playwright.sync_api import expect
+
     tab = page.get_by_role("tab", name=name)
-    if tab.count():
-        tab.click()
-    else:
-        page.get_by_label("More tabs").click()
-        page.locator(".overflow-dropdown button", has_text=name).click()
+    expect(tab).to_be_visible()
+    tab.click()
     page.wait_for_timeout(300)
+
+
+def top_of(page, selector: str) -> float:
+    """The page y (px) of the element's top edge."""
+    return page.locator(selector).first.evaluate("e => e.getBoundingClientRect().top + window.scrollY")
 
 
 def example_zip(path: Path, examples: dict[str, str], folders: bool) -> list[str]:
@@ -76,14 +81,45 @@ def test_studio_in_a_browser(tmp_path):
     # a batch of the three prompts' own images and one (the airplane) that none of them names
     batch = [path for path, label in labelled.items() if label in ("frog", "grapes", "anchor", "airplane")]
     assert len(batch) == 4
-    app = build_app(vlm, examples=examples)
+    app = build_app(vlm, examples=examples)  # the photograph examples come from vlm.assets
     app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    shots: dict[str, bytes] = {}
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(app.local_url)
+            # the page says what the model knows, and the posterior scale its benchmark chose
+            expect(page.locator("#model-card")).to_contain_text("photographs are outside what it knows")
+            expect(page.locator("#scale input")).to_have_value("0.01 (recommended)")
+            # a refused upload leaves a warning and an empty file box (not a file with "Error" badges)
+            fake = tmp_path / "not-an-image.png"
+            fake.write_text("hello")
+            page.locator("#image-file input[type=file]").set_input_files(fake)
+            expect(page.get_by_test_id("toast-body").first).to_contain_text("not a JPEG", timeout=30_000)
+            expect(page.locator("#image-file")).not_to_contain_text("not-an-image")
+            page.get_by_test_id("toast-body").first.wait_for(state="detached", timeout=15_000)
+            # all of the model's labels fill the prompts, and Inspect takes them
+            page.locator("#use-labels").click()
+            expect(page.locator("#prompts textarea")).to_have_value(
+                "\n".join(PROMPT_TEMPLATE.format(label=x) for x in load_label_space().labels))
             page.locator("#image-file input[type=file]").set_input_files(frog)
+            page.locator("#predict-btn").click()
+            expect(page.locator("#bars")).to_contain_text("an emoji of frog", timeout=60_000)
+            # a photograph example is one click away, and the verdict says it is outside the domain
+            page.locator("#outside-examples").get_by_text("photo_rocket.jpg").click()
+            expect(page.locator("#prompts textarea")).to_have_value(re.compile("an emoji of airplane"))
+            page.locator("#predict-btn").click()
+            expect(page.locator("#verdict")).to_contain_text("Outside what this model knows", timeout=60_000)
+            shots["inspect-photo"] = page.screenshot(full_page=True)
+            # another posterior scale: wider logits, and the yardstick (built for n = 0.01) is switched off
+            page.locator("#scale input").click()
+            page.get_by_role("option", name="1", exact=True).click()
+            page.locator("#predict-btn").click()
+            expect(page.locator("#verdict")).to_contain_text("No yardstick", timeout=60_000)
+            page.locator("#scale input").click()
+            page.get_by_role("option", name="0.01 (recommended)").click()
+            page.locator("#examples").get_by_text(Path(frog).name).click()  # the file box holds a file now
             expect(page.locator("#image-file")).to_contain_text(Path(frog).stem[:8])  # uploaded (name shortened)
             page.locator("#prompts textarea").fill("\n".join(prompts))
 
@@ -91,7 +127,9 @@ def test_studio_in_a_browser(tmp_path):
             expect(page.locator("#verdict")).to_contain_text("in-domain images", timeout=60_000)
             expect(page.locator("#bars")).to_contain_text("an emoji of frog")
             expect(page.locator("#bars")).to_contain_text("logit")
-            shots = {"inspect": page.screenshot(full_page=True)}
+            # the primary action and the answer are above the fold of a 1280 x 900 screen
+            assert top_of(page, "#predict-btn") < 400 and top_of(page, "#verdict") < 500
+            shots["inspect"] = page.screenshot(full_page=True)
 
             open_tab(page, "Compare prompts")
             page.locator("#set-labels textarea").fill("frog\ngrapes\nanchor")
@@ -173,6 +211,9 @@ def test_studio_in_a_browser(tmp_path):
 
             # the same page on a phone: every view stays readable at 390 px
             page.set_viewport_size({"width": 390, "height": 844})
+            for tab in TABS:  # the tab row wraps: every tab is shown within the screen's width, no overflow menu
+                box = page.get_by_role("tab", name=tab).bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (tab, box)
             for tab, name in TABS.items():
                 open_tab(page, tab)
                 shots[f"{name}-390"] = page.screenshot(full_page=True)

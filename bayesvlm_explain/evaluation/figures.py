@@ -42,10 +42,11 @@ def reliability_diagram(probs: Any | Mapping[str, Any], labels: Any, *, n_bins: 
     """Accuracy vs confidence per equal-width bin (top) and the confidence histogram (bottom).
 
     ``probs`` is one [N, C] array or a mapping ``name -> [N, C]`` (e.g. probit vs MAP) drawn together; each
-    legend entry reports the model's ECE.
+    legend entry reports the model's ECE. Drawn at 4.2 x 4.8 inches with 10-11 pt text, so that its text
+    stays at least 10 px high when shown down to ~340 px wide (a phone).
     """
     sets = dict(probs) if isinstance(probs, Mapping) else {"model": probs}
-    fig = Figure(figsize=(5.6, 6.2), layout="constrained")
+    fig = Figure(figsize=(4.2, 4.8), layout="constrained")
     ax, ax_h = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], linestyle="--", color="#777777", linewidth=1, label="perfect calibration")
     width = 1.0 / n_bins / max(1, len(sets))
@@ -60,8 +61,10 @@ def reliability_diagram(probs: Any | Mapping[str, Any], labels: Any, *, n_bins: 
     ax.set_xlim(0, 1.02)
     ax.set_ylim(-0.03, 1.05)  # markers at accuracy 0 or 1 stay whole
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", fontsize="small")
-    ax.set_title(title or f"reliability ({n_bins} equal-width bins, top label)")
+    ax.legend(loc="upper left", fontsize=10)
+    ax.set_title(title or f"reliability ({n_bins} equal-width bins, top label)", fontsize=11)
+    for a in (ax, ax_h):
+        a.tick_params(labelsize=10)
     ax_h.set_xlabel("confidence (top-label probability)")
     ax_h.set_ylabel("count")
     return fig

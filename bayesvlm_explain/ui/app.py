@@ -65,6 +65,11 @@ CSS = """
 .bx-special {color: #888; font-style: italic; background: #f4f4f4}
 .bx-tables table {display: block; overflow-x: auto; max-width: 100%}
 .bx-tables th, .bx-tables td {white-space: nowrap}
+@media (max-width: 640px) {
+  .bx-scroll:not(:has(.bx-scroll))::after, .bx-tables:not(:has(.bx-tables))::after {
+    content: "⇆ swipe the table sideways for more columns"; display: block; font-size: 12px; color: #555;
+    margin-top: 4px}
+}
 """
 
 class StudioBlocks(gr.Blocks):
@@ -169,44 +174,45 @@ def _wiring(app: gr.Blocks, per_client: int) -> Any:
     return wire
 
 
-def _preview(path: Any) -> Any:
-    """A thumbnail of the uploaded image (``None`` without one)."""
+def _preview(path: Any) -> tuple[Any, Any]:
+    """``(file box, thumbnail)`` for an upload: the thumbnail, or for a refused file a warning, the file box
+    emptied and the file deleted (so the next run cannot pick it up)."""
     if not path:
-        return None
+        return gr.update(), None
     try:
         img = open_upload(path)
     except InputError as err:
-        raise _user_error(err, [path]) from None
+        gr.Warning(str(_user_error(err, [path]).message))
+        return None, None
     img.thumbnail((256, 256))
-    return img
+    return gr.update(), img
 
 
 def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: list[list[Any]] | None,
                    outside: list[list[Any]] | None = None) -> tuple[Any, Any]:
-    """The image file and class-prompts components above the tabs (with the model's labels and examples)."""
+    """The image file, its preview and the class prompts (with the model's labels and examples), stacked in
+    the page's left column."""
     with gr.Row():
-        with gr.Column(scale=1, min_width=240):
-            image = gr.File(label="image (JPEG, PNG, WebP, GIF or BMP)", file_types=EXTENSIONS,
-                            type="filepath", elem_id="image-file", height=110)
-            shown = gr.Image(label="the image", interactive=False, height=150, format="png", type="pil",
-                             buttons=[])
-        with gr.Column(scale=2, min_width=280):
-            prompts = gr.Textbox(lines=5, max_lines=12, label=f"class prompts (one per line, at most {MAX_PROMPTS})",
-                                 value=default_prompts, elem_id="prompts")
-            if labels:
-                shown_labels = labels[:MAX_PROMPTS]
-                text = (f"use all {len(labels)} labels of the model" if len(labels) <= MAX_PROMPTS
-                        else f"use the first {MAX_PROMPTS} of the model's {len(labels)} labels")
-                use_all = gr.Button(text, size="sm", elem_id="use-labels")
-                use_all.click(lambda: "\n".join(shown_labels), None, prompts, queue=False, api_visibility="private")
-            with gr.Row():
-                if examples:
-                    gr.Examples(examples, [image, prompts], label="examples the model knows (click, then run a tab)",
-                                examples_per_page=4, elem_id="examples")
-                if outside:
-                    gr.Examples(outside, [image, prompts], label="photographs: outside what it knows",
-                                examples_per_page=4, elem_id="outside-examples")
-    image.change(_preview, image, shown, api_visibility="private", concurrency_id="light", concurrency_limit=2)
+        image = gr.File(label="image (JPEG, PNG, WebP, GIF or BMP)", file_types=EXTENSIONS,
+                        type="filepath", elem_id="image-file", height=120, min_width=180, scale=3)
+        shown = gr.Image(label="the image", interactive=False, height=120, format="png", type="pil",
+                         buttons=[], min_width=110, scale=2)
+    prompts = gr.Textbox(lines=4, max_lines=12, label=f"class prompts (one per line, at most {MAX_PROMPTS})",
+                         value=default_prompts, elem_id="prompts")
+    if labels:
+        shown_labels = labels[:MAX_PROMPTS]
+        text = (f"use all {len(labels)} labels of the model" if len(labels) <= MAX_PROMPTS
+                else f"use the first {MAX_PROMPTS} of the model's {len(labels)} labels")
+        use_all = gr.Button(text, size="sm", elem_id="use-labels")
+        use_all.click(lambda: "\n".join(shown_labels), None, prompts, queue=False, api_visibility="private")
+    if examples:
+        gr.Examples(examples, [image, prompts], label="examples the model knows (click one, then run a tab)",
+                    examples_per_page=4, elem_id="examples")
+    if outside:
+        gr.Examples(outside, [image, prompts], label="photographs: outside what it knows",
+                    examples_per_page=4, elem_id="outside-examples")
+    image.change(_preview, image, [image, shown], api_visibility="private", concurrency_id="light",
+                 concurrency_limit=2)
     return image, prompts
 
 
@@ -229,9 +235,8 @@ def _scale_control(views_grid: list[float], default: float | None) -> Any:
         return None
     choices = [(f"{g:g}" + (" (recommended)" if g == default else ""), g) for g in views_grid]
     return gr.Dropdown(choices, value=default, label="posterior scale n (pseudo-count)", elem_id="scale",
-                       info="smaller n = broader posterior, more uncertainty; λ is re-fitted by marginal "
-                            "likelihood for each n. The out-of-domain verdict needs the n its yardstick was "
-                            "built for.", filterable=False, allow_custom_value=True)  # checked by ScaleViews
+                       info="smaller n: broader posterior; λ re-fitted for each n",
+                       allow_custom_value=True)  # checked by ScaleViews
 
 
 def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
@@ -250,15 +255,18 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
             with gr.Column(scale=1, min_width=200):
                 views = ScaleViews(vlm, PSEUDO_COUNTS)
                 scale = _scale_control(views.grid, views.default)
-        image, prompts = _shared_inputs(labels, default_prompts, examples,
-                                        getattr(getattr(vlm, "assets", None), "outside_examples", None))
-        ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
-                            Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app, per_client),
-                            _json_and_note, views, scale)
-        with gr.Tabs(elem_id="tabs"):
-            for title, tab_id, module in TABS:
-                with gr.Tab(title, id=tab_id):
-                    module.page(ctx)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=300):
+                image, prompts = _shared_inputs(labels, default_prompts, examples,
+                                                getattr(getattr(vlm, "assets", None), "outside_examples", None))
+            with gr.Column(scale=3, min_width=320):
+                ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
+                                    Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app, per_client),
+                                    _json_and_note, views, scale)
+                with gr.Tabs(elem_id="tabs", overflow_behavior="wrap"):  # every tab visible on a phone
+                    for title, tab_id, module in TABS:
+                        with gr.Tab(title, id=tab_id):
+                            module.page(ctx)
     app.queue(max_size=max_queue, default_concurrency_limit=2)
     if _pending(app, None) is None:
         log.warning("gradio %s keeps its queue in an unknown shape: the per-client limit is off", gr.__version__)

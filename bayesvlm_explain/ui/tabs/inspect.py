@@ -100,7 +100,8 @@ def page(ctx: StudioContext) -> None:
     predict_btn = gr.Button("predict", variant="primary", elem_id="predict-btn")
     verdict = gr.Markdown(elem_id="verdict")
     bars = gr.HTML(elem_id="bars")
-    table = gr.Dataframe(headers=TABLE_HEADERS, label="per prompt", interactive=False, wrap=True)
+    table = gr.Dataframe(headers=TABLE_HEADERS, label="per prompt", interactive=False, wrap=True,
+                         elem_classes="bx-scroll")
     predict_json = ctx.json_and_note("predict", NOTE)
 
     def run(image: Any, prompts_text: str) -> tuple[Any, ...]:
