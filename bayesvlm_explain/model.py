@@ -235,9 +235,11 @@ class BayesVLM:
         """Activations [C, p_t] and mean embeddings [C, D] of the prompts (float64, CPU; cached)."""
         return self.encoder.encode_prompts(prompts)
 
-    def head(self, variance: str = "projected", device: torch.device | str = "cpu") -> MomentHead:
-        """The posterior algebra (features -> logit moments) used by :meth:`predict` and the explanations."""
-        return MomentHead(self.require_posterior(), self.adapter, variance=variance, device=device)
+    def head(self, variance: str = "projected", device: torch.device | str = "cpu",
+             dtype: torch.dtype = ALGEBRA_DTYPE) -> MomentHead:
+        """The posterior algebra (features -> logit moments) used by :meth:`predict` and the explanations;
+        ``dtype=torch.float32`` for the faster head (:class:`MomentHead`)."""
+        return MomentHead(self.require_posterior(), self.adapter, variance=variance, device=device, dtype=dtype)
 
     # -- prediction ------------------------------------------------------------------------------
     def map_logits(self, img: Features, txt: Features) -> torch.Tensor:

@@ -4,9 +4,15 @@ The unit is one forward+backward pass of the same target on the same image batch
 gradient, i.e. of Saliency). Goal: Integrated Gradients with ``n_steps`` points costs at most
 ``1.2 × n_steps`` units (batched steps, no wasted passes).
 
-    python benchmarks/bench_attribution.py                     # ViT-B-32 with random weights
+It also times the studio's Explain view (``explain_prompt``: prediction, pixel IG, token IG and figures for
+one image; goal about 1.5 s at ViT-B/32 on 2 cores) at the fast default (8 steps) and the precise setting
+(32), and the token attribution with the padding cut off against the full context, side by side. The
+JSON records the machine, threads, load average and date (``machine.py``); ``--markdown FILE`` prints the
+docs' table from a JSON written earlier, so the docs quote figures of one run.
+
+    python benchmarks/bench_attribution.py --threads 2 --json benchmarks/bench_attribution_vitb32.json
     python benchmarks/bench_attribution.py --model bundled     # the bundled emoji model, if present
-    python benchmarks/bench_attribution.py --target epistemic --threads 1 --json out.json
+    python benchmarks/bench_attribution.py --markdown benchmarks/bench_attribution_vitb32.json
 
 Not a test: it prints a table and exits 0 (also when ``--model bundled`` finds no bundled model).
 """
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_WEIGHTS = ROOT / "bayesvlm_explain" / "pretrained" / "bundled" / "open_clip_model.safetensors"
@@ -49,6 +56,8 @@ def build(model: str) -> Any | None:
     import open_clip
 
     import bayesvlm_explain as bx
+    from bayesvlm_explain.posterior import Posterior
+    from bayesvlm_explain.pretrained.registry import known_posterior_dir
 
     if model == "bundled":
         if not BUNDLED_WEIGHTS.is_file():
@@ -63,7 +72,8 @@ def build(model: str) -> Any | None:
         vlm = bx.BayesVLM(net, open_clip.get_tokenizer(model), open_clip.image_transform(size, is_train=False),
                           device="cpu", name=f"{model}/random")
     if vlm.posterior is None:
-        vlm.posterior = random_posterior(vlm)
+        shipped = known_posterior_dir(model, "laion2b_s34b_b79k") if model != "bundled" else None
+        vlm.posterior = Posterior.load(shipped) if shipped else random_posterior(vlm)
     return vlm
 
 
@@ -91,8 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the unit pass (median)")
     ap.add_argument("--method-repeats", type=int, default=3, help="repeats of each method (median, after a warm-up)")
+    ap.add_argument("--explain-repeats", type=int, default=3, help="repeats of the studio's Explain view (median)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--markdown", type=Path, help="only print the docs' table from this JSON, and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
 
     torch.set_num_threads(args.threads)
     from bayesvlm_explain.explain import UncertaintyAttribution, model_patch_size
@@ -152,11 +167,93 @@ def main(argv: list[str] | None = None) -> int:
     goal = 1.2 * args.steps
     verdict = "meets" if ig["units"] <= goal else "MISSES"
     print(f"IG {args.steps} steps: {ig['units']:.2f} units {verdict} the goal of <= {goal:.1f} units")
+    result = {"model": vlm.name, "target": args.target, "threads": args.threads, "images": args.images,
+              "unit_seconds": t_unit, "forward_seconds": t_fwd, "methods": rows,
+              "tokens": token_rows(vlm, x[:1], args.method_repeats),
+              "explain": explain_rows(vlm, args.explain_repeats)}
+    result["machine"] = machine_info()
+    print(markdown(result))
     if args.json:
-        args.json.write_text(json.dumps({"model": vlm.name, "target": args.target, "threads": args.threads,
-                                         "images": args.images, "unit_seconds": t_unit,
-                                         "forward_seconds": t_fwd, "methods": rows}, indent=2))
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def token_rows(vlm: Any, image: torch.Tensor, repeats: int, steps: int = 16) -> dict[str, Any]:
+    """Token IG of one prompt with the padding cut off (the default) and on the full context, side by side."""
+    from bayesvlm_explain.explain import TokenAttribution
+    from bayesvlm_explain.explain import tokens as tokens_module
+
+    feats = vlm.encode_images(image)
+    ta = TokenAttribution(vlm)
+    full_path = lambda *args: None  # noqa: E731 - the full-context path: never cut
+    out: dict[str, Any] = {"steps": steps, "prompt": PROMPTS[0]}
+    for name in ("cut", "full"):
+        original = tokens_module._cut_ends
+        if name == "full":
+            tokens_module._cut_ends = full_path
+        try:
+            ta.attribute(feats, PROMPTS[0], n_steps=steps)
+            t, res = timed(lambda: ta.attribute(feats, PROMPTS[0], n_steps=steps), repeats)
+        finally:
+            tokens_module._cut_ends = original
+        out[name] = {"seconds": t, "positions": res.positions, "scores": res.scores.tolist()}
+    out["speedup"] = out["full"]["seconds"] / out["cut"]["seconds"]
+    cut, full = torch.tensor(out["cut"]["scores"]), torch.tensor(out["full"]["scores"])
+    out["max_score_difference_relative"] = float((cut - full).abs().max() / full.abs().max())
+    return out
+
+
+def explain_rows(vlm: Any, repeats: int) -> list[dict[str, Any]]:
+    """The studio's Explain view on one 320×240 image and the 8 prompts: IG at 8 and 32 steps, saliency."""
+    import numpy as np
+    from PIL import Image
+
+    from bayesvlm_explain.ui.tabs.explain import FAST_STEPS, PRECISE_STEPS, explain_prompt
+
+    path = Path("/tmp") / f"bench_attribution_{time.time_ns()}.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(path)
+    rows = []
+    try:
+        for method, steps in (("integrated_gradients", FAST_STEPS), ("integrated_gradients", PRECISE_STEPS),
+                              ("saliency", FAST_STEPS)):
+            def call(method: str = method, steps: int = steps) -> Any:
+                return explain_prompt(vlm, str(path), "\n".join(PROMPTS), method=method, steps=steps).json
+
+            call()  # warm-up
+            runs = [call() for _ in range(repeats)]
+            parts = {k: statistics.median(r["seconds"][k] for r in runs) for k in ("total", "pixels", "tokens")}
+            delta = runs[-1]["attribution"]["delta"]
+            rows.append({"method": method, "steps": steps, "seconds": parts,
+                         "relative_delta": None if delta is None else abs(delta) / max(
+                             abs(runs[-1]["attribution"]["sum"] - delta), 1e-30)})
+    finally:
+        path.unlink(missing_ok=True)
+    return rows
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The docs' table of one run (a JSON written by this script)."""
+    m = r.get("machine", {})
+    head = (f"{r['model']}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores), {m.get('torch_threads', '?')} torch "
+            f"threads, load average {m.get('load_average', ['?'])[0]}, {m.get('date', '?')}; medians")
+    lines = [head, "", "| what | seconds | ratio |", "|---|---|---|"]
+    unit = r["unit_seconds"]
+    lines.append(f"| one forward+backward pass of the image target (the unit) | {unit:.3f} | 1 |")
+    for row in r["methods"]:
+        lines.append(f"| pixel {row['method']} | {row['seconds']:.2f} | {row['units']:.1f} units |")
+    tok = r.get("tokens")
+    if tok:
+        lines.append(f"| token IG {tok['steps']} steps, full context ({tok['full']['positions']} positions) | "
+                     f"{tok['full']['seconds']:.3f} | 1 |")
+        lines.append(f"| token IG {tok['steps']} steps, padding cut off ({tok['cut']['positions']} positions) | "
+                     f"{tok['cut']['seconds']:.3f} | {tok['speedup']:.1f}x faster (scores agree to "
+                     f"{tok['max_score_difference_relative']:.0e}) |")
+    for row in r.get("explain", []):
+        s = row["seconds"]
+        name = row["method"] + (f" {row['steps']} steps" if row["method"] == "integrated_gradients" else "")
+        lines.append(f"| studio Explain view, {name}: total (pixels / tokens) | {s['total']:.2f} "
+                     f"({s['pixels']:.2f} / {s['tokens']:.2f}) | {s['total'] / unit:.1f} units |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

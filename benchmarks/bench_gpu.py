@@ -26,6 +26,7 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 from PIL import Image
 
 import bayesvlm_explain as bx
@@ -177,7 +178,7 @@ def main() -> None:
     results["fit_pairs_per_s"] = fit_pairs / (time.perf_counter() - start)
     print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({**results, "machine": machine_info()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 import open_clip
 import torch
 import torch.nn.functional as F
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 
 import bayesvlm_explain as bx
 
@@ -112,7 +113,7 @@ def main() -> None:
           f" with full class covariance {100 * res['overhead_included_with_cov']:+.2f}%")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
+            json.dump({**res, "machine": machine_info()}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 
 from bayesvlm_explain.probcos import cosine_moments
 
@@ -101,8 +100,7 @@ def main() -> None:
         summary[mode] = {"var_ratio_min": min(r[mode]["var_ratio_min"] for r in cases),
                          "var_ratio_max": max(r[mode]["var_ratio_max"] for r in cases)}
     mc_se = (2 / args.draws) ** 0.5
-    out = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "threads": args.threads, "load_average": os.getloadavg(), "draws": args.draws,
+    out = {"machine": machine_info(), "draws": args.draws,
            "variance_ratio_mc_standard_error": round(mc_se, 4), "summary": summary, "cases": cases}
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(summary))

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -340,8 +341,7 @@ def main() -> None:
     print(f"# memory column: {', '.join(sorted({r['memory_method'] for r in rows}))}")
     if args.json:
         meta = {
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
+            "machine": machine_info(),
             "threads": args.threads,
             "chunk_size": args.chunk_size,
             "memory_metric": "peak RSS during the first call minus RSS before it, fresh process per path",

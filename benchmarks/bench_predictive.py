@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 
 import bayesvlm_explain as bx
 from bayesvlm_explain.data.labels import load_label_space
@@ -76,7 +77,7 @@ def main() -> None:
         print(f"| {r['pseudo_count']:g} | {r['median_logit_std']:.3f} | {r['predictive']} | {r['kl_mean']:.2e} | "
               f"{r['kl_max']:.2e} | {r['max_abs_dp']:.4f} |")
     if args.json:
-        args.json.write_text(json.dumps({"draws": args.draws, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine_info(), "draws": args.draws, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

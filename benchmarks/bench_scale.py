@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from bench_gpu import _posterior as random_or_reference_posterior
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 
 import bayesvlm_explain as bx
 from bayesvlm_explain.adapters import Features
@@ -204,10 +204,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("bench_scale.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-               "threads": args.threads, "torch": torch.__version__, "load_average_start": os.getloadavg(),
-               "runs": [run_arch(a, args) for a in args.arch]}
-    results["load_average_end"] = os.getloadavg()
+    results: dict = {"load_average_start": os.getloadavg(), "runs": [run_arch(a, args) for a in args.arch]}
+    results["machine"] = machine_info()
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(f"written to {args.json}")
 

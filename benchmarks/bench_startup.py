@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = {
@@ -62,6 +64,7 @@ def main() -> None:
         "ratio_to_import_torch_open_clip": {"import bayesvlm_explain": med["import"] / base,
                                             "import + from_pretrained('bundled')": med["bundled"] / base},
         "repeats": args.repeats, "threads": args.threads, "python": sys.version.split()[0],
+        "machine": machine_info(),
     }
     print(json.dumps(result, indent=2))
     if args.json:

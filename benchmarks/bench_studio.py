@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
 from studio_common import StudioServer  # noqa: E402
 
 
@@ -144,7 +145,7 @@ def main() -> int:
                   f"{'-' if fig is None else f'{fig:.0f} ms'} | {rt - handler:.0f} ms | {low:.0f} ms | "
                   f"{rt - low:.0f} ms |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_average": load, "threads": args.threads,
+        Path(args.json).write_text(json.dumps({"machine": machine_info(), "load_average": load, "threads": args.threads,
                                                "repeats": args.repeats, "rows": real, "floor": floor},
                                               indent=1) + "\n")
     return 0

@@ -289,6 +289,26 @@ def test_token_attribution_one_score_per_token_and_complete(fixture, target, fie
     assert [t for t, _ in res.pairs()] == res.tokens[1:-1]
 
 
+@pytest.mark.parametrize("fixture,cut", [("tiny_vlm", True), ("tiny_siglip", False)])
+def test_token_attribution_cut_after_end_token_equals_full_context(fixture, cut, request, monkeypatch):
+    """The fast path (padding cut off, causal CLIP tower) gives the full-context scores; a tower whose
+    pooled feature sees the padding (SigLIP here: no causal mask, pooled at the last position) is not cut."""
+    from bayesvlm_explain.explain import tokens as tokens_module
+
+    vlm = request.getfixturevalue(fixture)
+    image = random_images(vlm, 1)
+    prompt = "a photo of a striped cat"
+    fast = TokenAttribution(vlm).attribute(vlm.encode_images(image), prompt, n_steps=16)
+    n_tokens, context = len(fast.tokens), vlm.tokenize([prompt]).shape[1]
+    assert fast.positions == (n_tokens if cut else context) and n_tokens < context
+    monkeypatch.setattr(tokens_module, "_cut_ends", lambda *args: None)  # the full-context path
+    full = TokenAttribution(vlm).attribute(image, prompt, n_steps=16)
+    assert full.positions == context and full.tokens == fast.tokens
+    torch.testing.assert_close(fast.scores, full.scores, rtol=1e-4, atol=1e-6 * float(full.scores.abs().max()))
+    assert fast.target_value == full.target_value
+    assert fast.baseline_value == pytest.approx(full.baseline_value, rel=1e-6)
+
+
 def test_token_attribution_validation(tiny_vlm):
     with pytest.raises(ValueError, match="unknown target 'entropy'"):
         TokenAttribution(tiny_vlm, target="entropy")

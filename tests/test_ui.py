@@ -232,7 +232,7 @@ def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, ca
             client.predict(img, "a cat", 0.5, api_name="/predict")
         _, _, cmp = client.predict(img, "a {}", "the {}", "", "", "cat\ndog", api_name="/compare")
         assert [len(s["prompts"]) for s in cmp["sets"]] == [2, 2]
-        summary, figure, tokens, exp = client.predict(img, "a cat\na dog", "a dog", "total predictive entropy",
+        summary, figure, tokens, exp, _ = client.predict(img, "a cat\na dog", "a dog", "total predictive entropy",
                                                       "saliency", 4, api_name="/explain")
         assert exp["prompt"] == "a dog" and exp["target"] == "entropy" and "a dog" in summary and "bx-tok" in tokens
         table, csv_file, json_file = client.predict([img, handle_file(png("b.png", (200, 0, 0)))], "a cat\na dog",

@@ -21,8 +21,10 @@ def build(model: nn.Module, tower: Any) -> TextTower:
         """Pooled features [N, p_t] (``CLIP.encode_text`` without the projection)."""
         cast = tower.transformer.get_cast_dtype()
         x = (tower.token_embedding(text) if token_embeddings is None else token_embeddings).to(cast)
-        x = x + tower.positional_embedding.to(cast)
-        x = tower.ln_final(tower.transformer(x, attn_mask=tower.attn_mask))
+        seq_len = text.shape[1]  # shorter than the context when a caller cut the padding off (token attribution)
+        mask = tower.attn_mask if tower.attn_mask is None else tower.attn_mask[:seq_len, :seq_len]
+        x = x + tower.positional_embedding[:seq_len].to(cast)
+        x = tower.ln_final(tower.transformer(x, attn_mask=mask))
         return text_global_pool(x, text, tower.text_pool_type, eos_token_id=getattr(tower, "text_eos_id", None))
 
     return TextTower(linear_projection(tower, "text_projection", "text_projection", pre), tower.token_embedding,

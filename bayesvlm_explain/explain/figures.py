@@ -204,6 +204,69 @@ def attribution_panels_figure(image: Any, attributions: Any, *, patch_size: int 
     return fig
 
 
+def crop_box(size: tuple[int, int], transform: Any) -> tuple[float, float, float, float]:
+    """The box ``(left, top, right, bottom)``, in pixels of an image of ``size = (W, H)``, that the model's
+    preprocessing turns into its input.
+
+    Understands torchvision's ``Resize`` (an int: the shorter side, or ``(h, w)``) followed by ``CenterCrop``
+    (open_clip's evaluation transform); anything else is taken to use the whole image.
+    """
+    w, h = float(size[0]), float(size[1])
+    scale_w = scale_h = 1.0  # input pixels per image pixel
+    box = (0.0, 0.0, w, h)
+    for t in getattr(transform, "transforms", []):
+        name, target = type(t).__name__, getattr(t, "size", None)
+        if name == "Resize" and target is not None:
+            if isinstance(target, int) or len(target) == 1:
+                side = target if isinstance(target, int) else target[0]
+                scale_w = scale_h = side / min(w, h)
+            else:
+                scale_h, scale_w = target[0] / h, target[1] / w
+        elif name == "CenterCrop" and target is not None:
+            ch, cw = (target, target) if isinstance(target, int) else (target[0], target[-1])
+            bw, bh = cw / scale_w, ch / scale_h
+            box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
+    return box
+
+
+def attribution_overlay_image(image: Any, attributions: Any, *, patch_size: int | tuple[int, int] | None = None,
+                              transform: Any = None, alpha: float = 0.7) -> Any:
+    """The attribution heatmap blended into the image at the image's own resolution (a PIL RGB image).
+
+    Args:
+        image: the PIL image as uploaded (before preprocessing).
+        attributions: [3, h, w] or [h, w] per input pixel of the model (after preprocessing).
+        patch_size: sum over the tower's patches first (a smoother map); None: per pixel.
+        transform: the model's preprocessing (:func:`crop_box` places the map over the part the model saw;
+            the rest of the image is dimmed).
+        alpha: opacity of the strongest colour; each pixel's opacity grows with ``|attribution|`` on a scale
+            symmetric about 0 (red raises the quantity, blue lowers it).
+    """
+    from PIL import Image
+
+    rgb = image.convert("RGB")
+    att = _np(attributions)
+    if att.ndim == 3:
+        att = att.sum(0)
+    if patch_size is not None:
+        att = _np(patch_sum(torch.as_tensor(att)[None], patch_size)[0])
+    vmax = float(np.quantile(np.abs(att), 0.99)) or float(np.abs(att).max()) or 1.0
+    left, top, right, bottom = crop_box(rgb.size, transform)
+    box = (round(left), round(top), round(right), round(bottom))
+    size = (max(1, box[2] - box[0]), max(1, box[3] - box[1]))
+    grid = Image.fromarray(np.clip(att / vmax, -1.0, 1.0).astype(np.float32))  # mode "F"
+    heat = np.asarray(grid.resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+    colours = matplotlib.colormaps[DIVERGING](0.5 + 0.5 * heat)[..., :3]
+    base = np.asarray(rgb, dtype=np.float64) / 255.0
+    out = base * 0.45  # outside the model's crop: dimmed
+    x0, y0 = max(0, box[0]), max(0, box[1])
+    x1, y1 = min(rgb.size[0], box[2]), min(rgb.size[1], box[3])
+    part = base[y0:y1, x0:x1]
+    a = (alpha * np.abs(heat))[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0], None]
+    out[y0:y1, x0:x1] = (1 - a) * part + a * colours[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0]]
+    return Image.fromarray(np.round(np.clip(out, 0, 1) * 255).astype(np.uint8))
+
+
 # -- token strip -------------------------------------------------------------------------------------------
 def token_scores_figure(result: TokenAttributionResult | None = None, *, tokens: Sequence[str] | None = None,
                         scores: Any = None, special: Sequence[bool] | None = None,
@@ -235,7 +298,7 @@ def token_scores_figure(result: TokenAttributionResult | None = None, *, tokens:
                                linewidth=0.5))
         ax.text(x0 + wd / 2, 0.5, tok, ha="center", va="center", fontsize=10,
                 style="italic" if sp else "normal", color="#777777" if sp else "black")
-        ax.text(x0 + wd / 2, -0.05, f"{v:+.2g}", ha="center", va="top", fontsize=7, color="#444444")
+        ax.text(x0 + wd / 2, -0.05, f"{v:+.2g}", ha="center", va="top", fontsize=8, color="#444444")
     ax.set_xlim(0, total)
     ax.set_ylim(-0.35, 1.0)
     ax.axis("off")
@@ -280,8 +343,10 @@ def prompt_comparison_figure(pred: Prediction, image_index: int = 0, *,
 
 __all__ = [
     "attribution_overlay_figure",
+    "attribution_overlay_image",
     "attribution_panels_figure",
     "class_uncertainty_figure",
+    "crop_box",
     "decomposition_figure",
     "prompt_comparison_figure",
     "token_scores_figure",
