@@ -8,8 +8,9 @@
   capped by :meth:`StudioBlocks.launch`;
 * zip uploads (Calibrate, Select) are checked and extracted by :mod:`.archives` into a temporary folder
   that is removed after the run;
-* at most 2 light requests (predict, compare, batch) and 1 attribution or zip run at once; ``max_queue`` wait,
-  and one browser session (or API client) may have at most ``per_client`` requests waiting or running;
+* at most 2 light requests (predict, compare, batch) and 1 heavy one (explain, calibrate, select) run at once;
+  how many may wait or run per lane, per connection address and per browser session is decided by
+  :mod:`.admission` before a request enters gradio's queue (gradio's own queue-size check is off);
 * user errors come back as messages (no traceback in the server log, no server path in the text).
 """
 
@@ -28,6 +29,7 @@ from ..evaluation.calibrate import PSEUDO_COUNTS
 from ..inputs import InputError
 from ..posterior import PosteriorError
 from ..yardstick import Yardstick, YardstickError
+from .admission import Admission, AdmissionMiddleware, Limits, release_request
 from .tabs import TABS
 from .tabs.base import ScaleViews, StudioContext
 from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard, open_upload
@@ -73,13 +75,33 @@ CSS = """
 """
 
 class StudioBlocks(gr.Blocks):
-    """``gr.Blocks`` whose :meth:`launch` caps uploads at :data:`~.uploads.MAX_UPLOAD_BYTES` and adds the
-    studio's style sheet by default."""
+    """``gr.Blocks`` whose :meth:`launch` caps uploads at :data:`~.uploads.MAX_UPLOAD_BYTES`, adds the
+    studio's style sheet by default and puts :attr:`admission` (:mod:`.admission`) in front of the app."""
+
+    def __init__(self, *args: Any, admission: Admission | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admission = admission or Admission()
 
     def launch(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - same as gr.Blocks.launch
+        from starlette.middleware import Middleware
+
         kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
         kwargs.setdefault("css", CSS)
+        app_kwargs = dict(kwargs.get("app_kwargs") or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
+                                    Middleware(AdmissionMiddleware, admission=self.admission)]
+        kwargs["app_kwargs"] = app_kwargs
         return super().launch(*args, **kwargs)
+
+    async def process_api(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """gradio's processing of one queued job; the job's admission slot is freed when it ends, also when
+        gradio fails before our function runs (a bad file reference, a wrong number of inputs)."""
+        try:
+            return await super().process_api(*args, **kwargs)
+        finally:
+            request = kwargs.get("request", args[3] if len(args) > 3 else None)
+            for one in request if isinstance(request, list) else [request]:
+                release_request(one)
 
 
 def studio_extras(vlm: BayesVLM) -> tuple[Yardstick | None, list[str] | None, str]:
@@ -101,23 +123,6 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _pending(blocks: gr.Blocks, session: str | None) -> int | None:
-    """Requests of one session waiting in or running on the queue, or ``None`` when this gradio keeps its
-    queue in another shape.
-
-    Gradio has no public per-session count, so this reads its queue's state (``event_queue_per_concurrency_id``
-    and ``active_jobs``, gradio 5-6); the real-launch test in ``tests/test_ui.py`` fails if that changes.
-    """
-    try:
-        queue = blocks._queue
-        waiting = sum(ev.session_hash == session for q in queue.event_queue_per_concurrency_id.values()
-                      for ev in q.queue)
-        running = sum(ev.session_hash == session for jobs in queue.active_jobs if jobs for ev in jobs)
-    except (AttributeError, TypeError):
-        return None
-    return waiting + running
 
 
 def _json_and_note(api_name: str, note: str) -> gr.JSON:
@@ -154,23 +159,20 @@ def _guard(fn: Any, uploads: Any) -> Any:
     return run
 
 
-def _wiring(app: gr.Blocks, per_client: int) -> Any:
-    """The ``wire`` of :class:`~.tabs.base.StudioContext` for ``app``."""
+LANE_OF = {"light": "light", "attribution": "heavy"}
+"""Admission lane (:mod:`.admission`) of each gradio concurrency id."""
 
-    def per_client_limit(request: gr.Request, *inputs: Any) -> list[Any]:
-        """Refuse, at queue join, a session that already has ``per_client`` requests waiting or running
-        (where the queue's state cannot be read, only the overall ``max_queue`` applies)."""
-        pending = _pending(app, request.session_hash)
-        ok = pending is None or pending < per_client
-        message = "" if ok else f"you already have {per_client} requests waiting; wait for them to finish"
-        return [gr.validate(ok, message)] + [gr.validate(True, "")] * (len(inputs) - 1)
+
+def _wiring(admission: Admission) -> Any:
+    """The ``wire`` of :class:`~.tabs.base.StudioContext`: each endpoint registered with ``admission``."""
 
     def wire(button: gr.Button, fn: Any, inputs: list[Any], outputs: list[Any], name: str, uploads: Any,
              concurrency: str, limit: int) -> None:
-        button.click(lambda: [None] * len(outputs), None, outputs, queue=False, api_visibility="private",
-                     show_progress="hidden").then(
+        dep = button.click(lambda: [None] * len(outputs), None, outputs, queue=False, api_visibility="private",
+                           show_progress="hidden").then(
             _guard(fn, uploads), inputs, outputs, api_name=name, concurrency_id=concurrency,
-            concurrency_limit=limit, validator=per_client_limit)
+            concurrency_limit=limit)
+        admission.register(dep["id"], name, LANE_OF[concurrency])
     return wire
 
 
@@ -248,7 +250,8 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
         ys_note = f"Yardstick: {yardstick.reference}."
     labels = labels or auto_labels
     default_prompts = examples[0][1] if examples else "a photo of a cat\na photo of a dog\na photo of a car"
-    with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(600, 3600)) as app:
+    with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(600, 3600),
+                      admission=Admission(Limits.studio(max_queue, per_client))) as app:
         with gr.Row():
             with gr.Column(scale=4):
                 _header(vlm, labels, ys_note)
@@ -261,13 +264,12 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
                                                 getattr(getattr(vlm, "assets", None), "outside_examples", None))
             with gr.Column(scale=3, min_width=320):
                 ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
-                                    Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app, per_client),
+                                    Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app.admission),
                                     _json_and_note, views, scale)
                 with gr.Tabs(elem_id="tabs", overflow_behavior="wrap"):  # every tab visible on a phone
                     for title, tab_id, module in TABS:
                         with gr.Tab(title, id=tab_id):
                             module.page(ctx)
-    app.queue(max_size=max_queue, default_concurrency_limit=2)
-    if _pending(app, None) is None:
-        log.warning("gradio %s keeps its queue in an unknown shape: the per-client limit is off", gr.__version__)
+    # admission (ours, atomic) bounds the queue; direct /run calls would skip it, so they are closed
+    app.queue(max_size=None, default_concurrency_limit=2, api_open=False)
     return app

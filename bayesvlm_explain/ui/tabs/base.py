@@ -75,7 +75,8 @@ class StudioContext:
         default_prompts: the prompts shown first (one per line).
         downloads: folder for CSV/JSON downloads (files older than 10 minutes are removed).
         connect: ``connect(button, fn, inputs, outputs, api_name, uploads, concurrency_id, limit)`` runs
-            ``fn`` on a click with cleared outputs, user errors as messages and the per-client limit.
+            ``fn`` on a click with cleared outputs, user errors as messages, admitted by
+            :mod:`..admission` in its lane.
         json_and_note: ``json_and_note(api_name, note)`` adds a tab's JSON accordion and note; returns the JSON.
         views: the model at each pseudo-count the scale control offers.
         scale: the page's posterior-scale control (``None``: every request at the model's own scale).
