@@ -158,16 +158,19 @@ def test_summary_intervals_and_paired_differences():
 def test_cli_on_own_folders(tmp_path, capsys):
     pool = make_folder(tmp_path / "pool", per_class=3)
     test = make_folder(tmp_path / "test", per_class=2, corrupt=False)
-    rc = main(["active-learning", "--pool", str(pool), "--test", str(test), "--template", "an emoji of {}",
-               "--out", str(tmp_path / "out"), "--feature-cache", str(tmp_path / "cache"), "--k", "2",
-               "--rounds", "1", "--seeds", "0,1", "--strategies", "random,epig", "--mc-samples", "8",
-               "--steps", "3"])
+    val = make_folder(tmp_path / "val", per_class=2, corrupt=False)
+    rc = main(["active-learning", "--pool", str(pool), "--test", str(test), "--val", str(val), "--template",
+               "an emoji of {}", "--out", str(tmp_path / "out"), "--feature-cache", str(tmp_path / "cache"), "--k",
+               "2", "--rounds", "1", "--seeds", "0,1", "--strategies", "random,map_entropy", "--mc-samples", "8",
+               "--knob-grid", "0.5:3:0.01,0:4:0.02"])
     assert rc == 0
     payload = json.loads((tmp_path / "out" / "active_learning.json").read_text())
     assert len(payload["rows"]) == 2 * 2 * 2
+    assert [(r["prior_weight"], r["steps"]) for r in payload["knobs"]] == [(0.5, 3), (0.0, 4)]
+    assert payload["settings"]["steps"] in (3, 4) and payload["sanity"]["all_pool"]["labels"] == 9
     assert all({"strategy", "budget", "seed", "accuracy", "ece"} <= set(r) for r in payload["rows"])
     assert (tmp_path / "out" / "active_learning.png").stat().st_size > 0
-    assert "| epig | 2 |" in (tmp_path / "out" / "active_learning.md").read_text()
+    assert "| map_entropy | 2 |" in (tmp_path / "out" / "active_learning.md").read_text()
     assert main(["active-learning", "--pool", str(pool), "--out", str(tmp_path / "o2")]) == 2
     assert "--pool needs --test" in capsys.readouterr().err
 
@@ -182,7 +185,7 @@ def with_val(data: ActiveLearningData, vlm: bx.BayesVLM, **extra) -> ActiveLearn
 def test_knobs_are_chosen_on_validation_never_on_test(setup):
     vlm, data = setup
     data = with_val(data, vlm)
-    config = ActiveLearningConfig(knob_grid=parse_knob_grid("0:40:0.05, 1e6:5:0.01"), knob_budget=8,
+    config = ActiveLearningConfig(knob_grid=parse_knob_grid("0:40:0.05, 1e6:5:0.01"), knob_budgets=(4, 8),
                                   knob_seeds=(0, 1))
     best, table = choose_knobs(vlm, data, config)
     assert [r["steps"] for r in table] == [40, 5]

@@ -146,6 +146,31 @@ def pool_records(records: list[Any], styles: Sequence[str], held_out: dict[str, 
     return [r for r in records if r.style in styles and f"{r.style}/{r.key}" not in held]
 
 
+def memorisation_control(vlm: Any, data: ActiveLearningData, knobs: tuple[float, int, float],
+                         draws: int = 2) -> dict[str, float]:
+    """What the learner gains from labels of the *very drawings* it is tested on versus other drawings of the
+    same classes: fit on the first augmented draw of the validation drawings (labelled), then MAP accuracy
+    on their other draws (``same_drawings``, the leaky design the splits rule out) and on the test drawings
+    (``other_drawings``); ``zero_shot_*`` without labels. Needs ``val`` laid out as ``draws`` blocks."""
+    from bayesvlm_explain.evaluation.active_learning import fit_learner, map_accuracy
+
+    if data.val is None or data.val_labels is None:
+        raise ValueError("the memorisation control needs the validation split")
+    n = data.val_labels.numel() // draws
+    first, rest = torch.arange(n), torch.arange(n, data.val_labels.numel())
+
+    def rows(x: Features, idx: torch.Tensor) -> Features:
+        return Features(x.activations[idx], x.embeddings[idx])
+
+    delta = fit_learner(vlm, rows(data.val, first), data.val_labels[first], data.txt, knobs, update=False).delta
+    zero = torch.zeros_like(delta)
+    return {"labels": n,
+            "same_drawings": map_accuracy(vlm, delta, rows(data.val, rest), data.val_labels[rest], data.txt),
+            "zero_shot_same_drawings": map_accuracy(vlm, zero, rows(data.val, rest), data.val_labels[rest], data.txt),
+            "other_drawings": map_accuracy(vlm, delta, data.test, data.test_labels, data.txt),
+            "zero_shot_other_drawings": map_accuracy(vlm, zero, data.test, data.test_labels, data.txt)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Choose the learner's knobs on validation, run the sanity checks, then every strategy and seed on the
     emoji data; write ``active_learning.json``, ``.md`` and ``.png``.
@@ -173,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       pool_styles=own.pool_styles.split(",") if own.pool_styles else None)
     payload = run_active_learning(vlm, data, config_from_arguments(args), progress=lambda line: print(line, flush=True))
     payload["settings"].update(model=vlm.name, target_style=" + ".join(targets))
+    st = payload["settings"]
+    payload["memorisation_control"] = control = memorisation_control(vlm, data, (st["prior_weight"], st["steps"],
+                                                                                 st["lr"]))
+    print(f"memorisation control ({control['labels']} labels of validation drawings, MAP accuracy): other draws "
+          f"of the same drawings {control['zero_shot_same_drawings']:.3f} -> {control['same_drawings']:.3f}; "
+          f"the test drawings {control['zero_shot_other_drawings']:.3f} -> {control['other_drawings']:.3f}")
     path = write_results(payload, own.out)
     print(summary_markdown(payload))
     print(f"written to {path}")

@@ -133,8 +133,9 @@ class ActiveLearningConfig:
     score the pool. The learner: ``steps`` full-batch Adam steps of learning rate ``lr`` from the original
     weights, with the posterior as a prior tempered by ``prior_weight`` (1: the exact Bayesian update; 0:
     plain fine-tuning). With a ``knob_grid`` of ``(prior_weight, steps, lr)`` and validation data, the
-    learner's knobs are the grid's best validation accuracy after random ``knob_budget`` labels
-    (``knob_seeds`` draws) instead. ``sanity`` runs :func:`learner_sanity` at ``sanity_budget`` labels.
+    learner's knobs are the grid's best mean validation accuracy after random labels, over the budgets
+    ``knob_budgets`` and the draws ``knob_seeds``, instead. ``sanity`` runs :func:`learner_sanity` at
+    ``sanity_budget`` labels.
     """
 
     k: int = 10
@@ -149,7 +150,7 @@ class ActiveLearningConfig:
     prior_weight: float = 1e-3
     ece_bins: int = 20
     knob_grid: Sequence[KnobSetting] = ()
-    knob_budget: int = 50
+    knob_budgets: Sequence[int] = (20, 50, 100)
     knob_seeds: Sequence[int] = (100, 101, 102)
     sanity: bool = True
     sanity_budget: int = 50
@@ -297,12 +298,13 @@ def _random_subset(index: torch.Tensor, size: int, generator: torch.Generator) -
 def choose_knobs(vlm: BayesVLM, data: ActiveLearningData, config: ActiveLearningConfig
                  ) -> tuple[KnobSetting, list[dict[str, Any]]]:
     """The grid setting with the best mean **validation** accuracy (deterministic prediction) after random
-    ``knob_budget`` pool labels, the same draws for every setting; and the table of all settings."""
+    pool labels (every budget of ``knob_budgets`` × every seed of ``knob_seeds``, the same draws for every
+    setting); and the table of all settings."""
     if data.val is None or data.val_labels is None:
         raise ValueError("choosing the learner's knobs needs a validation split of the target domain (data.val)")
     everything = torch.arange(data.pool_labels.numel())
-    supports = [_random_subset(everything, config.knob_budget, torch.Generator().manual_seed(s))
-                for s in config.knob_seeds]
+    supports = [_random_subset(everything, b, torch.Generator().manual_seed(s))
+                for b in config.knob_budgets for s in config.knob_seeds]
     table = []
     for knobs in config.knob_grid:
         accs = [map_accuracy(vlm, fit_learner(vlm, _rows(data.pool, idx), data.pool_labels[idx], data.txt, knobs,
