@@ -193,7 +193,8 @@ def cmd_active_learning(args: argparse.Namespace) -> int:
         if not args.test:
             raise EvaluationError("--pool needs --test (labelled images of the target domain)")
         names = read_classnames(args.classnames) if args.classnames else None
-        data = folder_active_learning_data(vlm, args.pool, args.test, target=args.target, classnames=names,
+        data = folder_active_learning_data(vlm, args.pool, args.test, target=args.target, val=args.val,
+                                           classnames=names,
                                            template=args.template, cache_dir=feature_cache)
         payload = run_active_learning(vlm, data, config_from_arguments(args),
                                       progress=lambda line: print(line, flush=True))
@@ -282,26 +283,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("active-learning",
-                       help="choose labels by random/entropy/BALD/EPIG, adapt the image projection, score a target")
+                       help="choose labels by random/MAP entropy/entropy/BALD/EPIG/targeted, adapt the image "
+                            "projection, score a target")
     _add_model_args(p)
     p.add_argument("--out", default="assets/active_learning", help="folder for active_learning.json/.md/.png")
     p.add_argument("--pool", default=None, help="own data: labelled pool (image folder / labels CSV / shards)")
     p.add_argument("--test", default=None, help="own data: labelled test images of the target domain")
-    p.add_argument("--target", default=None, help="own data: unlabelled EPIG targets (default: the test images)")
+    p.add_argument("--val", default=None,
+                   help="own data: labelled validation images of the target domain (for --knob-grid)")
+    p.add_argument("--target", default=None,
+                   help="own data: unlabelled targets for EPIG / targeted (default: --val, else the test images)")
     p.add_argument("--classnames", default=None, help="own data: text file, one class name per line")
     p.add_argument("--template", default="a photo of a {}.", help="own data: prompt template with one {}")
     p.add_argument("--feature-cache", default=None, help="feature cache (default ~/.cache/bayesvlm_explain/features)")
     p.add_argument("--k", type=int, default=10, help="labels chosen per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--strategies", default="random,entropy,bald,epig")
+    p.add_argument("--strategies", default="random,map_entropy,entropy,bald,epig",
+                   help="comma-separated, some of random, map_entropy (the paper's Entropy: MAP softmax), entropy "
+                        "(posterior predictive), bald, epig, targeted_map_entropy")
     p.add_argument("--pool-fraction", type=float, default=0.5, help="share of the pool drawn per seed")
     p.add_argument("--num-targets", type=int, default=64, help="EPIG target inputs drawn per seed")
     p.add_argument("--mc-samples", type=int, default=64, help="joint posterior draws per scoring")
-    p.add_argument("--steps", type=int, default=30, help="Adam steps of the adaptation")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--prior-weight", type=float, default=0.1,
-                   help="weight of the posterior as prior in the adaptation (1: exact Bayesian update)")
+    p.add_argument("--steps", type=int, default=300, help="learner: Adam steps of the adaptation")
+    p.add_argument("--lr", type=float, default=1e-2, help="learner: Adam learning rate")
+    p.add_argument("--prior-weight", type=float, default=1e-3,
+                   help="learner: weight of the posterior as prior in the adaptation (1: exact Bayesian update, "
+                        "0: plain fine-tuning)")
+    p.add_argument("--knob-grid", default=None,
+                   help="learner settings prior_weight:steps:lr, comma-separated, to choose from on a validation "
+                        "split (needs one; the library's run_active_learning with ActiveLearningData.val)")
+    p.add_argument("--no-sanity", action="store_true",
+                   help="skip the learner's sanity runs (support-set fit, ceilings) before the strategies")
     p.set_defaults(func=cmd_active_learning)
     return parser
 

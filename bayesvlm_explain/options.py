@@ -120,12 +120,17 @@ class StrategyKind(_Option):
 
     RANDOM = "random"
     """Uniformly at random (the baseline)."""
+    MAP_ENTROPY = "map_entropy"
+    """The highest entropy of the MAP (deterministic) softmax: the paper's "Entropy" baseline."""
     ENTROPY = "entropy"
-    """The highest predictive entropy."""
+    """The highest posterior predictive entropy (Monte Carlo over posterior draws)."""
     BALD = "bald"
     """The highest mutual information between label and weights."""
     EPIG = "epig"
     """The highest expected information gained about the labels of the target inputs."""
+    TARGETED_MAP_ENTROPY = "targeted_map_entropy"
+    """The paper's "Entropy (targeted)": the target inputs with the highest MAP entropy, each mapped to its
+    nearest unlabelled pool input."""
 
 
 class RankByKind(_Option):
@@ -167,7 +172,7 @@ MomentTarget = Literal["mean", "image_variance", "text_variance", "variance"]
 EntropyTarget = Literal["entropy", "aleatoric", "epistemic"]
 PixelMethod = Literal["integrated_gradients", "saliency", "smoothgrad", "occlusion"]
 Objective = Literal["nll", "ece"]
-Strategy = Literal["random", "entropy", "bald", "epig"]
+Strategy = Literal["random", "map_entropy", "entropy", "bald", "epig", "targeted_map_entropy"]
 RankBy = Literal["epistemic_drop", "entropy_drop", "variance"]
 
 

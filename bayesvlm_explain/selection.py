@@ -5,12 +5,16 @@ Every function takes class probabilities under S posterior samples, ``probs`` [S
 across images). Entropies are in nats and use ``xlogy`` (``0 log 0 = 0``, no NaN when a probability
 underflows, unlike the reference's B9).
 
-* :func:`predictive_entropy` ``H[E_s p_s(y|x)]``: total uncertainty.
+* :func:`map_entropy` ``H[p(y|x, W*)]``: the entropy of the deterministic (MAP) prediction, [N, C] -> [N];
+  the paper's "Entropy" baseline (method.md §6), blind to the posterior.
+* :func:`predictive_entropy` ``H[E_s p_s(y|x)]``: total uncertainty under the posterior.
 * :func:`bald` ``H[E_s p_s] − E_s H[p_s]``: the mutual information between the label and the weights.
 * :func:`epig` ``E_{x*} I(y; y* | x, x*)``: expected information gained about the labels of target inputs
   ``x*`` (Bickford Smith et al., 2023), with the joint ``p(y, y*) = E_s p_s(y|x) p_s(y*|x*)`` taken over
   the *same* draws for pool and targets. The reference drew pool and target logits independently (B4),
   which makes every EPIG ≈ 0 up to Monte Carlo bias; here sharing the draws is part of the contract.
+* :func:`targeted_picks`: the paper's targeted strategies: the best-scored *target* inputs, each mapped to
+  its nearest still unlabelled pool input (cosine of the embeddings).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ if TYPE_CHECKING:
     from .model import BayesVLM
 
 
+SCORES: tuple[str, ...] = ("map_entropy", "entropy", "bald", "epig")
+"""The pool scores :func:`pool_scores` computes."""
+
+
 def _check_draws(probs: torch.Tensor, name: str) -> None:
     if probs.ndim != 3:
         raise ValueError(f"{name} must be [S, N, C] class probabilities under posterior draws, "
@@ -41,6 +49,13 @@ def class_probabilities(logits: torch.Tensor, likelihood: Likelihood = "infonce"
     The one logits-to-class-probabilities map of ``evaluate`` (BALD), active learning and the studio's
     Select tab; ``likelihood`` is the model's (``vlm.adapter.likelihood``)."""
     return link_probabilities(logits, class_link(likelihood))
+
+
+def map_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of the MAP class probabilities, [N, C] -> [N] (nats)."""
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be [N, C] MAP class probabilities, got {tuple(probs.shape)}")
+    return categorical_entropy(probs)
 
 
 def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -98,22 +113,73 @@ def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> 
     return torch.sort(masked, descending=True, stable=True).indices[:k]
 
 
-def pool_scores(vlm: BayesVLM, pool: Any, txt: Any, num_samples: int, generator: torch.Generator,
-                target: Any = None) -> dict[str, torch.Tensor]:
-    """``entropy``, ``bald`` and ``epig`` [N] (nats) of the pool's image features under ``vlm``'s posterior.
+def targeted_picks(target_scores: torch.Tensor, target_embeddings: torch.Tensor, pool_embeddings: torch.Tensor,
+                   k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``k`` distinct pool indices: the targets in decreasing score, each mapped to its nearest available pool
+    input (highest cosine of the embeddings; a pool input already taken or in ``exclude`` is skipped).
 
-    Pool and EPIG targets (default: the pool) are drawn jointly: one ``vlm.sample_logits_features`` call
-    on their concatenated :class:`~bayesvlm_explain.adapters.Features` with ``num_samples`` draws, so
-    draw ``s`` of every image uses the same weight sample; probabilities use the model's own link
+    Args:
+        target_scores: [M] scores of the target inputs (higher = more useful to cover).
+        target_embeddings: [M, D]; pool_embeddings: [N, D].
+        k: how many pool inputs to return (at most the number available; targets are reused in score
+            order when there are fewer than ``k``).
+    """
+    if target_scores.ndim != 1 or target_embeddings.shape[0] != target_scores.shape[0]:
+        raise ValueError(f"target_scores [M] and target_embeddings [M, D] disagree: {tuple(target_scores.shape)} "
+                         f"vs {tuple(target_embeddings.shape)}")
+    n = pool_embeddings.shape[0]
+    taken = torch.zeros(n, dtype=torch.bool)
+    if exclude is not None and len(exclude):
+        taken[exclude] = True
+    if k > int((~taken).sum()):
+        raise ValueError(f"cannot select {k} of {int((~taken).sum())} available inputs")
+    cos = torch.nn.functional.normalize(target_embeddings.double(), dim=-1) @ \
+        torch.nn.functional.normalize(pool_embeddings.double(), dim=-1).T  # [M, N]
+    order = torch.sort(target_scores.double(), descending=True, stable=True).indices
+    picks: list[int] = []
+    while len(picks) < k:
+        for t in order.tolist():
+            j = int(cos[t].masked_fill(taken, -math.inf).argmax())
+            picks.append(j)
+            taken[j] = True
+            if len(picks) == k:
+                break
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def pool_scores(vlm: BayesVLM, pool: Any, txt: Any, num_samples: int, generator: torch.Generator,
+                target: Any = None, which: tuple[str, ...] = SCORES) -> dict[str, torch.Tensor]:
+    """The scores ``which`` (some of :data:`SCORES`: ``map_entropy``, ``entropy``, ``bald``, ``epig``), each [N]
+    in nats, of the pool's image features under ``vlm`` and its posterior.
+
+    ``map_entropy`` uses the deterministic (MAP) prediction, no draws. The others use ``num_samples``
+    posterior draws; with ``epig``, pool and EPIG targets (default: the pool) are drawn jointly: one
+    ``vlm.sample_logits_features`` call on their concatenated :class:`~bayesvlm_explain.adapters.Features`,
+    so draw ``s`` of every image uses the same weight sample. Probabilities use the model's own link
     (:func:`class_probabilities`). ``txt``: the prompt features.
     """
     from .adapters import Features
 
-    target = pool if target is None else target
+    unknown = [w for w in which if w not in SCORES]
+    if unknown:
+        raise ValueError(f"unknown scores {unknown}; expected some of {SCORES}")
+    out: dict[str, torch.Tensor] = {}
+    if "map_entropy" in which:
+        out["map_entropy"] = map_entropy(class_probabilities(vlm.map_logits(pool, txt), vlm.adapter.likelihood))
+    if not {"entropy", "bald", "epig"} & set(which):
+        return out
     n = int(pool.embeddings.shape[0])
-    both = Features(torch.cat([pool.activations, target.activations]),
-                    torch.cat([pool.embeddings, target.embeddings]))
+    both = pool
+    if "epig" in which:
+        target = pool if target is None else target
+        both = Features(torch.cat([pool.activations, target.activations]),
+                        torch.cat([pool.embeddings, target.embeddings]))
     probs = class_probabilities(vlm.sample_logits_features(both, txt, num_samples, generator),
                                 vlm.adapter.likelihood)
-    return {"entropy": predictive_entropy(probs[:, :n]), "bald": bald(probs[:, :n]),
-            "epig": epig(probs[:, :n], probs[:, n:])}
+    if "entropy" in which:
+        out["entropy"] = predictive_entropy(probs[:, :n])
+    if "bald" in which:
+        out["bald"] = bald(probs[:, :n])
+    if "epig" in which:
+        out["epig"] = epig(probs[:, :n], probs[:, n:])
+    return {w: out[w] for w in which}

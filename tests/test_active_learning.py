@@ -15,13 +15,19 @@ from bayesvlm_explain.adapters import Features
 from bayesvlm_explain.cli import main
 from bayesvlm_explain.estimation import output_factor_naive
 from bayesvlm_explain.evaluation.active_learning import (
+    STRATEGIES,
     ActiveLearningConfig,
     ActiveLearningData,
     acquisition_scores,
     adapt_projection,
+    choose_knobs,
     kron_quadratic,
+    learner_sanity,
+    parse_knob_grid,
     run_active_learning,
+    select_batch,
     summarise,
+    summary_markdown,
     t_quantile_975,
 )
 from bayesvlm_explain.fitting import update_posterior
@@ -115,19 +121,20 @@ def test_epig_scores_use_joint_draws(setup):
 def test_loop_rows_are_complete_deterministic_and_leave_the_model_alone(setup):
     vlm, data = setup
     post = vlm.posterior
-    config = ActiveLearningConfig(k=3, rounds=2, seeds=(0, 1), num_samples=16, steps=5, num_targets=8)
+    config = ActiveLearningConfig(k=3, rounds=2, seeds=(0, 1), num_samples=16, steps=5, num_targets=8,
+                                  strategies=STRATEGIES, sanity=False)
     payload = run_active_learning(vlm, data, config)
     rows = payload["rows"]
-    assert len(rows) == 4 * 2 * 3
+    assert len(rows) == 6 * 2 * 3
     assert {(r["strategy"], r["budget"], r["seed"]) for r in rows} == {
-        (s, b, seed) for s in ("random", "entropy", "bald", "epig") for b in (0, 3, 6) for seed in (0, 1)}
+        (s, b, seed) for s in STRATEGIES for b in (0, 3, 6) for seed in (0, 1)}
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["ece"] <= 1 and r["support_classes"] <= r["budget"]
     start = {r["accuracy"] for r in rows if r["budget"] == 0}
     assert len(start) == 1  # every run starts from the same model
     assert run_active_learning(vlm, data, config)["rows"] == rows
     assert vlm.posterior is post and post.image.num_pairs == 40
-    assert len(payload["summary"]) == 4 * 3
+    assert len(payload["summary"]) == 6 * 3 and payload["sanity"] is None
     with pytest.raises(ValueError, match="unknown strategies"):
         run_active_learning(vlm, data, ActiveLearningConfig(strategies=("coreset",)))
 
@@ -151,15 +158,126 @@ def test_summary_intervals_and_paired_differences():
 def test_cli_on_own_folders(tmp_path, capsys):
     pool = make_folder(tmp_path / "pool", per_class=3)
     test = make_folder(tmp_path / "test", per_class=2, corrupt=False)
-    rc = main(["active-learning", "--pool", str(pool), "--test", str(test), "--template", "an emoji of {}",
-               "--out", str(tmp_path / "out"), "--feature-cache", str(tmp_path / "cache"), "--k", "2",
-               "--rounds", "1", "--seeds", "0,1", "--strategies", "random,epig", "--mc-samples", "8",
-               "--steps", "3"])
+    val = make_folder(tmp_path / "val", per_class=2, corrupt=False)
+    rc = main(["active-learning", "--pool", str(pool), "--test", str(test), "--val", str(val), "--template",
+               "an emoji of {}", "--out", str(tmp_path / "out"), "--feature-cache", str(tmp_path / "cache"), "--k",
+               "2", "--rounds", "1", "--seeds", "0,1", "--strategies", "random,map_entropy", "--mc-samples", "8",
+               "--knob-grid", "0.5:3:0.01,0:4:0.02"])
     assert rc == 0
     payload = json.loads((tmp_path / "out" / "active_learning.json").read_text())
     assert len(payload["rows"]) == 2 * 2 * 2
+    assert [(r["prior_weight"], r["steps"]) for r in payload["knobs"]] == [(0.5, 3), (0.0, 4)]
+    assert payload["settings"]["steps"] in (3, 4) and payload["sanity"]["all_pool"]["labels"] == 9
     assert all({"strategy", "budget", "seed", "accuracy", "ece"} <= set(r) for r in payload["rows"])
     assert (tmp_path / "out" / "active_learning.png").stat().st_size > 0
-    assert "| epig | 2 |" in (tmp_path / "out" / "active_learning.md").read_text()
+    assert "| map_entropy | 2 |" in (tmp_path / "out" / "active_learning.md").read_text()
     assert main(["active-learning", "--pool", str(pool), "--out", str(tmp_path / "o2")]) == 2
     assert "--pool needs --test" in capsys.readouterr().err
+
+
+def with_val(data: ActiveLearningData, vlm: bx.BayesVLM, **extra) -> ActiveLearningData:
+    gen = torch.Generator().manual_seed(9)
+    return ActiveLearningData(data.pool, data.pool_labels, data.target, data.test, data.test_labels, data.txt,
+                              data.prompts, "toy with val", val=features(vlm, 12, 7),
+                              val_labels=torch.randint(0, 4, (12,), generator=gen), **extra)
+
+
+def test_knobs_are_chosen_on_validation_never_on_test(setup):
+    vlm, data = setup
+    data = with_val(data, vlm)
+    config = ActiveLearningConfig(knob_grid=parse_knob_grid("0:40:0.05, 1e6:5:0.01"), knob_budgets=(4, 8),
+                                  knob_seeds=(0, 1))
+    best, table = choose_knobs(vlm, data, config)
+    assert [r["steps"] for r in table] == [40, 5]
+    assert best == max(((r["prior_weight"], r["steps"], r["lr"]) for r in table),
+                       key=lambda k: next(r["val_map_accuracy"] for r in table if r["steps"] == k[1]))
+    shuffled = ActiveLearningData(data.pool, data.pool_labels, data.target, data.test, data.test_labels.flip(0),
+                                  data.txt, data.prompts, val=data.val, val_labels=data.val_labels)
+    assert choose_knobs(vlm, shuffled, config) == (best, table)  # test labels play no part
+    relabelled = ActiveLearningData(data.pool, data.pool_labels, data.target, data.test, data.test_labels,
+                                    data.txt, data.prompts, val=data.val, val_labels=(data.val_labels + 1) % 4)
+    assert choose_knobs(vlm, relabelled, config)[1] != table  # validation labels do
+    with pytest.raises(ValueError, match="validation split"):
+        choose_knobs(vlm, setup[1], config)
+    with pytest.raises(ValueError, match="prior_weight:steps:lr"):
+        parse_knob_grid("0.1:30")
+
+
+def test_sanity_reports_support_fit_and_ceilings(setup):
+    vlm, data = setup
+    in_target = torch.arange(40) % 2 == 0
+    data = with_val(data, vlm, pool_in_target=in_target)
+    config = ActiveLearningConfig(prior_weight=0.0, steps=150, lr=0.05, sanity_budget=8)
+    sanity = learner_sanity(vlm, data, config, seeds=(0, 1))
+    assert sanity["random_pool"]["support_fit"] == 1.0  # 8 labels, plain fine-tuning: memorised
+    assert sanity["checks"]["support_fit_at_least_0.9"]
+    assert sanity["all_pool"]["labels"] == 40 and sanity["all_target"]["labels"] == 20
+    assert sanity["random_target"]["labels"] == 8
+    zero = float((vlm.map_logits(data.test, data.txt).argmax(-1) == data.test_labels).double().mean())
+    assert sanity["zero_shot"]["map_accuracy"] == pytest.approx(zero)
+    text = summary_markdown({"summary": [], "sanity": sanity, "knobs": []})
+    assert "support-set accuracy 1.000" in text and "all pool" in text and "check" in text
+
+
+def test_split_hygiene_is_checked(setup):
+    vlm, data = setup
+    groups = [f"pool/{i}" for i in range(40)]
+    test_groups = [f"test/{i}" for i in range(16)]
+    ok = with_val(data, vlm, pool_groups=groups, test_groups=test_groups)
+    assert ok.pool_groups == groups
+    with pytest.raises(ValueError, match="split leak: 1 test images are also in the pool"):
+        with_val(data, vlm, pool_groups=groups, test_groups=["pool/3"] + test_groups[1:])
+    with pytest.raises(ValueError, match="split leak: 1 val images are also in the pool"):
+        with_val(data, vlm, pool_groups=groups, val_groups=["pool/3"] + [f"v/{i}" for i in range(11)])
+    with pytest.raises(ValueError, match="12 images but 11 labels"):
+        ActiveLearningData(data.pool, data.pool_labels, data.target, data.test, data.test_labels, data.txt,
+                           data.prompts, val=features(vlm, 12, 1), val_labels=torch.zeros(11).long())
+
+
+def constructed_pool(vlm: bx.BayesVLM, txt: Features) -> tuple[Features, Features]:
+    """Pool and targets whose right picks are known: pool row 2 (and target row 0) is orthogonal to every class
+    prompt (a uniform MAP prediction, the highest entropy); the other rows are a class prompt scaled (certain).
+    Pool row 4 is the nearest to target 0."""
+    d = txt.embeddings.shape[1]
+    q, _ = torch.linalg.qr(torch.cat([txt.embeddings.T, torch.eye(d, dtype=torch.float64)], 1))
+    ortho = q[:, txt.embeddings.shape[0]]  # orthogonal to the span of the class embeddings
+    emb = torch.stack([3 * txt.embeddings[0], 3 * txt.embeddings[1], ortho, 3 * txt.embeddings[2],
+                       ortho + 0.02 * txt.embeddings[3], 3 * txt.embeddings[3]])
+    acts = torch.zeros(6, vlm.adapter.image.weight.shape[1], dtype=torch.float64)
+    targets = Features(torch.zeros(2, acts.shape[1], dtype=torch.float64),
+                       torch.stack([ortho + 0.01 * txt.embeddings[3], 3 * txt.embeddings[0]]))
+    return Features(acts, emb), targets
+
+
+@pytest.mark.parametrize("strategy", ["map_entropy", "entropy"])
+def test_entropy_strategies_pick_the_uniform_prediction(setup, strategy):
+    vlm, data = setup
+    pool, targets = constructed_pool(vlm, data.txt)
+    picks = select_batch(vlm, strategy, pool, targets, data.txt, 1, torch.zeros(0, dtype=torch.long), 64,
+                         torch.Generator().manual_seed(0))
+    assert picks.tolist() in ([2], [4])  # the two near-uniform rows
+    two = select_batch(vlm, strategy, pool, targets, data.txt, 2, torch.zeros(0, dtype=torch.long), 64,
+                       torch.Generator().manual_seed(0))
+    assert sorted(two.tolist()) == [2, 4]
+
+
+def test_targeted_strategy_maps_the_most_uncertain_target_to_its_nearest_pool_input(setup):
+    vlm, data = setup
+    pool, targets = constructed_pool(vlm, data.txt)
+    picks = select_batch(vlm, "targeted_map_entropy", pool, targets, data.txt, 1, torch.zeros(0, dtype=torch.long),
+                         8, torch.Generator().manual_seed(0))
+    assert picks.tolist() == [4]  # target 0 is the uncertain one; pool 4 is its nearest neighbour
+    second = select_batch(vlm, "targeted_map_entropy", pool, targets, data.txt, 2, torch.tensor([4]), 8,
+                          torch.Generator().manual_seed(0))
+    assert second.tolist() == [2, 0]  # 4 is taken: target 0 -> 2, then target 1 (class 0) -> pool 0
+
+
+def test_random_strategy_takes_every_remaining_input_once(setup):
+    vlm, data = setup
+    pool, targets = constructed_pool(vlm, data.txt)
+    picks = select_batch(vlm, "random", pool, targets, data.txt, 4, torch.tensor([1, 3]), 8,
+                         torch.Generator().manual_seed(0))
+    assert sorted(picks.tolist()) == [0, 2, 4, 5]
+    firsts = {int(select_batch(vlm, "random", pool, targets, data.txt, 1, torch.zeros(0, dtype=torch.long), 8,
+                               torch.Generator().manual_seed(s))[0]) for s in range(40)}
+    assert firsts == set(range(6))  # every input can come first

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bayesvlm_explain.selection import bald, epig, predictive_entropy, top_k
+from bayesvlm_explain.selection import bald, epig, map_entropy, predictive_entropy, targeted_picks, top_k
 
 
 def _onehots(labels: list[int], c: int) -> torch.Tensor:
@@ -70,3 +70,26 @@ def test_top_k_skips_excluded_and_breaks_ties_by_index():
     assert top_k(scores, 2, exclude=torch.tensor([3, 1])).tolist() == [2, 4]
     with pytest.raises(ValueError, match="cannot select 5 of 4"):
         top_k(scores, 5, exclude=torch.tensor([0]))
+
+
+def test_map_entropy_known_values_and_shape_check():
+    probs = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(map_entropy(probs), torch.tensor([math.log(3), 0.0, math.log(2)],
+                                                                dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        map_entropy(probs[None])
+
+
+def test_targeted_picks_map_the_best_targets_to_their_nearest_free_pool_inputs():
+    pool = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.1]], dtype=torch.float64)
+    targets = torch.tensor([[0.1, 1.0], [1.0, 0.05]], dtype=torch.float64)
+    scores = torch.tensor([0.2, 0.9])  # target 1 first
+    assert targeted_picks(scores, targets, pool, 1).tolist() == [0]
+    assert targeted_picks(scores, targets, pool, 2).tolist() == [0, 1]
+    assert targeted_picks(scores, targets, pool, 2, exclude=torch.tensor([0])).tolist() == [2, 1]
+    # more picks than targets: the targets are visited again in score order, never repeating a pool input
+    assert targeted_picks(scores, targets, pool, 4).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="cannot select 4 of 3"):
+        targeted_picks(scores, targets, pool, 4, exclude=torch.tensor([1]))
+    with pytest.raises(ValueError, match="disagree"):
+        targeted_picks(scores[:1], targets, pool, 1)

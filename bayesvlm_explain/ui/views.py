@@ -33,8 +33,9 @@ SELECT_SAMPLES = 256  # joint posterior draws for the acquisition functions
 MAX_EPIG_TARGETS = 64  # EPIG averages over at most this many targets (an evenly spaced subset)
 SELECT_SHOWN = 20  # ranked picks shown per acquisition function (the CSV has every image)
 SELECT_HEADERS = ["rank", "entropy: image", "entropy (nats)", "BALD: image", "BALD (nats)", "EPIG: image",
-                  "EPIG (nats)"]
-SELECT_CSV_HEADERS = ["image", "folder", "entropy", "bald", "epig", "rank_entropy", "rank_bald", "rank_epig"]
+                  "EPIG (nats)", "MAP entropy: image", "MAP entropy (nats)"]
+SELECT_CSV_HEADERS = ["image", "folder", "entropy", "bald", "epig", "map_entropy", "rank_entropy", "rank_bald",
+                      "rank_epig", "rank_map_entropy"]
 RECOMMENDED: Predictive = "mc"  # the predictive shown first; the deterministic one is shown beside it
 NUM_SAMPLES = 1000
 TABLE_HEADERS = ["prompt", "p (MC)", "p (det.)", "logit mean", "logit std", "image share", "text share",

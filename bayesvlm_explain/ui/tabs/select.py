@@ -1,4 +1,4 @@
-"""The Select tab: a zip of pool images ranked by entropy, BALD and EPIG."""
+"""The Select tab: a zip of pool images ranked by predictive entropy, BALD, EPIG and MAP entropy."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ NOTE = (
     "Which unlabelled images would be most useful to label next (active learning). *Entropy*: the model "
     "is unsure (for any reason). *BALD*: the uncertainty comes from not knowing the weights, so a label "
     "would teach the model something. *EPIG*: the label would reduce uncertainty about the target images "
-    "(the pool itself, or the optional target zip): picks that matter where you will use the model. All "
-    "in nats, from the same joint posterior draws. The CSV lists every image."
+    "(the pool itself, or the optional target zip): picks that matter where you will use the model. *MAP "
+    "entropy*: the entropy of the deterministic prediction, blind to the posterior (the paper's 'Entropy' "
+    "baseline). All in nats; the first three from the same joint posterior draws. The CSV lists every image."
 )
 """The tab's "what does this mean?" text."""
 
@@ -76,7 +77,7 @@ def _spaced(count: int, limit: int) -> list[int]:
 
 
 def select_archive(vlm: BayesVLM, pool: Any, prompts_text: str, targets: Any = None) -> SelectResult:
-    """The Select view: every pool image scored by predictive entropy, BALD and EPIG (nats).
+    """The Select view: every pool image scored by predictive entropy, BALD, EPIG and MAP entropy (nats).
 
     Pool and EPIG targets (the pool itself, or the images of ``targets``; at most
     :data:`MAX_EPIG_TARGETS`, evenly spaced) are scored by the library's
@@ -111,7 +112,7 @@ def select_archive(vlm: BayesVLM, pool: Any, prompts_text: str, targets: Any = N
     rows = []
     for r in range(min(SELECT_SHOWN, n)):
         row: list[Any] = [r + 1]
-        for k in ("entropy", "bald", "epig"):
+        for k in ("entropy", "bald", "epig", "map_entropy"):
             e = entries[ranks[k][r]]
             row += [e["image"], significant(e[k])]
         rows.append(row)
@@ -129,12 +130,12 @@ def select_archive(vlm: BayesVLM, pool: Any, prompts_text: str, targets: Any = N
 
 
 def select_summary(p: dict[str, Any]) -> str:
-    """Pool and target sizes, and whether the three functions agree on the first pick."""
+    """Pool and target sizes, and whether the four functions agree on the first pick."""
     firsts = {k: v[0] for k, v in p["ranking"].items()}
     text = (f"{p['images']} pool images ranked over {len(p['prompts'])} class prompts, {p['num_samples']} joint "
             f"posterior draws; EPIG targets: {p['targets']} images of {p['target_source']}.")
     if len(set(firsts.values())) == 1:
-        text += f" All three functions pick **{firsts['entropy']}** first."
+        text += f" All four functions pick **{firsts['entropy']}** first."
     else:
         text += " First picks: " + "; ".join(f"{k}: **{v}**" for k, v in firsts.items()) + "."
     if p["refused"]:
@@ -156,7 +157,7 @@ def page(ctx: StudioContext) -> None:
     sel_md = gr.Markdown(elem_id="select-summary")
     sel_table = gr.Dataframe(headers=SELECT_HEADERS, label="top picks per acquisition function",
                              interactive=False, wrap=True, max_height=1400,
-                             column_widths=[*["64px"], *["250px", "112px"] * 3])
+                             column_widths=[*["64px"], *["250px", "112px"] * 4])
     sel_csv = gr.File(label="CSV (every pool image)")
     sel_json = ctx.json_and_note("select", NOTE)
 
