@@ -517,12 +517,13 @@ def learning_curve_figure(payload: dict[str, Any]) -> Any:
             if not s:
                 continue
             budgets = [r["budget"] for r in s]
-            ax.plot(budgets, [r[metric] for r in s], marker="o", markersize=3, label=strategy)
+            color = f"C{STRATEGIES.index(strategy) % 10}"  # one colour per strategy in every panel
+            ax.plot(budgets, [r[metric] for r in s], marker="o", markersize=3, label=strategy, color=color)
             if metric.endswith("_minus_random"):
                 low, high = [r[f"{metric}_ci"][0] for r in s], [r[f"{metric}_ci"][1] for r in s]
             else:
                 low, high = [r[f"{metric}_ci_low"] for r in s], [r[f"{metric}_ci_high"] for r in s]
-            ax.fill_between(budgets, low, high, alpha=0.12)
+            ax.fill_between(budgets, low, high, alpha=0.12, color=color)
         if not metric.endswith("_minus_random"):
             key = "accuracy" if metric == "accuracy" else "map_accuracy"
             for name, style in (("zero_shot", ":"), ("all_target", "--"), ("all_pool", "-.")):
