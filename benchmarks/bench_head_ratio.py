@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
+from machine import (  # benchmarks/machine.py (run as a script: this folder is on sys.path)
+    add_output_options,
+    machine_info,
+    printed_markdown,
+    round_robin,
+)
 
 import bayesvlm_explain as bx
 from bayesvlm_explain.adapters import Features
@@ -47,11 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=21_843)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--markdown", type=Path, help="only print the docs' table from this JSON, and exit")
+    add_output_options(ap)
     args = ap.parse_args(argv)
-    if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+    if printed_markdown(args, markdown):
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -73,22 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         "plain_float32": lambda: plain(img32.embeddings, unit32, tau),
         "plain_float64": lambda: plain(img64.embeddings, unit64, tau),
     }
-    outputs: dict[str, torch.Tensor] = {}
     for variance in ("projected", "diagonal"):
         for dtype, img, txt in ((torch.float64, img64, txt64), (torch.float32, img32, txt32)):
             head = vlm.head(variance, dtype=dtype)
             terms = head.prompt_terms(txt)
             name = f"bayes_{variance}_{str(dtype).split('.')[-1]}"
             cases[name] = lambda head=head, img=img, terms=terms: bayes(head, img, terms)
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for name, fn in cases.items():
-        outputs[name] = fn()  # warm-up
-    for _ in range(args.repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    timed = round_robin(cases, args.repeats)
+    med, outputs = {k: v[0] for k, v in timed.items()}, {k: v[1] for k, v in timed.items()}
     rows = [{"case": k, "seconds": med[k], "vs_plain_float32": med[k] / med["plain_float32"],
              "vs_plain_float64": med[k] / med["plain_float64"]} for k in cases]
     errors = {}
