@@ -324,26 +324,42 @@ class PromptTerms:
     txt_cov_out: torch.Tensor  # [D, D] Σ_t
     txt_cov_in: torch.Tensor  # [p_t, p_t] Ã_txt⁻¹
     trace_term: torch.Tensor  # [] tr(Σ_i Σ_t)
+    inv_v: torch.Tensor  # [C] 1 / sqrt(E||v_c||²)
+    m_hat: torch.Tensor  # [C, D] m̂_c = μ_c / sqrt(E||v_c||²)
+    act_scaled: torch.Tensor  # [C, p_t] g̃_c / sqrt(E||v_c||²)
+    v_hat: torch.Tensor  # [C, D] v̂_c = μ_c / ||μ_c|| (projected mode; else empty)
+    inv_vn: torch.Tensor  # [C] 1 / ||μ_c|| (projected mode; else empty)
+    h_scale: torch.Tensor  # [C] ρ_c / ||μ_c|| = ||μ_c|| / E||v_c||² (projected mode; else empty)
 
 
 def prompt_terms(txt_mean: torch.Tensor, txt_act: torch.Tensor, img_cov_out: torch.Tensor,
                  txt_cov_out: torch.Tensor, txt_cov_in: torch.Tensor, *, variance: str = "projected") -> PromptTerms:
-    """:class:`PromptTerms` of C prompts (arguments as in :func:`cosine_moments`): O(C (D² + p_t²)) time."""
+    """:class:`PromptTerms` of C prompts (arguments as in :func:`cosine_moments`): O(C (D² + p_t²)) time.
+
+    Everything that depends on the prompts alone is formed here, once per label set, so that
+    :func:`image_moments` does no O(C·D) work besides its one product with the prompts' embeddings.
+    """
     mode = variance_mode(check_option("variance", variance))
     if mode == "diagonal":
         img_cov_out, txt_cov_out = torch.diag(img_cov_out.diagonal()), torch.diag(txt_cov_out.diagonal())
     t_diag = ((txt_act @ txt_cov_in) * txt_act).sum(-1)  # t_c [C]
     norm2 = txt_mean.square().sum(-1)
     txt_sq = norm2 + t_diag * txt_cov_out.diagonal().sum()  # E||v||² [C]
-    m_hat = txt_mean * txt_sq.rsqrt()[:, None]
-    v_hat = txt_mean * norm2.clamp_min(torch.finfo(txt_mean.dtype).tiny).rsqrt()[:, None]
+    inv_v = txt_sq.rsqrt()
+    m_hat = txt_mean * inv_v[:, None]
+    projected = mode == "projected"
+    empty = t_diag.new_zeros(0)
+    inv_vn = norm2.clamp_min(torch.finfo(txt_mean.dtype).tiny).rsqrt() if projected else empty
+    v_hat = txt_mean * inv_vn[:, None] if projected else txt_mean.new_zeros(0, txt_mean.shape[1])
     return PromptTerms(
         mode=mode, txt_mean=txt_mean, txt_act=txt_act, txt_sq=txt_sq,
         k_c=((m_hat @ img_cov_out) * m_hat).sum(-1),
         t_hat=t_diag / txt_sq,
-        unit_var=((v_hat @ txt_cov_out) * v_hat).sum(-1) if mode == "projected" else t_diag.new_zeros(0),
+        unit_var=((v_hat @ txt_cov_out) * v_hat).sum(-1) if projected else empty,
         img_cov_out=img_cov_out, txt_cov_out=txt_cov_out, txt_cov_in=txt_cov_in,
         trace_term=(img_cov_out * txt_cov_out).sum(),  # tr(Σ_i Σ_t), both symmetric
+        inv_v=inv_v, m_hat=m_hat, act_scaled=txt_act * inv_v[:, None], v_hat=v_hat, inv_vn=inv_vn,
+        h_scale=norm2 / txt_sq * inv_vn if projected else empty,
     )
 
 
@@ -391,19 +407,16 @@ def image_moments(img_mean: torch.Tensor, img_scale: torch.Tensor, terms: Prompt
     sig_t_mu = img_mean @ tp.txt_cov_out  # Σ_t μ_n [N, D]
     a_n = (sig_t_mu * img_mean).sum(-1)  # μ_nᵀ Σ_t μ_n [N]
     img_sq = img_mean.square().sum(-1) + img_scale * tp.img_cov_out.diagonal().sum()  # E||u||² [N]
-    inv_u, inv_v = img_sq.rsqrt(), tp.txt_sq.rsqrt()
+    inv_u, inv_v = img_sq.rsqrt(), tp.inv_v
     w_base = logit_scale**2 * inv_u.square()  # τ² / E||u_n||² [N]
     w_img = w_base * img_scale  # [N]
     w_txt = w_base * a_n  # [N]
-    m_hat = tp.txt_mean * inv_v[:, None]  # [C, D]
     projection = None
     if tp.mode == "projected":
         n = img_mean.shape[0]
         tiny = torch.finfo(img_mean.dtype).tiny
         u_norm2 = img_mean.square().sum(-1)
         inv_un = u_norm2.clamp_min(tiny).rsqrt()  # 1 / ||μ_n||
-        v_norm2 = tp.txt_mean.square().sum(-1)
-        inv_vn = v_norm2.clamp_min(tiny).rsqrt()  # 1 / ||μ_c||
         u_hat = img_mean * inv_un[:, None]
         sig_i_u = u_hat @ tp.img_cov_out  # (Σ_i û_n)ᵀ [N, D]
         gram = torch.cat([img_mean, sig_i_u, sig_t_mu]) @ tp.txt_mean.T  # [3N, C]
@@ -414,9 +427,9 @@ def image_moments(img_mean: torch.Tensor, img_scale: torch.Tensor, terms: Prompt
             alpha=inner * inv_un[:, None] * inv_v[None, :],  # ûᵀ m̂_c
             beta=sig_i_inner * inv_v[None, :],  # ûᵀ Σ_i m̂_c
             gamma=(sig_i_u * u_hat).sum(-1),
-            h=inner * (v_norm2 / tp.txt_sq * inv_vn)[None, :],  # ρ_c v̂_cᵀ μ_n
-            e=sig_t_inner * inv_vn[None, :],  # v̂_cᵀ Σ_t μ_n
-            v_hat=tp.txt_mean * inv_vn[:, None],
+            h=inner * tp.h_scale[None, :],  # ρ_c v̂_cᵀ μ_n
+            e=sig_t_inner * tp.inv_vn[None, :],  # v̂_cᵀ Σ_t μ_n
+            v_hat=tp.v_hat,
             unit_var=tp.unit_var,
             txt_cov_out=tp.txt_cov_out,
             a=a_n,
@@ -438,8 +451,8 @@ def image_moments(img_mean: torch.Tensor, img_scale: torch.Tensor, terms: Prompt
         var_interaction=tp.trace_term * w_img[:, None] * tp.t_hat[None, :],
         w_img=w_img,
         w_txt=w_txt,
-        txt_mean_scaled=m_hat,
-        txt_act_scaled=tp.txt_act * inv_v[:, None],
+        txt_mean_scaled=tp.m_hat,
+        txt_act_scaled=tp.act_scaled,
         img_cov_out=tp.img_cov_out,
         txt_cov_in=tp.txt_cov_in,
         trace_term=tp.trace_term,

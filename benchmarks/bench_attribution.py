@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
+from machine import (  # benchmarks/machine.py (run as a script: this folder is on sys.path)
+    add_output_options,
+    machine_info,
+    printed_markdown,
+    round_robin,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_WEIGHTS = ROOT / "bayesvlm_explain" / "pretrained" / "bundled" / "open_clip_model.safetensors"
@@ -101,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the unit pass (median)")
     ap.add_argument("--method-repeats", type=int, default=3, help="repeats of each method (median, after a warm-up)")
-    ap.add_argument("--explain-repeats", type=int, default=3, help="repeats of the studio's Explain view (median)")
-    ap.add_argument("--json", type=Path, help="also write the numbers here")
-    ap.add_argument("--markdown", type=Path, help="only print the docs' table from this JSON, and exit")
+    ap.add_argument("--explain-repeats", type=int, default=5,
+                    help="round-robin rounds of the Explain view and of the token cut/full comparison (median)")
+    add_output_options(ap)
     args = ap.parse_args(argv)
-    if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+    if printed_markdown(args, markdown):
         return 0
 
     torch.set_num_threads(args.threads)
@@ -169,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"IG {args.steps} steps: {ig['units']:.2f} units {verdict} the goal of <= {goal:.1f} units")
     result = {"model": vlm.name, "target": args.target, "threads": args.threads, "images": args.images,
               "unit_seconds": t_unit, "forward_seconds": t_fwd, "methods": rows,
-              "tokens": token_rows(vlm, x[:1], args.method_repeats),
-              "explain": explain_rows(vlm, args.explain_repeats)}
+              "tokens": token_rows(vlm, x[:1], args.explain_repeats),
+              "explain": explain_rows(vlm, unit, args.explain_repeats)}
     result["machine"] = machine_info()
     print(markdown(result))
     if args.json:
@@ -179,23 +183,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def token_rows(vlm: Any, image: torch.Tensor, repeats: int, steps: int = 16) -> dict[str, Any]:
-    """Token IG of one prompt with the padding cut off (the default) and on the full context, side by side."""
+    """Token IG of one prompt with the padding cut off (the default) and on the full context, round-robin."""
     from bayesvlm_explain.explain import TokenAttribution
     from bayesvlm_explain.explain import tokens as tokens_module
 
     feats = vlm.encode_images(image)
     ta = TokenAttribution(vlm)
-    full_path = lambda *args: None  # noqa: E731 - the full-context path: never cut
-    out: dict[str, Any] = {"steps": steps, "prompt": PROMPTS[0]}
-    for name in ("cut", "full"):
-        original = tokens_module._cut_ends
-        if name == "full":
-            tokens_module._cut_ends = full_path
+    cut_ends = tokens_module._cut_ends
+
+    def run(cut: bool) -> Any:
+        tokens_module._cut_ends = cut_ends if cut else (lambda *args: None)  # None: the full-context path
         try:
-            ta.attribute(feats, PROMPTS[0], n_steps=steps)
-            t, res = timed(lambda: ta.attribute(feats, PROMPTS[0], n_steps=steps), repeats)
+            return ta.attribute(feats, PROMPTS[0], n_steps=steps)
         finally:
-            tokens_module._cut_ends = original
+            tokens_module._cut_ends = cut_ends
+
+    timed_cases = round_robin({"cut": lambda: run(True), "full": lambda: run(False)}, repeats)
+    out: dict[str, Any] = {"steps": steps, "prompt": PROMPTS[0]}
+    for name, (t, res) in timed_cases.items():
         out[name] = {"seconds": t, "positions": res.positions, "scores": res.scores.tolist()}
     out["speedup"] = out["full"]["seconds"] / out["cut"]["seconds"]
     cut, full = torch.tensor(out["cut"]["scores"]), torch.tensor(out["full"]["scores"])
@@ -203,8 +208,9 @@ def token_rows(vlm: Any, image: torch.Tensor, repeats: int, steps: int = 16) -> 
     return out
 
 
-def explain_rows(vlm: Any, repeats: int) -> list[dict[str, Any]]:
-    """The studio's Explain view on one 320×240 image and the 8 prompts: IG at 8 and 32 steps, saliency."""
+def explain_rows(vlm: Any, unit: Any, repeats: int) -> list[dict[str, Any]]:
+    """The studio's Explain view on one 320×240 image and the 8 prompts (IG at 8 and 32 steps, saliency),
+    round-robin with ``unit`` (one forward+backward pass of the image target), so ratios share the load."""
     import numpy as np
     from PIL import Image
 
@@ -212,22 +218,24 @@ def explain_rows(vlm: Any, repeats: int) -> list[dict[str, Any]]:
 
     path = Path("/tmp") / f"bench_attribution_{time.time_ns()}.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(path)
-    rows = []
+    settings = {"ig_fast": ("integrated_gradients", FAST_STEPS), "ig_precise": ("integrated_gradients", PRECISE_STEPS),
+                "saliency": ("saliency", FAST_STEPS)}
+    cases: dict[str, Any] = {"unit": unit}
+    for name, (method, steps) in settings.items():
+        cases[name] = lambda method=method, steps=steps: explain_prompt(
+            vlm, str(path), "\n".join(PROMPTS), method=method, steps=steps).json
     try:
-        for method, steps in (("integrated_gradients", FAST_STEPS), ("integrated_gradients", PRECISE_STEPS),
-                              ("saliency", FAST_STEPS)):
-            def call(method: str = method, steps: int = steps) -> Any:
-                return explain_prompt(vlm, str(path), "\n".join(PROMPTS), method=method, steps=steps).json
-
-            call()  # warm-up
-            runs = [call() for _ in range(repeats)]
-            parts = {k: statistics.median(r["seconds"][k] for r in runs) for k in ("total", "pixels", "tokens")}
-            delta = runs[-1]["attribution"]["delta"]
-            rows.append({"method": method, "steps": steps, "seconds": parts,
-                         "relative_delta": None if delta is None else abs(delta) / max(
-                             abs(runs[-1]["attribution"]["sum"] - delta), 1e-30)})
+        timed_cases = round_robin(cases, repeats)
     finally:
         path.unlink(missing_ok=True)
+    t_unit = timed_cases["unit"][0]
+    rows = []
+    for name, (method, steps) in settings.items():
+        t, payload = timed_cases[name]
+        delta, total = payload["attribution"]["delta"], payload["attribution"]["sum"]
+        rows.append({"method": method, "steps": steps, "seconds": t, "unit_seconds": t_unit,
+                     "units": t / t_unit, "last_call_seconds": payload["seconds"],
+                     "relative_delta": None if delta is None else abs(delta) / max(abs(total - delta), 1e-30)})
     return rows
 
 
@@ -249,10 +257,11 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{tok['cut']['seconds']:.3f} | {tok['speedup']:.1f}x faster (scores agree to "
                      f"{tok['max_score_difference_relative']:.0e}) |")
     for row in r.get("explain", []):
-        s = row["seconds"]
+        s = row["last_call_seconds"]
         name = row["method"] + (f" {row['steps']} steps" if row["method"] == "integrated_gradients" else "")
-        lines.append(f"| studio Explain view, {name}: total (pixels / tokens) | {s['total']:.2f} "
-                     f"({s['pixels']:.2f} / {s['tokens']:.2f}) | {s['total'] / unit:.1f} units |")
+        lines.append(f"| studio Explain view, {name} (last call: pixels {s['pixels']:.2f} s, tokens "
+                     f"{s['tokens']:.2f} s) | {row['seconds']:.2f} | {row['units']:.1f} units (unit "
+                     f"{row['unit_seconds']:.3f} s in the same rounds) |")
     return "\n".join(lines)
 
 

@@ -91,3 +91,6 @@ def test_explain_view_returns_the_overlay_at_the_upload_size_and_its_timing(tiny
     sec = out.json["seconds"]
     assert 0 < sec["pixels"] < sec["total"] and 0 < sec["tokens"] < sec["total"]
     assert f"Computed in {sec['total']:.2f} s" in out.summary and f"{FAST_STEPS} steps" in out.summary
+    a = out.json["attribution"]
+    gap = abs(a["delta"]) / abs(a["sum"] - a["delta"])
+    assert f"within {100 * gap:.2g}%" in out.summary

@@ -139,6 +139,11 @@ def explain_summary(p: dict[str, Any]) -> str:
     s = p["shares"]
     steps = f", {p['steps']} steps" if p["method"] == "integrated_gradients" else ""
     timing = f" Computed in {p['seconds']['total']:.2f} s." if "seconds" in p else ""
+    a = p["attribution"]
+    if a["delta"] is not None:  # integrated gradients: how far the map is from adding up to the change
+        gap = abs(a["delta"]) / max(abs(a["sum"] - a["delta"]), 1e-300)
+        timing += f" The map adds up to the change from a grey image within {100 * gap:.2g}%"
+        timing += (f"; use {PRECISE_STEPS} steps (the precise button) for a closer sum." if gap > 0.05 else ".")
     return (f"**{p['prompt']}**: p = {100 * p['prob']:.1f}% (deterministic {100 * p['map_prob']:.1f}%), logit "
             f"{p['mean']:.2f} ± {math.sqrt(p['var']):.2f}; variance shares image {s['image']:.0%}, text "
             f"{s['text']:.0%}, interaction {s['interaction']:.0%}.\n\nImage: entropy {nats(p['entropy'])} nats = "
