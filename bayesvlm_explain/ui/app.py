@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from ..inputs import InputError
 from ..posterior import PosteriorError
 from ..yardstick import Yardstick, YardstickError
 from .admission import Admission, AdmissionMiddleware, Limits, release_request
+from .archives import remove_temp_folders_on_exit, temp_folder
 from .tabs import TABS
 from .tabs.base import StudioContext
 from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard, open_upload
@@ -84,6 +84,7 @@ class StudioBlocks(gr.Blocks):
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                     Middleware(AdmissionMiddleware, admission=self.admission)]
         kwargs["app_kwargs"] = app_kwargs
+        remove_temp_folders_on_exit()  # a SIGTERM-ed server removes its temporary folders too
         return super().launch(*args, **kwargs)
 
     async def process_api(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
             "a Laplace posterior over the two projection layers. " + ys_note)
         image, prompts = _shared_inputs(labels or auto_labels, default_prompts, examples)
         ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
-                            Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app.admission),
+                            temp_folder("bayesvlm-studio-"), _wiring(app.admission),
                             _json_and_note)
         with gr.Tabs():
             for title, tab_id, module in TABS:
