@@ -4,8 +4,8 @@
 * every run first clears all outputs it owns, then fills them; an error leaves them cleared, so results
   of two runs are never shown side by side;
 * uploads arrive as files (never decoded by Gradio) and are checked by :mod:`.uploads` before PIL opens
-  them; refused uploads are deleted at once, the rest by the server's cache cleanup; the upload size is
-  capped by :meth:`StudioBlocks.launch`;
+  them; refused uploads are deleted at once, the rest by the server's cache cleanup after 10 minutes; one
+  file's size is capped by :meth:`StudioBlocks.launch`, a request's and an address's uploads by :mod:`.admission`;
 * zip uploads (Calibrate, Select) are checked and extracted by :mod:`.archives` into a temporary folder
   that is removed after the run;
 * at most 2 light requests (predict, compare, batch) and 1 heavy one (explain, calibrate, select) run at once;
@@ -213,8 +213,9 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
     if yardstick is not None:
         ys_note = f"Yardstick: {yardstick.reference}."
     default_prompts = examples[0][1] if examples else "a photo of a cat\na photo of a dog\na photo of a car"
-    with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(600, 3600),
-                      admission=Admission(Limits.studio(max_queue, per_client))) as app:
+    # uploads are kept for 10 minutes at most (the shared image serves every tab); see docs/reliability.md
+    with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(60, 600),
+                      admission=Admission(Limits.studio(max_queue, per_client), get_upload_folder())) as app:
         gr.Markdown(
             "# bayesvlm-explain studio\n"
             f"Model **{vlm.name}** on `{vlm.device}`. Every (image, prompt) logit has a mean and a variance from "
