@@ -7,6 +7,7 @@ so they can be shown to the person who sent the input.
 from __future__ import annotations
 
 import io
+import math
 import unicodedata
 import warnings
 from collections.abc import Sequence
@@ -89,6 +90,22 @@ def _describe(source: Any) -> str:
     if isinstance(source, Image.Image):
         return "<PIL image>"
     return Path(source).name or "<unnamed>"
+
+
+def check_number(value: Any, name: str, low: float, high: float, integer: bool = False) -> float:
+    """``value`` as a float (an ``int`` with ``integer``) if it is a real number in ``[low, high]`` (and whole
+    with ``integer``); :class:`InputError` naming ``name`` for NaN, infinities, strings, booleans and values
+    out of range (what a server must check: a client can send any JSON number, or none)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise InputError(f"{name} must be a finite number, got {str(value)[:40]!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    if integer:
+        if value != int(value):
+            raise InputError(f"{name} must be a whole number, got {value:g}")
+        return int(value)
+    return float(value)
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:

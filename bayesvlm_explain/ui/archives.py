@@ -242,7 +242,10 @@ def image_files(root: Path, archive_name: str, need_classes: bool = False) -> Im
         if not images:
             raise ArchiveError(f"{archive_name}: class folder {folder.name!r} holds no usable image "
                                f"({', '.join(IMAGE_SUFFIXES)})")
-        name = class_name(folder.name)
+        try:
+            name = class_name(folder.name)
+        except InputError as err:
+            raise ArchiveError(f"{archive_name}: {err}") from None
         if normalise_name(name) in map(normalise_name, tree.classes):
             raise ArchiveError(f"{archive_name}: two class folders stand for the class {name!r}")
         tree.classes[name] = images
