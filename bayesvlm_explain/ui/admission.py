@@ -3,8 +3,8 @@
 Every request that would enter the queue (``POST .../gradio_api/queue/join`` from the page and gradio
 clients, ``POST .../gradio_api/call/NAME`` from plain HTTP scripts) passes :class:`AdmissionMiddleware`,
 an ASGI middleware on the app gradio builds. It finds the request's *lane* (``light``: predict, compare,
-batch; ``heavy``: explain, calibrate, select) and asks :meth:`Admission.admit`, which under one lock checks
-and counts, atomically:
+batch and any queued helper of the page; ``heavy``: explain, calibrate, select) and asks
+:meth:`Admission.admit`, which under one lock checks and counts, atomically:
 
 * the lane's total (waiting or running) against ``Limits.lanes[lane]``: each lane has its own bound, so a
   full heavy lane never refuses a light request;
@@ -247,8 +247,8 @@ class AdmissionMiddleware:
         if call:
             lane = self.admission.lane_of_api.get(call.group(1))
         else:
-            fn = data.get("fn_index")
-            lane = self.admission.lane_of_fn.get(fn) if isinstance(fn, int) else None
+            fn = data.get("fn_index")  # queued helpers that are not registered (the image preview) count as light
+            lane = self.admission.lane_of_fn.get(fn, "light") if isinstance(fn, int) else "light"
         session = data.get("session_hash")
         ticket = None
         if lane is not None:
