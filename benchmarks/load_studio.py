@@ -185,18 +185,16 @@ def timed_predicts(url: str, requests: list[tuple[str, str]], n: int) -> tuple[l
 
 
 def mixed(url: str, requests: list[tuple[str, str]], n: int, warmup: int, rss: Any) -> dict:
-    """``n`` mixed requests from 4 clients; RSS after ``warmup`` requests and at the end."""
+    """``warmup`` then ``n - warmup`` mixed requests from 4 clients; the server's RSS (idle) after each part
+    and after every 200 requests of the second."""
     from gradio_client import Client, handle_file
 
-    done = 0
-    lock = threading.Lock()
-    marks: dict[str, float] = {}
     errors: list[str] = []
+    clients = [Client(url, verbose=False) for _ in range(4)]
 
-    def worker(k: int) -> None:
-        nonlocal done
-        client = Client(url, verbose=False)
-        for i in range(k, n, 4):
+    def worker(k: int, lo: int, hi: int) -> None:
+        client = clients[k]
+        for i in range(lo + k, hi, 4):
             image, prompts = requests[i % len(requests)]
             kind = i % 10
             try:
@@ -213,17 +211,18 @@ def mixed(url: str, requests: list[tuple[str, str]], n: int, warmup: int, rss: A
                                    "integrated gradients", 16, api_name="/explain")
             except Exception as err:  # noqa: BLE001
                 errors.append(str(err)[:120])
-            with lock:
-                done += 1
-                if done == warmup:
-                    marks["warm_rss_mb"] = rss()
+
+    def part(lo: int, hi: int) -> float:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda k: worker(k, lo, hi), range(4)))
+        return rss()
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(worker, range(4)))
-    marks["end_rss_mb"] = rss()
+    warm = part(0, warmup)
+    marks = [part(lo, min(lo + 200, n)) for lo in range(warmup, n, 200)]
     return {"requests": n, "warmup": warmup, "seconds": time.perf_counter() - start, "errors": len(errors),
-            "error_examples": errors[:3], **marks, "growth_mb": marks["end_rss_mb"] - marks["warm_rss_mb"]}
+            "error_examples": errors[:3], "warm_rss_mb": warm, "rss_every_200_mb": marks,
+            "growth_mb": marks[-1] - warm}
 
 
 def pixel_bomb_zip(folder: Path) -> str:

@@ -89,13 +89,15 @@ class StudioBlocks(gr.Blocks):
 
     async def process_api(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """gradio's processing of one queued job; the job's admission slot is freed when it ends, also when
-        gradio fails before our function runs (a bad file reference, a wrong number of inputs)."""
+        gradio fails before our function runs (a bad file reference, a wrong number of inputs); then the freed
+        heap is handed back (:func:`trim_heap`)."""
         try:
             return await super().process_api(*args, **kwargs)
         finally:
             request = kwargs.get("request", args[3] if len(args) > 3 else None)
             for one in request if isinstance(request, list) else [request]:
                 release_request(one)
+            trim_heap()  # what the job freed, its output's encoding included (costs about a millisecond)
 
 
 def studio_extras(vlm: BayesVLM) -> tuple[Yardstick | None, list[str] | None, str]:
@@ -208,7 +210,9 @@ def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: lis
 def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
               yardstick: Yardstick | None = None, labels: list[str] | None = None) -> StudioBlocks:
     """The studio as a :class:`StudioBlocks` (not launched): the shared inputs, then :data:`~.tabs.TABS`.
-    The yardstick and the label set come from ``vlm.assets`` unless given."""
+    The yardstick and the label set come from ``vlm.assets`` unless given. ``max_queue`` and ``per_client``
+    set the admission limits (:meth:`.admission.Limits.studio`; ``app.admission.limits`` can be replaced
+    before or after launch)."""
     auto_ys, auto_labels, ys_note = studio_extras(vlm)
     if yardstick is not None:
         ys_note = f"Yardstick: {yardstick.reference}."
