@@ -7,6 +7,7 @@ so they can be shown to the person who sent the input.
 from __future__ import annotations
 
 import io
+import math
 import unicodedata
 import warnings
 from collections.abc import Sequence
@@ -26,10 +27,15 @@ class InputError(ValueError):
     """An input that cannot be used; the message says which one and why."""
 
 
-def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS,
+               min_side: int | None = None) -> Image.Image:
     """Open an image from a path, raw bytes or a PIL image and return it as RGB, upright.
 
     The EXIF orientation tag, if any, is applied for every mode and format (``ImageOps.exif_transpose``).
+    With ``min_side`` (pixels), a file whose shorter side is at least twice that is downscaled while it is
+    decoded, by the largest whole factor that keeps the shorter side >= ``min_side``: JPEGs decode at a
+    reduced DCT scale (``Image.draft``), other formats are box-averaged (``Image.reduce``) before the RGB
+    conversion, so a 6300x6300 1-bit PNG never becomes a 119 MB RGB array.
     Raises :class:`InputError` for missing, corrupt, non-image or over-large files (the pixel count is
     checked from the header, before decoding).
     """
@@ -52,9 +58,29 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_I
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if min_side and min(w, h) >= 2 * min_side and not isinstance(source, Image.Image):
+                img = _reduced(img, min_side)
             return ImageOps.exif_transpose(img).convert("RGB")
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, Image.DecompressionBombWarning) as err:
         raise InputError(f"image {name} could not be decoded ({err.__class__.__name__})") from err
+
+
+def _reduced(img: Image.Image, min_side: int) -> Image.Image:
+    """``img`` (opened, not decoded) decoded at a whole-factor smaller size, shorter side >= ``min_side``; the
+    EXIF orientation is carried over."""
+    orientation = img.getexif().get(0x0112)
+    w, h = img.size
+    if img.format == "JPEG":
+        factor = min(w, h) // min_side
+        img.draft(img.mode, (w // factor, h // factor))  # DCT scaling: 1/2, 1/4 or 1/8 at most
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        img = img.convert("RGBA" if "transparency" in img.info or img.mode in ("PA", "RGBa") else
+                          "L" if img.mode == "1" else "RGB")
+    factor = min(img.size) // min_side
+    small = img.reduce(factor) if factor >= 2 else img
+    if orientation:
+        small.getexif()[0x0112] = orientation
+    return small
 
 
 def _describe(source: Any) -> str:
@@ -64,6 +90,22 @@ def _describe(source: Any) -> str:
     if isinstance(source, Image.Image):
         return "<PIL image>"
     return Path(source).name or "<unnamed>"
+
+
+def check_number(value: Any, name: str, low: float, high: float, integer: bool = False) -> float:
+    """``value`` as a float (an ``int`` with ``integer``) if it is a real number in ``[low, high]`` (and whole
+    with ``integer``); :class:`InputError` naming ``name`` for NaN, infinities, strings, booleans and values
+    out of range (what a server must check: a client can send any JSON number, or none)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise InputError(f"{name} must be a finite number, got {str(value)[:40]!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    if integer:
+        if value != int(value):
+            raise InputError(f"{name} must be a whole number, got {value:g}")
+        return int(value)
+    return float(value)
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:

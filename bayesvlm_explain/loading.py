@@ -71,7 +71,7 @@ def check_config(config: Any, source: str, trust_remote_code: bool = False) -> N
 def _read_json(path: Path, name: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ModelFileError(f"cannot read {name} of the model: {err.__class__.__name__}") from err
 
 
@@ -115,16 +115,21 @@ def _model_config(model_name: str, schema: str | None, ident: str) -> tuple[Any,
 
 
 def _check_text_tower(text_cfg: Mapping[str, Any], trust_remote_code: bool) -> None:
-    """An HF text tower (``text_cfg.hf_model_name``, a folder or hub id as transformers resolves it)
-    loads its ``config.json`` with no code flag."""
-    name = text_cfg.get("hf_model_name")
-    if not name or trust_remote_code:
+    """An HF text tower (``text_cfg.hf_model_name``) and an HF tokenizer (``text_cfg.hf_tokenizer_name``), each a
+    folder or hub id as transformers resolves it: their ``config.json`` / ``tokenizer_config.json`` may not
+    name code (``auto_map``), which transformers would otherwise refuse with its own ``ValueError``."""
+    if trust_remote_code:
         return
-    try:
-        cfg_path = Path(name, "config.json") if Path(name).is_dir() else _hub_file(str(name), "config.json")
-    except (FileNotFoundError, RuntimeError):
-        return  # unreachable hub: open_clip cannot build the tower either and says so
-    check_config(_read_json(cfg_path, "config.json"), f"text tower {name}/config.json", False)
+    for key, filename in (("hf_model_name", "config.json"), ("hf_tokenizer_name", "tokenizer_config.json")):
+        name = text_cfg.get(key)
+        if not name:
+            continue
+        try:
+            cfg_path = Path(name, filename) if Path(name).is_dir() else _hub_file(str(name), filename)
+        except (FileNotFoundError, RuntimeError):
+            continue  # unreachable hub or no such file: open_clip cannot build the tower either and says so
+        if cfg_path.is_file():
+            check_config(_read_json(cfg_path, filename), f"text tower {name}/{filename}", False)
 
 
 def load_open_clip(

@@ -28,6 +28,7 @@ import copy
 import json
 import math
 import pickle
+import re
 import threading
 import zipfile
 from collections.abc import Mapping
@@ -117,10 +118,10 @@ def _positive_number(value: Any, name: str) -> float:
     """``float(value)`` if it is a positive finite real number (not a bool or a string)."""
     try:
         ok = not isinstance(value, bool | str) and math.isfinite(value) and value > 0
-    except TypeError:
+    except (TypeError, OverflowError):
         ok = False
     if not ok:
-        raise PosteriorError(f"{name} must be a positive finite number, got {value!r}")
+        raise PosteriorError(f"{name} must be a positive finite number, got {str(value)[:40]!r}")
     return float(value)
 
 
@@ -129,16 +130,56 @@ def _count(value: Any, field: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PosteriorError(f"field {field} must be a non-negative integer, got {value!r}")
+        raise PosteriorError(f"field {field} must be a non-negative integer, got {str(value)[:40]!r}")
     return value
 
 
+MAX_JSON_BYTES = 1 << 20  # a posterior's JSON holds a few numbers and provenance
+MAX_JSON_DEPTH = 32
+MAX_JSON_DIGITS = 30  # digits of one JSON number (a float has 17 significant digits)
+
+
+def _json_number(text: str) -> float | int:
+    if len(text.lstrip("-").split("e")[0].split("E")[0].replace(".", "")) > MAX_JSON_DIGITS:
+        raise PosteriorError(f"a number of {len(text)} characters ({text[:20]}...); at most {MAX_JSON_DIGITS} digits")
+    value = float(text) if any(c in text for c in ".eE") else int(text)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PosteriorError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _json_constant(name: str) -> Any:
+    raise PosteriorError(f"{name} is not a JSON number")
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of arrays and objects in JSON ``text`` (brackets inside strings ignored)."""
+    depth = deepest = 0
+    for token in re.findall(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
 def _json_object(path: Path) -> dict[str, Any]:
-    """Parse a JSON file that must hold an object."""
+    """Parse a JSON file that must hold an object: at most :data:`MAX_JSON_BYTES` bytes and
+    :data:`MAX_JSON_DEPTH` levels, numbers of at most :data:`MAX_JSON_DIGITS` digits and finite (no
+    ``NaN``/``Infinity``); every failure is a :class:`PosteriorError` naming the file."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PosteriorError(f"{path.name} is not valid JSON: {err}") from err
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise PosteriorError(f"{path.name} is {path.stat().st_size:,} bytes; at most {MAX_JSON_BYTES:,}")
+        text = path.read_text(encoding="utf-8")
+        if _json_depth(text) > MAX_JSON_DEPTH:
+            raise PosteriorError(f"{path.name} nests deeper than {MAX_JSON_DEPTH} levels")
+        obj = json.loads(text, parse_int=_json_number, parse_float=_json_number, parse_constant=_json_constant)
+    except PosteriorError as err:
+        msg = str(err)
+        raise PosteriorError(msg if msg.startswith(path.name) else f"{path.name}: {msg}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as err:
+        raise PosteriorError(f"{path.name} is not valid JSON: {str(err)[:200]}") from err
     if not isinstance(obj, dict):
         raise PosteriorError(f"{path.name} must hold a JSON object, not a {type(obj).__name__}")
     return obj

@@ -4,11 +4,17 @@
    flipping / rotating / recolouring the bundled examples, and different prompt sets of 3-10 labels).
 2. The same requests from ``CLIENTS`` concurrent clients: all must be answered and each answer must equal
    the one made alone (the JSON, exactly).
-3. Server memory (RSS of the server process) before and after ``--requests`` more concurrent requests;
-   growth must stay under ``--max-growth-mb``. ``--explain N`` then makes 5 + N /explain calls and reports
-   the growth over the last N (``explain_growth_mb``, not checked).
+3. /predict latency of 4 normal clients (``--latency`` calls each) alone (the unloaded p95), then while a
+   hostile client (one address: 16 simultaneous /call/explain joins with one session hash, a session-less
+   /call/explain loop, and a zip of 1000 1-bit 6300x6300 PNGs sent to /select, over and over) runs beside
+   them: every normal /predict must be answered (never "queue full" or "busy") with a p95 within
+   ``--max-slowdown`` (3x) of the unloaded p95; the pixel-bomb zip must be refused (``bomb_refusal_s_median``
+   includes its wait in the heavy lane behind the hostile's own explains; ``bomb_refusal_library_s`` is the
+   refusal alone).
+4. ``--mixed`` requests (predict 70%, compare 10%, batch of 2 10%, explain 10%) from 4 clients; server RSS
+   after the first ``--warmup`` of them and at the end: growth must stay under ``--max-growth-mb``.
 
-    python benchmarks/load_studio.py [--clients 8] [--calls 10] [--requests 300] [--explain 0] [--json out]
+    python benchmarks/load_studio.py [--clients 8] [--calls 10] [--mixed 1000] [--json out]
 
 Exit status 1 when a check fails.
 """
@@ -16,13 +22,18 @@ Exit status 1 when a check fails.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
+import statistics
 import sys
 import tempfile
+import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -72,17 +83,172 @@ def run_clients(url: str, requests: list[tuple[str, str]], clients: int) -> list
     return [results[i] for i in range(len(requests))]
 
 
+def upload(url: str, path: str) -> dict:
+    """Upload one file; its FileData reference for a /call body."""
+    import httpx
+
+    with open(path, "rb") as fp:
+        ref = httpx.post(f"{url}gradio_api/upload", files={"files": (Path(path).name, fp)}, timeout=60).json()[0]
+    return {"path": ref, "meta": {"_type": "gradio.FileData"}}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Hostile:
+    """One address attacking the heavy lane until ``stop`` is set; counts what it got."""
+
+    def __init__(self, url: str, image: dict, bomb_zip: dict) -> None:
+        self.url, self.image, self.bomb = url, image, bomb_zip
+        self.stop = threading.Event()
+        self.counts: dict[str, int] = {}
+        self.bomb_refusal_s: list[float] = []
+        self.lock = threading.Lock()
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def explain_body(self) -> dict:
+        return {"data": [self.image, "a cat\na dog", "", "total predictive entropy", "saliency", 4]}
+
+    def joins(self) -> None:
+        """Rounds of 16 simultaneous joins with one session hash."""
+        import httpx
+
+        rounds = 0
+        while not self.stop.is_set():
+            barrier = threading.Barrier(16)
+            body = {**self.explain_body(), "session_hash": f"hostile{rounds}"}
+
+            def one(body: dict = body, barrier: threading.Barrier = barrier) -> None:
+                with httpx.Client(timeout=60) as http:
+                    barrier.wait()
+                    r = http.post(f"{self.url}gradio_api/call/explain", json=body)
+                    self.count(f"joins_{r.status_code}")
+
+            threads = [threading.Thread(target=one) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            rounds += 1
+            time.sleep(0.2)
+
+    def loop(self) -> None:
+        """A session-less /call loop that never reads its results."""
+        import httpx
+
+        with httpx.Client(timeout=60) as http:
+            while not self.stop.is_set():
+                r = http.post(f"{self.url}gradio_api/call/explain", json=self.explain_body())
+                self.count(f"loop_{r.status_code}")
+                time.sleep(0.01)
+
+    def bombs(self) -> None:
+        """The pixel-bomb zip to /select, result read (it must be a refusal)."""
+        import httpx
+
+        with httpx.Client(timeout=120) as http:
+            while not self.stop.is_set():
+                start = time.perf_counter()
+                r = http.post(f"{self.url}gradio_api/call/select", json={"data": [self.bomb, "a cat\na dog", None]})
+                if r.status_code != 200:
+                    self.count(f"bomb_{r.status_code}")
+                    time.sleep(0.1)
+                    continue
+                text = http.get(f"{self.url}gradio_api/call/select/{r.json()['event_id']}").text
+                refused = "million pixels" in text
+                self.count("bomb_refused" if refused else "bomb_other")
+                if refused:
+                    self.bomb_refusal_s.append(time.perf_counter() - start)
+                time.sleep(0.1)
+
+
+def timed_predicts(url: str, requests: list[tuple[str, str]], n: int) -> tuple[list[float], list[str]]:
+    """``n`` /predict calls from one gradio client: latencies (s) and failure messages."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    times, failures = [], []
+    for i in range(n):
+        image, prompts = requests[i % len(requests)]
+        start = time.perf_counter()
+        try:
+            client.predict(handle_file(image), prompts, api_name="/predict")
+            times.append(time.perf_counter() - start)
+        except Exception as err:  # noqa: BLE001 - the client raises plain exceptions with the message
+            failures.append(str(err)[:120])
+    return times, failures
+
+
+def mixed(url: str, requests: list[tuple[str, str]], n: int, warmup: int, rss: Any) -> dict:
+    """``warmup`` then ``n - warmup`` mixed requests from 4 clients; the server's RSS (idle) after each part
+    and after every 200 requests of the second."""
+    from gradio_client import Client, handle_file
+
+    errors: list[str] = []
+    clients = [Client(url, verbose=False) for _ in range(4)]
+
+    def worker(k: int, lo: int, hi: int) -> None:
+        client = clients[k]
+        for i in range(lo + k, hi, 4):
+            image, prompts = requests[i % len(requests)]
+            kind = i % 10
+            try:
+                if kind < 7:
+                    client.predict(handle_file(image), prompts, api_name="/predict")
+                elif kind == 7:
+                    client.predict(handle_file(image), "a {}", "a photo of a {}", "", "", prompts,
+                                   api_name="/compare")
+                elif kind == 8:
+                    other = requests[(i + 1) % len(requests)][0]
+                    client.predict([handle_file(image), handle_file(other)], prompts, api_name="/batch")
+                else:
+                    client.predict(handle_file(image), prompts, "", "epistemic uncertainty (BALD)",
+                                   "integrated gradients", 16, api_name="/explain")
+            except Exception as err:  # noqa: BLE001
+                errors.append(str(err)[:120])
+
+    def part(lo: int, hi: int) -> float:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda k: worker(k, lo, hi), range(4)))
+        return rss()
+
+    start = time.perf_counter()
+    warm = part(0, warmup)
+    marks = [part(lo, min(lo + 200, n)) for lo in range(warmup, n, 200)]
+    return {"requests": n, "warmup": warmup, "seconds": time.perf_counter() - start, "errors": len(errors),
+            "error_examples": errors[:3], "warm_rss_mb": warm, "rss_every_200_mb": marks,
+            "growth_mb": marks[-1] - warm}
+
+
+def pixel_bomb_zip(folder: Path) -> str:
+    """A zip of 1000 1-bit 6300x6300 PNGs (about 214 KB)."""
+    buf = io.BytesIO()
+    Image.new("1", (6300, 6300)).save(buf, format="PNG")
+    path = folder / "bombs.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(1000):
+            zf.writestr(f"pool/{i:04d}.png", buf.getvalue())
+    return str(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--explain", type=int, default=0)
+    parser.add_argument("--latency", type=int, default=40, help="/predict calls per client for the p95s")
+    parser.add_argument("--mixed", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--max-growth-mb", type=float, default=50.0)
+    parser.add_argument("--max-slowdown", type=float, default=3.0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     report: dict = {}
-    with tempfile.TemporaryDirectory() as tmp, StudioServer() as server:
+    with tempfile.TemporaryDirectory() as tmp, StudioServer("--max-queue", "32", "--per-client", "4") as server:
         requests = make_requests(args.clients * args.calls, Path(tmp))
         start = time.perf_counter()
         alone = [call(server.url, r) for r in requests]
@@ -92,33 +258,52 @@ def main() -> int:
         report["concurrent_s"] = time.perf_counter() - start
         report["answered"] = sum(r is not None for r in together)
         report["equal_to_alone"] = sum(a == b for a, b in zip(alone, together, strict=True))
-        rss_before = server.rss_mb()
-        more = [requests[i % len(requests)] for i in range(args.requests)]
-        start = time.perf_counter()
-        run_clients(server.url, more, args.clients)
-        report["memory_phase_s"] = time.perf_counter() - start
-        rss_after = server.rss_mb()
-        if args.explain:
-            from gradio_client import Client, handle_file
 
-            client = Client(server.url, verbose=False)
+        alone_times, _ = timed_predicts(server.url, requests, args.latency)
+        report["one_client_predict_p95_s"] = percentile(alone_times, 0.95)
+        with ThreadPoolExecutor(4) as pool:  # the 4 normal clients without the hostile: the unloaded p95
+            parts = list(pool.map(lambda k: timed_predicts(server.url, requests[k::4], args.latency), range(4)))
+        report["unloaded_predict_p95_s"] = percentile([x for times, _ in parts for x in times], 0.95)
+        hostile = Hostile(server.url, upload(server.url, requests[0][0]),
+                          upload(server.url, pixel_bomb_zip(Path(tmp))))
+        attacks = [threading.Thread(target=f) for f in (hostile.joins, hostile.loop, hostile.bombs)]
+        for t in attacks:
+            t.start()
+        time.sleep(2.0)  # the attack is under way before the normal clients start
+        with ThreadPoolExecutor(4) as pool:
+            parts = list(pool.map(lambda k: timed_predicts(server.url, requests[k::4], args.latency), range(4)))
+        hostile.stop.set()
+        for t in attacks:
+            t.join()
+        loaded = [x for times, _ in parts for x in times]
+        failures = [f for _, fails in parts for f in fails]
+        report["hostile"] = {
+            "loaded_predict_p95_s": percentile(loaded, 0.95), "normal_predicts": len(loaded) + len(failures),
+            "normal_failures": len(failures), "failure_examples": failures[:3],
+            "slowdown_p95": percentile(loaded, 0.95) / report["unloaded_predict_p95_s"],
+            "attack_counts": hostile.counts,
+            "bomb_refusal_s_median": statistics.median(hostile.bomb_refusal_s) if hostile.bomb_refusal_s else None}
+        time.sleep(5.0)  # the hostile's admitted explains finish
+        report["mixed"] = mixed(server.url, requests, args.mixed, args.warmup, server.rss_mb)
+    from bayesvlm_explain.inputs import InputError
+    from bayesvlm_explain.ui.archives import extracted
 
-            def explain(i: int) -> None:
-                image, prompts = requests[i % len(requests)]
-                client.predict(handle_file(image), prompts, "", "epistemic uncertainty (BALD)",
-                               "integrated gradients", 16, api_name="/explain")
-
-            for i in range(5):  # warm-up: first-use allocations (captum, autograd) are not growth
-                explain(i)
-            rss_explain = server.rss_mb()
-            for i in range(args.explain):
-                explain(i)
-            report["explain_growth_mb"] = server.rss_mb() - rss_explain
-        report.update(rss_before_mb=rss_before, rss_after_mb=rss_after, growth_mb=rss_after - rss_before,
-                      requests=len(requests), clients=args.clients, memory_requests=args.requests,
-                      explain_calls=args.explain)
+    with tempfile.TemporaryDirectory() as tmp:  # the bomb's refusal itself, without the queue wait
+        bomb = pixel_bomb_zip(Path(tmp))
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            try:
+                with extracted(bomb):
+                    pass
+            except InputError:
+                seconds.append(time.perf_counter() - start)
+        report["hostile"]["bomb_refusal_library_s"] = statistics.median(seconds)
+    h = report["hostile"]
     ok = (report["answered"] == len(requests) and report["equal_to_alone"] == len(requests)
-          and report["growth_mb"] < args.max_growth_mb)
+          and h["normal_failures"] == 0 and h["slowdown_p95"] <= args.max_slowdown
+          and h["attack_counts"].get("bomb_refused", 0) > 0 and h["attack_counts"].get("bomb_other", 0) == 0
+          and report["mixed"]["errors"] == 0 and report["mixed"]["growth_mb"] < args.max_growth_mb)
     report["ok"] = ok
     print(json.dumps(report, indent=1))
     if args.json:

@@ -164,3 +164,23 @@ def test_a_busy_refusal_reaches_a_gradio_client_as_a_message_and_slots_come_back
         text += httpx.get(f"{app.local_url}gradio_api/call/predict/{reply.json()['event_id']}", timeout=30).text
     assert os.getcwd() not in text and os.path.dirname(os.path.abspath(__file__)) not in text
     _drain(app, release)
+
+
+def test_uploads_are_capped_per_request_and_budgeted_per_address(tiny_vlm):
+    app = build_app(tiny_vlm)
+    app.admission.limits = Limits(upload_request_bytes=100_000, upload_budget_bytes=250_000)
+    app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    url = f"{app.local_url}gradio_api/upload"
+    try:
+        # ten files of 19 KB in one request: each is small, together they pass the request's cap
+        many = [("files", (f"f{i}.png", b"x" * 19_000, "image/png")) for i in range(10)]
+        reply = httpx.post(url, files=many, timeout=30)
+        assert reply.status_code == 413 and "one request takes at most" in reply.json()["detail"]
+        sizes = [httpx.post(url, files=[("files", ("a.png", b"y" * 90_000, "image/png"))], timeout=30).status_code
+                 for _ in range(3)]
+        assert sizes == [200, 200, 413]  # 2 x 90 KB fit the 250 KB budget of this address, a third does not
+        app.admission.limits = Limits(min_free_disk_bytes=2**60)
+        full = httpx.post(url, files=[("files", ("a.png", b"z" * 10, "image/png"))], timeout=30)
+        assert full.status_code == 413 and "short of disk space" in full.json()["detail"]
+    finally:
+        app.close()

@@ -3,8 +3,8 @@
 Every request that would enter the queue (``POST .../gradio_api/queue/join`` from the page and gradio
 clients, ``POST .../gradio_api/call/NAME`` from plain HTTP scripts) passes :class:`AdmissionMiddleware`,
 an ASGI middleware on the app gradio builds. It finds the request's *lane* (``light``: predict, compare,
-batch; ``heavy``: explain, calibrate, select) and asks :meth:`Admission.admit`, which under one lock checks
-and counts, atomically:
+batch and any queued helper of the page; ``heavy``: explain, calibrate, select) and asks
+:meth:`Admission.admit`, which under one lock checks and counts, atomically:
 
 * the lane's total (waiting or running) against ``Limits.lanes[lane]``: each lane has its own bound, so a
   full heavy lane never refuses a light request;
@@ -19,21 +19,24 @@ when the job ends (:func:`release_request`, called in a ``finally`` around gradi
 :meth:`~.app.StudioBlocks.process_api`, so also when gradio fails before the view runs), when the join itself
 fails, or, for a job gradio drops without running it (cancelled, client gone), when gradio lets go of the
 request (the ticket's finaliser). Uploads (``POST .../gradio_api/upload``) are checked against a
-per-request total (from ``Content-Length``, before a byte is read) and a per-address budget over a window.
-Error replies of the queue routes never show a server path (gradio's "Cannot move /srv/... " texts are
-replaced). No gradio import: the middleware reads gradio's public HTTP protocol only.
+per-request total (from ``Content-Length``, before a byte is read) and a per-address budget over a window,
+and refused while the upload folder's disk is short of space. Error replies of the queue routes never show a
+server path (gradio's "Cannot move /srv/... " texts are replaced). No gradio import: the middleware reads
+gradio's public HTTP protocol only.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 Scope = dict[str, Any]
@@ -46,6 +49,7 @@ MAX_JOIN_BODY = 1 << 20  # bytes of a queue-join / call body (inputs are file re
 MAX_REQUEST_UPLOAD_BYTES = 64 * 2**20  # one upload request (all its files together)
 UPLOAD_BUDGET_BYTES = 512 * 2**20  # per address within UPLOAD_WINDOW_S
 UPLOAD_WINDOW_S = 600.0
+MIN_FREE_DISK_BYTES = 2 * 2**30  # uploads are refused while the upload folder's disk has less free space
 _JOIN = re.compile(r"/gradio_api/queue/join/?$")
 _CALL = re.compile(r"/gradio_api/call/(?:v2/)?([^/]+)/?$")
 _UPLOAD = re.compile(r"/gradio_api/upload/?$")
@@ -65,7 +69,7 @@ class Limits:
         per_address: per lane, one connection address.
         per_session: one browser / gradio-client session, all lanes.
         upload_request_bytes: one upload request (all files). upload_budget_bytes: per address per
-            ``upload_window_s`` seconds.
+            ``upload_window_s`` seconds. min_free_disk_bytes: free space the upload folder's disk keeps.
     """
 
     lanes: Mapping[str, int] = field(default_factory=lambda: {"light": 32, "heavy": 8})
@@ -74,6 +78,7 @@ class Limits:
     upload_request_bytes: int = MAX_REQUEST_UPLOAD_BYTES
     upload_budget_bytes: int = UPLOAD_BUDGET_BYTES
     upload_window_s: float = UPLOAD_WINDOW_S
+    min_free_disk_bytes: int = MIN_FREE_DISK_BYTES
 
     @classmethod
     def studio(cls, max_queue: int = 32, per_client: int = 4) -> Limits:
@@ -104,8 +109,9 @@ class Admission:
     """The counters of :class:`Limits`, checked and updated under one lock; also the map from gradio's
     function ids and api names to lanes (filled by :meth:`register`)."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, upload_dir: str | None = None) -> None:
         self.limits = limits or Limits()
+        self.upload_dir = upload_dir
         self._lock = threading.Lock()
         self._counts: dict[tuple[Any, ...], int] = {}
         self._uploads: dict[str, deque[tuple[float, int]]] = {}
@@ -162,6 +168,8 @@ class Admission:
         if size > lim.upload_request_bytes:
             raise Busy(f"an upload of {size / 2**20:.1f} MB; one request takes at most "
                        f"{lim.upload_request_bytes // 2**20} MB (all files together)")
+        if self.upload_dir and _free_bytes(self.upload_dir) - size < lim.min_free_disk_bytes:
+            raise Busy("busy: the server is short of disk space for uploads; try again later")
         now = time.monotonic()
         with self._lock:
             spent = self._uploads.setdefault(address, deque())
@@ -171,6 +179,14 @@ class Admission:
                 raise Busy(f"busy: your address uploaded {lim.upload_budget_bytes // 2**20} MB in the last "
                            f"{lim.upload_window_s / 60:g} minutes; try again later")
             spent.append((now, size))
+
+
+def _free_bytes(folder: str) -> int:
+    """Free bytes on the disk holding ``folder`` (or its nearest existing parent)."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def release_request(request: Any) -> None:
@@ -231,8 +247,8 @@ class AdmissionMiddleware:
         if call:
             lane = self.admission.lane_of_api.get(call.group(1))
         else:
-            fn = data.get("fn_index")
-            lane = self.admission.lane_of_fn.get(fn) if isinstance(fn, int) else None
+            fn = data.get("fn_index")  # queued helpers that are not registered (the image preview) count as light
+            lane = self.admission.lane_of_fn.get(fn, "light") if isinstance(fn, int) else "light"
         session = data.get("session_hash")
         ticket = None
         if lane is not None:

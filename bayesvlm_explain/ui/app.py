@@ -4,8 +4,8 @@
 * every run first clears all outputs it owns, then fills them; an error leaves them cleared, so results
   of two runs are never shown side by side;
 * uploads arrive as files (never decoded by Gradio) and are checked by :mod:`.uploads` before PIL opens
-  them; refused uploads are deleted at once, the rest by the server's cache cleanup; the upload size is
-  capped by :meth:`StudioBlocks.launch`;
+  them; refused uploads are deleted at once, the rest by the server's cache cleanup after 10 minutes; one
+  file's size is capped by :meth:`StudioBlocks.launch`, a request's and an address's uploads by :mod:`.admission`;
 * zip uploads (Calibrate, Select) are checked and extracted by :mod:`.archives` into a temporary folder
   that is removed after the run;
 * at most 2 light requests (predict, compare, batch) and 1 heavy one (explain, calibrate, select) run at once;
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from ..inputs import InputError
 from ..posterior import PosteriorError
 from ..yardstick import Yardstick, YardstickError
 from .admission import Admission, AdmissionMiddleware, Limits, release_request
+from .archives import remove_temp_folders_on_exit, temp_folder
 from .tabs import TABS
 from .tabs.base import ScaleViews, StudioContext
 from .uploads import EXTENSIONS, MAX_UPLOAD_BYTES, check_upload, discard, open_upload
@@ -91,17 +91,20 @@ class StudioBlocks(gr.Blocks):
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                     Middleware(AdmissionMiddleware, admission=self.admission)]
         kwargs["app_kwargs"] = app_kwargs
+        remove_temp_folders_on_exit()  # a SIGTERM-ed server removes its temporary folders too
         return super().launch(*args, **kwargs)
 
     async def process_api(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """gradio's processing of one queued job; the job's admission slot is freed when it ends, also when
-        gradio fails before our function runs (a bad file reference, a wrong number of inputs)."""
+        gradio fails before our function runs (a bad file reference, a wrong number of inputs); then the freed
+        heap is handed back (:func:`trim_heap`)."""
         try:
             return await super().process_api(*args, **kwargs)
         finally:
             request = kwargs.get("request", args[3] if len(args) > 3 else None)
             for one in request if isinstance(request, list) else [request]:
                 release_request(one)
+            trim_heap()  # what the job freed, its output's encoding included (costs about a millisecond)
 
 
 def studio_extras(vlm: BayesVLM) -> tuple[Yardstick | None, list[str] | None, str]:
@@ -244,14 +247,17 @@ def _scale_control(views_grid: list[float], default: float | None) -> Any:
 def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue: int = 32, per_client: int = 4,
               yardstick: Yardstick | None = None, labels: list[str] | None = None) -> StudioBlocks:
     """The studio as a :class:`StudioBlocks` (not launched): the shared inputs, then :data:`~.tabs.TABS`.
-    The yardstick and the label set come from ``vlm.assets`` unless given."""
+    The yardstick and the label set come from ``vlm.assets`` unless given. ``max_queue`` and ``per_client``
+    set the admission limits (:meth:`.admission.Limits.studio`; ``app.admission.limits`` can be replaced
+    before or after launch)."""
     auto_ys, auto_labels, ys_note = studio_extras(vlm)
     if yardstick is not None:
         ys_note = f"Yardstick: {yardstick.reference}."
     labels = labels or auto_labels
     default_prompts = examples[0][1] if examples else "a photo of a cat\na photo of a dog\na photo of a car"
-    with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(600, 3600),
-                      admission=Admission(Limits.studio(max_queue, per_client))) as app:
+    # uploads are kept for 10 minutes at most (the shared image serves every tab); see docs/reliability.md
+    with StudioBlocks(title="bayesvlm-explain studio", delete_cache=(60, 600),
+                      admission=Admission(Limits.studio(max_queue, per_client), get_upload_folder())) as app:
         with gr.Row():
             with gr.Column(scale=4):
                 _header(vlm, labels, ys_note)

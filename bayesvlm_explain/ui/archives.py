@@ -3,23 +3,34 @@
 :func:`extracted` refuses, from the zip's central directory alone, an unreadable archive, more than
 :data:`MAX_MEMBERS` entries, more than :data:`MAX_TOTAL_BYTES` declared uncompressed bytes, absolute paths,
 ``..`` components, drive letters, symbolic links and encrypted entries; then it extracts member by member
-into a temporary folder (reading never more bytes than a member declares) that is removed when the ``with``
-block ends, whatever happens. :func:`image_files` lists the images of the extracted tree, each checked by
-its header (:func:`.uploads.check_upload`); refused files are reported, not decoded. Messages name the zip
-and its members by their names inside the archive, never a server path.
+into a temporary folder (reading never more bytes than a member declares), summing the pixel counts the
+images' headers declare, and stops with an error as soon as that sum passes
+:data:`~.uploads.MAX_REQUEST_PIXELS` (a 214 KB zip of 1000 1-bit 6300x6300 PNGs is refused after its
+eighth member, in milliseconds). The folder is removed when the ``with`` block ends, whatever happens,
+and at the latest when the process exits (:func:`temp_folder`: ``atexit``, and SIGTERM once
+:func:`remove_temp_folders_on_exit` is installed). :func:`image_files` lists the images of the extracted
+tree, each checked by its header (:func:`.uploads.check_upload`); refused files are reported, not decoded;
+:func:`decoded` skips (and reports) files that fail to decode. Messages name the zip and its members by
+their names inside the archive, never a server path.
 """
 
 from __future__ import annotations
 
+import atexit
+import io
 import os
 import shutil
+import signal
 import stat
+import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..data.folders import (
     IMAGE_SUFFIXES,
@@ -30,11 +41,48 @@ from ..data.folders import (
     is_visible,
     normalise_name,
 )
-from ..inputs import InputError
-from .uploads import check_upload, display_name
+from ..inputs import MAX_IMAGE_PIXELS, InputError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+from .uploads import MAX_REQUEST_PIXELS, check_pixel_budget, check_upload, display_name, image_header, open_upload
 
 MAX_MEMBERS = 2000  # entries (files and folders) in one archive
 MAX_TOTAL_BYTES = 256 * 2**20  # declared uncompressed size of all entries together
+
+
+_LIVE: set[Path] = set()  # temporary folders of this process not yet removed
+_LIVE_LOCK = threading.Lock()
+
+
+def temp_folder(prefix: str) -> Path:
+    """A new temporary folder, removed at the latest when the process exits (see :func:`remove_temp_folder`)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    with _LIVE_LOCK:
+        _LIVE.add(root)
+    return root
+
+
+def remove_temp_folder(root: Path) -> None:
+    """Delete a folder made by :func:`temp_folder` (and forget it)."""
+    shutil.rmtree(root, ignore_errors=True)
+    with _LIVE_LOCK:
+        _LIVE.discard(root)
+
+
+@atexit.register
+def _remove_live_folders() -> None:
+    for root in list(_LIVE):
+        remove_temp_folder(root)
+
+
+def remove_temp_folders_on_exit() -> None:
+    """Make SIGTERM exit the process normally (``atexit`` runs, so :func:`temp_folder` folders go too);
+    only from the main thread, and only where SIGTERM still has its default action."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 class ArchiveError(InputError):
@@ -95,12 +143,14 @@ def check_archive(path: str | os.PathLike[str], max_members: int = MAX_MEMBERS,
 
 @contextmanager
 def extracted(path: str | os.PathLike[str], max_members: int = MAX_MEMBERS,
-              max_total_bytes: int = MAX_TOTAL_BYTES) -> Iterator[Path]:
+              max_total_bytes: int = MAX_TOTAL_BYTES, max_pixels: int = MAX_REQUEST_PIXELS) -> Iterator[Path]:
     """Check the archive (:func:`check_archive`), extract it into a new temporary folder and yield the
-    folder; the folder is deleted on exit, also after an error."""
+    folder; the folder is deleted on exit, also after an error. :class:`ArchiveError` as soon as the
+    image headers extracted so far declare more than ``max_pixels`` pixels together."""
     name = display_name(path)
     infos = check_archive(path, max_members, max_total_bytes)
-    root = Path(tempfile.mkdtemp(prefix="bayesvlm-zip-"))
+    root = temp_folder("bayesvlm-zip-")
+    pixels = 0
     try:
         try:
             with zipfile.ZipFile(path) as zf:
@@ -115,12 +165,42 @@ def extracted(path: str | os.PathLike[str], max_members: int = MAX_MEMBERS,
                         if len(data) != info.file_size:
                             raise ArchiveError(f"{name}: entry {info.filename[:80]!r} holds more or fewer bytes "
                                                "than its header declares")
+                        pixels += _declared_pixels(target, data)
+                        try:
+                            check_pixel_budget(pixels, name, max_pixels)
+                        except InputError as err:
+                            raise ArchiveError(str(err)) from None
                         dst.write(data)
         except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
             raise ArchiveError(f"{name}: the archive is corrupt (an entry cannot be extracted)") from None
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_temp_folder(root)
+
+
+def _declared_pixels(target: Path, data: bytes) -> int:
+    """Pixels an image member's header declares (0 for other files, unreadable headers and images over
+    the per-image cap: those are refused one by one later, never decoded)."""
+    if not is_image_file(target):
+        return 0
+    try:
+        _, w, h = image_header(io.BytesIO(data))
+    except (InputError, OSError, ValueError, IndexError):
+        return 0
+    return w * h if 0 < w * h <= MAX_IMAGE_PIXELS else 0
+
+
+def decoded(files: list[tuple[Path, str | None]], root: Path, refused: list[str]
+            ) -> Iterator[tuple[Path, str | None, Image.Image]]:
+    """``(file, folder, RGB image)`` for each of ``files`` that decodes (:func:`.uploads.open_upload`); the
+    others are appended to ``refused`` as ``"path in the archive: why"`` and skipped."""
+    for f, folder in files:
+        try:
+            img = open_upload(f)
+        except InputError as err:
+            refused.append(f"{f.relative_to(root).as_posix()}: {str(err).split(': ', 1)[-1]}")
+            continue
+        yield f, folder, img
 
 
 def image_files(root: Path, archive_name: str, need_classes: bool = False) -> ImageTree:
@@ -162,7 +242,10 @@ def image_files(root: Path, archive_name: str, need_classes: bool = False) -> Im
         if not images:
             raise ArchiveError(f"{archive_name}: class folder {folder.name!r} holds no usable image "
                                f"({', '.join(IMAGE_SUFFIXES)})")
-        name = class_name(folder.name)
+        try:
+            name = class_name(folder.name)
+        except InputError as err:
+            raise ArchiveError(f"{archive_name}: {err}") from None
         if normalise_name(name) in map(normalise_name, tree.classes):
             raise ArchiveError(f"{archive_name}: two class folders stand for the class {name!r}")
         tree.classes[name] = images

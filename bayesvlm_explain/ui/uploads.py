@@ -21,6 +21,8 @@ from ..inputs import MAX_IMAGE_PIXELS, InputError, load_image
 FORMATS = ("JPEG", "PNG", "WebP", "GIF", "BMP")
 EXTENSIONS = list(IMAGE_SUFFIXES)  # one definition: bayesvlm_explain.data.folders
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # the server refuses larger uploads (Blocks.launch max_file_size)
+MAX_REQUEST_PIXELS = 300_000_000  # declared pixels of all images of one batch or one zip, together
+DECODE_MIN_SIDE = 448  # uploads are decoded downscaled to this shorter side (>= 2x a ViT-B's 224 input)
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _JPEG_SCAN_LIMIT = 4 * 1024 * 1024  # a frame header must appear within the first bytes
 
@@ -126,11 +128,20 @@ def check_upload(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXEL
     return fmt, w, h
 
 
+def check_pixel_budget(pixels: int, what: str, budget: int = MAX_REQUEST_PIXELS) -> None:
+    """Refuse a request whose images declare more than ``budget`` pixels together (:class:`InputError`
+    naming ``what``: the zip or "the batch")."""
+    if pixels > budget:
+        raise InputError(f"{what}: the images declare {pixels / 1e6:,.0f} million pixels together; one request "
+                         f"takes at most {budget / 1e6:,.0f} million")
+
+
 def open_upload(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """The upload as an RGB PIL image, after :func:`check_upload`; errors name the file, never its path."""
+    """The upload as an RGB PIL image, after :func:`check_upload`, decoded downscaled to a shorter side of
+    :data:`DECODE_MIN_SIDE` or more; errors name the file, never its path."""
     fmt, _, _ = check_upload(path, max_pixels)
     try:
-        img = load_image(Path(path), max_pixels=max_pixels)
+        img = load_image(Path(path), max_pixels=max_pixels, min_side=DECODE_MIN_SIDE)
     except InputError:
         raise InputError(f"{display_name(path)}: could not be decoded as a {fmt} image") from None
     return img

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...inputs import InputError
 from ...yardstick import Yardstick
-from ..uploads import display_name
+from ..uploads import check_pixel_budget, check_upload, display_name
 from ..views import (
     BATCH_HEADERS,
     MAX_BATCH_IMAGES,
@@ -41,21 +41,25 @@ class BatchResult:
     """What :func:`batch_table` returns; the page, the API and the CLI render it.
 
     Attributes:
-        rows: rows of :data:`~.views.BATCH_HEADERS`
-        json: every prompt of every image (the JSON download)
+        rows: rows of :data:`~.views.BATCH_HEADERS` (the usable images)
+        json: every prompt of every image (the JSON download) and ``refused``
         csv: the rows as CSV text
+        refused: ``"file: why"`` for each file that was skipped (unreadable, not an image, over a limit)
     """
 
     rows: list[list[Any]]
     json: dict[str, Any]
     csv: str
+    refused: list[str]
 
 
 def batch_table(vlm: BayesVLM, images: Sequence[Any], prompts_text: str, yardstick: Yardstick | None = None
                 ) -> BatchResult:
     """The Batch view: one row per image (:data:`BATCH_HEADERS`), the most epistemically uncertain first.
 
-    Returns ``{"rows", "json": {"images": [{"name", "classes", "image"}]}, "csv": text}``.
+    Files that cannot be used are skipped and listed in ``refused`` (their headers are checked first; the
+    declared pixels of all images together must stay within :data:`~..uploads.MAX_REQUEST_PIXELS`).
+    Returns ``{"rows", "json": {"images": [{"name", "classes", "image"}], "refused"}, "csv": text}``.
     """
     prompts = parse_prompts(prompts_text)
     images = [p for p in (images or []) if p]
@@ -63,7 +67,26 @@ def batch_table(vlm: BayesVLM, images: Sequence[Any], prompts_text: str, yardsti
         raise InputError("upload one or more images first")
     if len(images) > MAX_BATCH_IMAGES:
         raise InputError(f"{len(images)} images given; a batch takes at most {MAX_BATCH_IMAGES}")
-    feats = vlm.encode_images([image_of(p) for p in images])
+    refused: list[str] = []
+    checked = []
+    for path in images:  # headers first: the batch's pixel budget is checked before anything is decoded
+        try:
+            _, w, h = check_upload(path)
+            checked.append((path, w * h))
+        except InputError as err:
+            refused.append(str(err))
+    check_pixel_budget(sum(px for _, px in checked), "the batch")
+    usable, decoded = [], []
+    for path, _ in checked:
+        try:
+            decoded.append(image_of(path))
+            usable.append(path)
+        except InputError as err:
+            refused.append(str(err))
+    if not usable:
+        raise InputError("no usable image in the batch: " + "; ".join(refused[:5]))
+    images = usable
+    feats = vlm.encode_images(decoded)
     pred = recommended_prediction(vlm, feats, prompts)
     total, alea, epi = entropy_parts(pred)
     ys = yardstick_json(vlm, yardstick, feats)
@@ -85,7 +108,8 @@ def batch_table(vlm: BayesVLM, images: Sequence[Any], prompts_text: str, yardsti
     writer = csv.writer(buf)
     writer.writerow(BATCH_HEADERS)
     writer.writerows([[csv_cell(v) for v in row] for row in rows])
-    return BatchResult(rows=rows, json={"prompts": prompts, "images": entries}, csv=buf.getvalue())
+    return BatchResult(rows=rows, json={"prompts": prompts, "images": entries, "refused": refused},
+                       csv=buf.getvalue(), refused=refused)
 
 
 def page(ctx: StudioContext) -> None:
@@ -105,6 +129,8 @@ def page(ctx: StudioContext) -> None:
 
     def run(files: Any, prompts_text: str) -> tuple[Any, ...]:
         out = batch_table(ctx.vlm, files if isinstance(files, list) else [files], prompts_text, ctx.yardstick)
+        if out.refused:
+            gr.Warning(f"Skipped {len(out.refused)} file(s): " + "; ".join(out.refused[:5]))
         return out.rows, ctx.save_download("batch", ".csv", out.csv), ctx.save_download("batch", ".json", out.json)
 
     ctx.wire(batch_btn, run, [batch_files, ctx.prompts], [batch_frame, batch_csv, batch_json], "batch",

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from ...inputs import InputError
+from ...inputs import InputError, check_number
 from ...options import PixelMethod
 from ..views import (
     EXPLAIN_METHODS,
@@ -81,8 +81,7 @@ def explain_prompt(vlm: BayesVLM, image: Any, prompts_text: str, prompt: str | N
         raise InputError(f"unknown target {target!r}; choose one of {sorted(TARGET_UNITS)}")
     if method not in EXPLAIN_METHODS.values():
         raise InputError(f"unknown method {method!r}; choose one of {sorted(EXPLAIN_METHODS.values())}")
-    if not 1 <= int(steps) <= 64:
-        raise InputError("steps must be between 1 and 64")
+    steps = int(check_number(steps, "steps", 1, 64, integer=True))
     prompts = parse_prompts(prompts_text)
     img = image_of(image)
     x = vlm.preprocess_images([img])
@@ -198,7 +197,7 @@ def page(ctx: StudioContext) -> None:
 
     def run(image: Any, prompts_text: str, prompt: str, target: str, method: str, steps: float) -> tuple:
         out = explain_prompt(ctx.vlm, image, prompts_text, prompt, EXPLAIN_TARGETS.get(target, target),
-                             EXPLAIN_METHODS.get(method, method), int(steps))
+                             EXPLAIN_METHODS.get(method, method), steps)
         return out.summary, out.figure, out.tokens, out.json, out.overlay
 
     def label(steps: float) -> Any:

@@ -11,8 +11,8 @@ import torch
 
 from ...adapters import Features
 from ...inputs import InputError
-from ..archives import extracted, image_files
-from ..uploads import display_name, open_upload
+from ..archives import ArchiveError, decoded, extracted, image_files
+from ..uploads import display_name
 from ..views import (
     MAX_EPIG_TARGETS,
     SELECT_CSV_HEADERS,
@@ -64,9 +64,17 @@ def _archive_images(vlm: BayesVLM, archive: Any) -> tuple[list[dict[str, Any]], 
         tree = image_files(root, name)
         items = tree.all_images()
         check_count(len(items), name, "images")
-        parts = [vlm.encode_images([open_upload(f) for f, _ in items[i:i + 16]])  # 16 decoded at a time
-                 for i in range(0, len(items), 16)]
-        entries = [{"image": f.relative_to(root).as_posix(), "folder": c} for f, c in items]
+        entries, parts, chunk = [], [], []
+        for f, c, img in decoded(items, root, tree.refused):  # undecodable files are listed, not fatal
+            entries.append({"image": f.relative_to(root).as_posix(), "folder": c})
+            chunk.append(img)
+            if len(chunk) == 16:  # 16 decoded at a time
+                parts.append(vlm.encode_images(chunk))
+                chunk = []
+        if chunk:
+            parts.append(vlm.encode_images(chunk))
+        if not entries:
+            raise ArchiveError(f"{name}: no image could be decoded (refused: {'; '.join(tree.refused[:3])})")
     feats = Features(torch.cat([f.activations for f in parts]), torch.cat([f.embeddings for f in parts]))
     return entries, feats, tree.refused
 
