@@ -100,9 +100,9 @@ def measure(server: StudioServer, image: str, prompts: list[str], repeats: int) 
     explain_args = (text, prompts[3], "image-side variance of the prompt", "integrated gradients", 16)
     calls = {
         "/predict": {"gradio_client": lambda: gc.predict(handle_file(image), text, api_name="/predict"),
-                     "HTTP": lambda: http.predict("/predict", http.upload(image), text)},
+                     "HTTP": lambda: http.predict("/predict", http.upload(image), text, None)},
         "/explain": {"gradio_client": lambda: gc.predict(handle_file(image), *explain_args, api_name="/explain"),
-                     "HTTP": lambda: http.predict("/explain", http.upload(image), *explain_args)},
+                     "HTTP": lambda: http.predict("/explain", http.upload(image), *explain_args, None)},
     }
     rows: dict[str, dict[str, float]] = {}
     for name, clients in calls.items():

@@ -112,7 +112,7 @@ class Hostile:
             self.counts[key] = self.counts.get(key, 0) + 1
 
     def explain_body(self) -> dict:
-        return {"data": [self.image, "a cat\na dog", "", "total predictive entropy", "saliency", 4]}
+        return {"data": [self.image, "a cat\na dog", "", "total predictive entropy", "saliency", 4, None]}
 
     def joins(self) -> None:
         """Rounds of 16 simultaneous joins with one session hash."""
@@ -154,7 +154,8 @@ class Hostile:
         with httpx.Client(timeout=120) as http:
             while not self.stop.is_set():
                 start = time.perf_counter()
-                r = http.post(f"{self.url}gradio_api/call/select", json={"data": [self.bomb, "a cat\na dog", None]})
+                r = http.post(f"{self.url}gradio_api/call/select",
+                              json={"data": [self.bomb, "a cat\na dog", None, None]})  # pool, prompts, targets, scale
                 if r.status_code != 200:
                     self.count(f"bomb_{r.status_code}")
                     time.sleep(0.1)

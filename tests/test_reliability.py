@@ -111,7 +111,7 @@ def test_simultaneous_joins_never_exceed_the_session_address_and_lane_bounds(hel
     app, release, image = held_studio
     url = app.local_url
     predict = next(f._id for f in app.fns.values() if f.api_name == "predict")
-    join = {"data": [image, "a\nb"], "fn_index": predict, "event_data": None, "trigger_id": None}
+    join = {"data": [image, "a\nb", None], "fn_index": predict, "event_data": None, "trigger_id": None}
     for trial in range(6):  # one session hash, 16 joins at once: exactly per_client (4) admitted
         body = {**join, "session_hash": f"greedy{trial}"}
         replies = _simultaneous(16, lambda http, k, body=body: http.post(f"{url}gradio_api/queue/join", json=body))
@@ -121,11 +121,11 @@ def test_simultaneous_joins_never_exceed_the_session_address_and_lane_bounds(hel
         _drain(app, release)
     for _ in range(4):  # session-less /call loops: limited by the connection address (16 light)
         replies = _simultaneous(24, lambda http, k: http.post(f"{url}gradio_api/call/predict",
-                                                              json={"data": [image, "a\nb"]}))
+                                                              json={"data": [image, "a\nb", None]}))
         assert sorted(r.status_code for r in replies) == [200] * 16 + [422] * 8
         # the address's light lane is full, yet its heavy lane admits explains (own bound per lane)
         heavy = httpx.post(f"{url}gradio_api/call/explain", json={"data": [
-            image, "a\nb", "", "total predictive entropy", "saliency", 4]}, timeout=30)
+            image, "a\nb", "", "total predictive entropy", "saliency", 4, None]}, timeout=30)
         assert heavy.status_code == 200
         _drain(app, release)
     app.admission.limits = Limits(lanes={"light": 5, "heavy": 2}, per_address={"light": 99, "heavy": 99},
@@ -153,12 +153,12 @@ def test_a_busy_refusal_reaches_a_gradio_client_as_a_message_and_slots_come_back
     assert "KeyError" not in str(err.value)
     release.set()
     assert all(j.result()[3]["classes"][0]["prompt"] == "a" for j in jobs)
-    bad = httpx.post(f"{app.local_url}gradio_api/call/predict", json={"data": [image, ""]}, timeout=30)
+    bad = httpx.post(f"{app.local_url}gradio_api/call/predict", json={"data": [image, "", None]}, timeout=30)
     assert bad.status_code == 200  # admitted, then refused by the view (empty prompts): its slot is freed too
     _drain(app, release)
     # a file reference outside the upload folder: gradio's reply never shows a server path
     outside = {"path": os.path.abspath(__file__), "meta": {"_type": "gradio.FileData"}}
-    reply = httpx.post(f"{app.local_url}gradio_api/call/predict", json={"data": [outside, "a"]}, timeout=30)
+    reply = httpx.post(f"{app.local_url}gradio_api/call/predict", json={"data": [outside, "a", None]}, timeout=30)
     text = reply.text
     if reply.status_code == 200:
         text += httpx.get(f"{app.local_url}gradio_api/call/predict/{reply.json()['event_id']}", timeout=30).text

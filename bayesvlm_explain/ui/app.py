@@ -270,7 +270,7 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
                                                 getattr(getattr(vlm, "assets", None), "outside_examples", None))
             with gr.Column(scale=3, min_width=320):
                 ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
-                                    Path(tempfile.mkdtemp(prefix="bayesvlm-studio-")), _wiring(app.admission),
+                                    temp_folder("bayesvlm-studio-"), _wiring(app.admission),
                                     _json_and_note, views, scale)
                 with gr.Tabs(elem_id="tabs", overflow_behavior="wrap"):  # every tab visible on a phone
                     for title, tab_id, module in TABS:
