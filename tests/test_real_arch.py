@@ -179,3 +179,19 @@ def test_yardstick_command_on_b32_from_a_local_checkpoint(checkpoint, tmp_path, 
                           ys).json["image"]
     assert set(image["percentiles"]) == {"epistemic", "input_scale", "entropy", "joint"}
     assert all(0.0 <= v <= 100.0 for v in image["percentiles"].values())
+
+
+@pytest.mark.slow
+def test_studio_takes_a_thousand_prompts_at_b32(b32, tmp_path):
+    from bayesvlm_explain.ui.tabs.inspect import inspect_image
+    from bayesvlm_explain.ui.views import MAX_PROMPTS
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (320, 240), (40, 120, 200)).save(path)
+    prompts = [f"a photo of class number {i}" for i in range(MAX_PROMPTS)]
+    out = inspect_image(b32, str(path), "\n".join(prompts))  # ~0.1-0.2 s per new prompt on 2 cores, then cached
+    classes = out.json["classes"]
+    assert MAX_PROMPTS == 1000 and [c["prompt"] for c in classes] == prompts
+    assert abs(sum(c["prob"] for c in classes) - 1) < 1e-6 and all(c["var"] > 0 for c in classes)
+    with pytest.raises(bx.InputError, match="at most 1000"):
+        inspect_image(b32, str(path), "\n".join(prompts + ["one more"]))

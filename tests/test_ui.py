@@ -81,6 +81,9 @@ def test_percentiles_read_as_english_ordinals():
 def test_small_uncertainties_are_shown_not_rounded_to_zero():
     assert [views.nats(x) for x in (0.0, 1.2346, 0.0012, 4.62e-06)] == ["0", "1.235", "0.001", "4.6e-06"]
     assert [views.significant(x) for x in (0.123456, 4.6201e-06, 12.345)] == [0.123, 4.62e-06, 12.3]
+    # a table column is formatted one way throughout: EPIG's 1.05e-05, 6.04e-07 and 3e-10 line up
+    assert views.column_strings([1.05e-5, 6.04e-7, 3e-10]) == ["1.05e-05", "6.04e-07", "3.00e-10"]
+    assert views.column_strings([0.5, 0.0012]) == ["0.5000", "0.0012"]
 
 
 def test_prompts_are_cleaned_and_bad_ones_refused(tiny_vlm, png):

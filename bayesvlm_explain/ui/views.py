@@ -107,10 +107,11 @@ def recommended_prediction(vlm: BayesVLM, feats: Features, prompts: list[str]) -
 
 def yardstick_json(vlm: BayesVLM, yardstick: Yardstick | None, feats: Features) -> list[dict[str, Any]]:
     """Per image: ``percentiles`` (figure -> 0..100), the raw ``figures``, ``out_of_domain``, ``verdict`` and
-    the rule's measured ``flag_rates`` (split -> fraction flagged)."""
+    the rule's measured ``flag_rates`` (split -> fraction flagged) and ``unusual``, the percentile the
+    verdict reports (the rule's figure)."""
     count = int(feats.embeddings.shape[0])
     if yardstick is None:
-        return [{"percentiles": {}, "figures": {}, "out_of_domain": False, "flag_rates": {},
+        return [{"percentiles": {}, "figures": {}, "out_of_domain": False, "flag_rates": {}, "unusual": None,
                  "verdict": "No yardstick for this posterior: the figures cannot be compared with the "
                             "model's in-domain images."}] * count
     figures = {k: v.numpy() for k, v in yardstick.measure(vlm, feats).items()}
@@ -121,6 +122,7 @@ def yardstick_json(vlm: BayesVLM, yardstick: Yardstick | None, feats: Features) 
         p = {k: float(v[n]) for k, v in pct.items()}
         out.append({"percentiles": p, "figures": {k: float(v[n]) for k, v in figures.items()},
                     "out_of_domain": bool(ood[n]), "verdict": yardstick.verdict(p),
+                    "unusual": float(yardstick.unusualness({k: np.asarray(v) for k, v in p.items()})),
                     "flag_rates": dict(yardstick.rule.flag_rates) if yardstick.rule else {}})
     return out
 
@@ -128,6 +130,13 @@ def yardstick_json(vlm: BayesVLM, yardstick: Yardstick | None, feats: Features) 
 def significant(x: float, digits: int = 3) -> float:
     """``x`` rounded to ``digits`` significant figures, so that small uncertainties (nats) do not show as 0."""
     return float(f"{x:.{digits}g}")
+
+
+def column_strings(values: list[float]) -> list[str]:
+    """One format for a whole table column: 4 decimals, or 3 significant figures in scientific notation when
+    the column's largest magnitude is below 0.01 (so 1.05e-05, 6.04e-07 and 3.00e-10 line up)."""
+    small = max((abs(v) for v in values), default=0.0) < 0.01
+    return [f"{v:.2e}" if small else f"{v:.4f}" for v in values]
 
 
 def nats(x: float) -> str:

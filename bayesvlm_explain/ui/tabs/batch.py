@@ -100,7 +100,7 @@ def batch_table(vlm: BayesVLM, images: Sequence[Any], prompts_text: str, yardsti
     for e in entries:
         top = max(e["classes"], key=lambda c: c["prob"])
         pct = e["image"]["percentiles"]
-        unusual = round(max(pct["epistemic"], pct["input_scale"]), 1) if pct else None
+        unusual = round(e["image"]["unusual"], 1) if pct else None
         rows.append([e["name"], top["prompt"], round(top["prob"], 4), round(top["map_prob"], 4),
                      round(math.sqrt(top["var"]), 3), significant(e["image"]["entropy"]),
                      significant(e["image"]["epistemic"]), unusual, e["image"]["out_of_domain"]])

@@ -20,9 +20,9 @@ from ..views import (
     SELECT_SAMPLES,
     SELECT_SHOWN,
     check_count,
+    column_strings,
     csv_cell,
     parse_prompts,
-    significant,
 )
 from .base import StudioContext
 
@@ -117,12 +117,14 @@ def select_archive(vlm: BayesVLM, pool: Any, prompts_text: str, targets: Any = N
     for k, order in ranks.items():
         for r, i in enumerate(order):
             entries[i][f"rank_{k}"] = r + 1
+    shown = min(SELECT_SHOWN, n)
+    columns = {k: column_strings([entries[ranks[k][r]][k] for r in range(shown)])
+               for k in ("entropy", "bald", "epig", "map_entropy")}
     rows = []
-    for r in range(min(SELECT_SHOWN, n)):
+    for r in range(shown):
         row: list[Any] = [r + 1]
-        for k in ("entropy", "bald", "epig", "map_entropy"):
-            e = entries[ranks[k][r]]
-            row += [e["image"], significant(e[k])]
+        for k, texts in columns.items():
+            row += [entries[ranks[k][r]]["image"], texts[r]]
         rows.append(row)
     buf = io.StringIO()
     writer = csv.writer(buf)
