@@ -120,7 +120,8 @@ def page(ctx: StudioContext) -> None:
 
     batch_files = gr.File(label="images", file_count="multiple", file_types=EXTENSIONS, type="filepath")
     batch_btn = gr.Button("run the batch", variant="primary", elem_id="batch-btn")
-    batch_frame = gr.Dataframe(headers=BATCH_HEADERS, label="one row per image", interactive=False, wrap=True)
+    batch_frame = gr.Dataframe(headers=BATCH_HEADERS, label="one row per image", interactive=False, wrap=True,
+                               elem_classes="bx-scroll")
     with gr.Row():
         batch_csv = gr.File(label="CSV")
         batch_json = gr.File(label="JSON")
