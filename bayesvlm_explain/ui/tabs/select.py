@@ -165,7 +165,8 @@ def page(ctx: StudioContext) -> None:
     gr.Markdown("The class prompts are the ones typed above.")
     sel_btn = gr.Button("rank the pool", variant="primary", elem_id="select-btn")
     sel_md = gr.Markdown(elem_id="select-summary")
-    sel_table = gr.Dataframe(headers=SELECT_HEADERS, label="top picks per acquisition function", elem_classes="bx-scroll",
+    sel_table = gr.Dataframe(headers=SELECT_HEADERS, label="top picks per acquisition function",
+                             elem_classes="bx-scroll",
                              interactive=False, wrap=True, max_height=1400,
                              column_widths=[*["64px"], *["250px", "112px"] * 4])
     sel_csv = gr.File(label="CSV (every pool image)")
