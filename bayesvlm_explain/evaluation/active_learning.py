@@ -305,7 +305,7 @@ def choose_knobs(vlm: BayesVLM, data: ActiveLearningData, config: ActiveLearning
     everything = torch.arange(data.pool_labels.numel())
     supports = [_random_subset(everything, b, torch.Generator().manual_seed(s))
                 for b in config.knob_budgets for s in config.knob_seeds]
-    table = []
+    table: list[dict[str, Any]] = []
     for knobs in config.knob_grid:
         accs = [map_accuracy(vlm, fit_learner(vlm, _rows(data.pool, idx), data.pool_labels[idx], data.txt, knobs,
                                               update=False).delta, data.val, data.val_labels, data.txt)
@@ -313,7 +313,7 @@ def choose_knobs(vlm: BayesVLM, data: ActiveLearningData, config: ActiveLearning
         table.append({"prior_weight": knobs[0], "steps": knobs[1], "lr": knobs[2],
                       "val_map_accuracy": sum(accs) / len(accs)})
     best = max(table, key=lambda r: r["val_map_accuracy"])
-    return (best["prior_weight"], best["steps"], best["lr"]), table
+    return (float(best["prior_weight"]), int(best["steps"]), float(best["lr"])), table
 
 
 def learner_sanity(vlm: BayesVLM, data: ActiveLearningData, config: ActiveLearningConfig,

@@ -62,7 +62,7 @@ class ExplainResult:
 
 
 def explain_prompt(vlm: BayesVLM, image: Any, prompts_text: str, prompt: str | None = None,
-                   target: str = "image_variance", method: str = "integrated_gradients", steps: int = FAST_STEPS,
+                   target: str = "image_variance", method: str = "integrated_gradients", steps: float = FAST_STEPS,
                    num_samples: int = 500) -> ExplainResult:
     """The Explain view: pixel attribution of ``target`` for ``prompt`` (any of the prompts; default the
     most probable) and the prompt's token scores of its text-side variance.
