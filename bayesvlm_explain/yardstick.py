@@ -113,17 +113,18 @@ class Yardstick:
         return np.asarray(_rule_score(percentiles, self.rule.figure)) >= self.rule.percentile
 
     def unusualness(self, percentiles: Mapping[str, Any]) -> Any:
-        """The percentile the verdict reports: the rule's figure (``joint`` or the larger of the epistemic
-        and input-scale percentiles without a rule)."""
+        """The percentile the verdict reports: the rule's figure's, or without a rule the larger of the
+        epistemic and input-scale percentiles."""
         if self.rule is not None:
             return _rule_score(percentiles, self.rule.figure)
         return np.maximum(percentiles["epistemic"], percentiles["input_scale"])
 
     def verdict(self, percentiles: Mapping[str, float]) -> str:
         """One plain sentence about one image (its percentiles as floats)."""
-        unusual = float(self.unusualness({k: np.asarray(v) for k, v in percentiles.items()}))
+        arrays = {k: np.asarray(v) for k, v in percentiles.items()}
+        unusual = float(self.unusualness(arrays))
         shown = ">99" if unusual >= 99.5 else f"{unusual:.0f}"
-        flagged = bool(self.out_of_domain({k: np.asarray(v) for k, v in percentiles.items()}))
+        flagged = bool(self.out_of_domain(arrays))
         if flagged:
             return (f"Probably outside what this model knows: more unusual for it than {shown}% of its "
                     "in-domain images. Treat the answer with care.")
@@ -243,6 +244,15 @@ def build_yardstick(vlm: BayesVLM, images: Any | Features, prompts: Sequence[str
     """Quantiles of the figures (and of ``joint``) over reference ``images`` (the model's in-domain data)
     for ``vlm``'s posterior."""
     figures = measure_figures(vlm, images, prompts, num_samples, seed, variance)
+    return yardstick_from_figures(vlm, figures, prompts, num_samples=num_samples, seed=seed, reference=reference,
+                                  variance=variance)
+
+
+def yardstick_from_figures(vlm: BayesVLM, figures: Mapping[str, torch.Tensor], prompts: Sequence[str], *,
+                           num_samples: int, seed: int, reference: str = "", variance: str = "projected"
+                           ) -> Yardstick:
+    """:func:`build_yardstick` from the reference images' figures already measured (:func:`measure_figures`
+    with the same ``prompts``, ``num_samples``, ``seed`` and ``variance``)."""
     n = int(figures["epistemic"].shape[0])
     if n < 2:
         raise YardstickError("a yardstick needs at least 2 reference images")

@@ -35,9 +35,10 @@ from bayesvlm_explain.yardstick import (
     JOINT,
     RULE_FIGURES,
     Yardstick,
-    build_yardstick,
     choose_out_of_domain_rule,
     joint_score,
+    measure_figures,
+    yardstick_from_figures,
 )
 
 from .shift_benchmark import Split, render_splits
@@ -144,9 +145,10 @@ def build_bundled(num_samples: int = 1000, cache_dir: Any = None, photos: Path |
     calibration = calibrate_scale(vlm, splits, num_samples) if calibrate else {}
     reference = render_splits(size, cache_dir, repeats=REFERENCE_REPEATS)["calibration"]
     prompts = vlm.assets.prompts() or []
-    ys = build_yardstick(vlm, reference.images, prompts, num_samples=num_samples,
-                         reference=f"bundled shift benchmark, in-domain calibration split, {REFERENCE_REPEATS} "
-                                   "augmentations per render")
+    reference_figures = measure_figures(vlm, reference.images, prompts, num_samples)
+    ys = yardstick_from_figures(vlm, reference_figures, prompts, num_samples=num_samples, seed=0,
+                                reference=f"bundled shift benchmark, in-domain calibration split, "
+                                          f"{REFERENCE_REPEATS} augmentations per render")
     figures = {name: {k: v.numpy() for k, v in ys.measure(vlm, s.images).items()}
                for name, s in splits.items() if name != "calibration"}
     in_domain = figures["in_domain"]
@@ -156,7 +158,7 @@ def build_bundled(num_samples: int = 1000, cache_dir: Any = None, photos: Path |
     if photos is not None:
         images, names = _images_of(photos)
         figures["photos"] = {k: v.numpy() for k, v in ys.measure(vlm, images).items()}
-    ref_figures = {k: v.numpy() for k, v in ys.measure(vlm, reference.images).items()}
+    ref_figures = {k: v.numpy() for k, v in reference_figures.items()}
     renders = reference.renders * REFERENCE_REPEATS
     spread = {f: _threshold_spread(ys, ref_figures, renders, f, ys.rule.percentile)
               for f in (*FIGURES, JOINT)}

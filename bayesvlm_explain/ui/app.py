@@ -223,8 +223,7 @@ def _shared_inputs(labels: list[str] | None, default_prompts: str, examples: lis
 
 def _header(vlm: BayesVLM, labels: list[str] | None, ys_note: str) -> None:
     """What is loaded: model, device, what it knows (its domain) and its label set, the yardstick."""
-    assets = getattr(vlm, "assets", None)
-    domain = getattr(assets, "domain", "") or "no description of its domain is known"
+    domain = vlm.assets.domain or "no description of its domain is known"
     gr.Markdown(
         "# bayesvlm-explain studio\n"
         f"Model **{vlm.name}** on `{vlm.device}`: {domain}. Every (image, prompt) logit has a mean and a "
@@ -267,7 +266,7 @@ def build_app(vlm: BayesVLM, examples: list[list[Any]] | None = None, max_queue:
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
                 image, prompts = _shared_inputs(labels, default_prompts, examples,
-                                                getattr(getattr(vlm, "assets", None), "outside_examples", None))
+                                                vlm.assets.outside_examples)
             with gr.Column(scale=3, min_width=320):
                 ctx = StudioContext(vlm, yardstick or auto_ys, image, prompts, default_prompts,
                                     temp_folder("bayesvlm-studio-"), _wiring(app.admission),
