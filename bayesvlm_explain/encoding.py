@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .adapters import Features, ModelAdapter, adapter_for
 from .inputs import check_prompts, image_batch
 
-PROGRESS_BATCHES = 16  # prompt batches from which encoding shows a progress bar
+PROGRESS_BATCHES = 4  # prompt batches from which encoding shows a progress bar (193+ prompts at 64)
 ALGEBRA_DTYPE = torch.float64  # posterior algebra runs in float64 (method.md §9: fp64 inverses)
 
 

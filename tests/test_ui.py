@@ -272,6 +272,37 @@ def test_every_api_name_serves_and_refuses_bad_input(tiny_vlm, png, tmp_path, ca
         app.close()
 
 
+def test_long_label_sets_report_encoding_progress_to_the_page(tiny_vlm, png, monkeypatch):
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from bayesvlm_explain.encoding import PROGRESS_BATCHES
+
+    encode = tiny_vlm.encoder.token_features
+
+    def slow(tokens):  # a real text tower takes about a second per batch on a CPU
+        time.sleep(0.3)
+        return encode(tokens)
+
+    monkeypatch.setattr(tiny_vlm.encoder, "token_features", slow)
+    batches = PROGRESS_BATCHES + 1
+    prompts = "\n".join(f"a drawing of thing {i}" for i in range(batches * tiny_vlm.batch_size))
+    app = build_app(tiny_vlm)
+    app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        job = Client(app.local_url, verbose=False).submit(handle_file(png()), prompts, api_name="/predict")
+        seen = set()
+        while not job.done():
+            for unit in job.status().progress_data or []:
+                seen.add((unit.desc, unit.length))
+            time.sleep(0.02)
+        assert len(job.result()[3]["classes"]) == batches * tiny_vlm.batch_size
+        assert ("encoding prompts", batches) in seen
+    finally:
+        app.close()
+
+
 def test_cli_predict_on_a_missing_file_says_not_found(tmp_path, capsys):
     from bayesvlm_explain.cli import main
 

@@ -11,7 +11,8 @@
 * at most 2 light requests (predict, compare, batch) and 1 heavy one (explain, calibrate, select) run at once;
   how many may wait or run per lane, per connection address and per browser session is decided by
   :mod:`.admission` before a request enters gradio's queue (gradio's own queue-size check is off);
-* user errors come back as messages (no traceback in the server log, no server path in the text).
+* user errors come back as messages (no traceback in the server log, no server path in the text);
+* long work (encoding hundreds of prompts, a batch of images) shows its progress over the outputs.
 """
 
 from __future__ import annotations
@@ -151,8 +152,12 @@ def _user_error(err: Exception, uploads: list[Any]) -> gr.Error:
 
 
 def _guard(fn: Any, uploads: Any) -> Any:
-    """``fn`` that first trims the heap and turns user errors into messages (refused uploads deleted)."""
-    def run(*args: Any) -> Any:
+    """``fn`` that first trims the heap and turns user errors into messages (refused uploads deleted).
+
+    Gradio fills ``progress``: the library's tqdm bars (prompt encoding of long label sets, image batches)
+    then show as a progress bar over the outputs.
+    """
+    def run(progress: gr.Progress = gr.Progress(track_tqdm=True), *args: Any) -> Any:  # noqa: B008
         trim_heap()  # what earlier requests freed (costs microseconds)
         try:
             return fn(*args)
