@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .adapters import Features, ModelAdapter, adapter_for
 from .inputs import check_prompts, image_batch
 
+PAD_CUT_RTOL = 1e-5  # largest change (relative to the largest value) a padding cut may make: float32 round-off
 PROGRESS_BATCHES = 4  # prompt batches from which encoding shows a progress bar (193+ prompts at 64)
 ALGEBRA_DTYPE = torch.float64  # posterior algebra runs in float64 (method.md §9: fp64 inverses)
 
@@ -98,6 +99,7 @@ class Encoder:
         self.batch_size = batch_size
         self.adapter: ModelAdapter = adapter_for(model)
         self.prompt_cache = PromptCache(prompt_cache_size)
+        self.pad_cut_exact: bool | None = None  # see token_features; None until checked on a batch
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -138,7 +140,38 @@ class Encoder:
         return Features(torch.cat([o.activations for o in outs]), torch.cat([o.embeddings for o in outs]))
 
     def token_features(self, tokens: torch.Tensor) -> Features:
-        """Activations [C, p_t] and mean embeddings [C, D] (float64, CPU) of token ids [C, L]."""
+        """Activations [C, p_t] and mean embeddings [C, D] (float64, CPU) of token ids [C, L].
+
+        The padding after the batch's longest prompt is cut off where that leaves the features unchanged:
+        a causal tower pooled at the end token (CLIP's) never sees it, so prompts of 10 tokens run on 10
+        positions instead of 77. Whether the cut is exact is checked once, on the first batch it would
+        shorten (both ways, to :data:`PAD_CUT_RTOL` of the largest value), and kept in :attr:`pad_cut_exact`;
+        towers that see the padding (SigLIP pools the last position) or refuse a shorter sequence keep it.
+        """
+        length = self.used_positions(tokens)
+        if length >= tokens.shape[1] or self.pad_cut_exact is False:
+            return self._text_features(tokens)
+        if self.pad_cut_exact is None:
+            full = self._text_features(tokens)
+            try:
+                cut = self._text_features(tokens[:, :length])
+            except (RuntimeError, ValueError, IndexError):  # e.g. a fixed-length positional table
+                cut = None
+            self.pad_cut_exact = cut is not None and all(
+                torch.allclose(c, f, rtol=PAD_CUT_RTOL, atol=PAD_CUT_RTOL * float(f.abs().max()))
+                for c, f in ((cut.activations, full.activations), (cut.embeddings, full.embeddings)))
+            return full
+        return self._text_features(tokens[:, :length])
+
+    def used_positions(self, tokens: torch.Tensor) -> int:
+        """Positions up to the last end token of any prompt in ``tokens`` [C, L] (L if unknown)."""
+        try:
+            info = self.adapter.tokenizer_info(self.tokenizer)
+        except TypeError:  # a tokenizer without known pad / end ids: never cut
+            return tokens.shape[1]
+        return max((info.length(row) for row in tokens.tolist()), default=tokens.shape[1])
+
+    def _text_features(self, tokens: torch.Tensor) -> Features:
         with torch.inference_mode(), autocast(self.device):
             feats = self.adapter.text.features(tokens.to(self.device))
         return feats.to("cpu", ALGEBRA_DTYPE)  # outside inference mode: usable by autograd

@@ -9,7 +9,7 @@ import warnings
 import open_clip
 import pytest
 import torch
-from conftest import PROMPTS, TINY_CLIP, build_tiny, random_images
+from conftest import PROMPTS, TINY_CLIP, TINY_SIGLIP, build_tiny, random_images
 from PIL import Image
 
 import bayesvlm_explain as bx
@@ -148,6 +148,7 @@ def test_over_long_prompt_is_truncated_with_a_warning(tiny_vlm):
 def test_prompt_cache_is_used_and_bounded():
     vlm = build_tiny(TINY_CLIP)
     vlm.encoder.prompt_cache.size = 3
+    vlm.encoder.pad_cut_exact = True  # one tower call per batch (the check is tested below)
     calls = []
     original = vlm.adapter.text.features
 
@@ -162,6 +163,33 @@ def test_prompt_cache_is_used_and_bounded():
     torch.testing.assert_close(a.embeddings[0], b.embeddings[1])
     vlm.encode_prompts(["c", "d"])
     assert len(vlm.encoder.prompt_cache) == 3 and calls == [2, 2]
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_prompt_padding_is_cut_off_only_where_the_features_stay_the_same(family):
+    from bayesvlm_explain.encoding import PAD_CUT_RTOL
+
+    vlm = build_tiny(TINY_CLIP) if family == "clip" else build_tiny(TINY_SIGLIP, custom_text=True)
+    lengths = []
+    original = vlm.adapter.text.features
+
+    def recording(tokens, token_embeddings=None):
+        lengths.append(tokens.shape[1])
+        return original(tokens, token_embeddings)
+
+    vlm.adapter.text.features = recording
+    context = vlm.context_length
+    first = vlm.encode_prompts(PROMPTS)  # the check: the batch both ways
+    later = ["a photo of a frog", "a blue car"]
+    second = vlm.encode_prompts(later)
+    full = vlm.encoder._text_features(vlm.tokenize(PROMPTS + later))
+    got = torch.cat([first.embeddings, second.embeddings])
+    if family == "clip":  # causal, pooled at the end token: the padding is never seen
+        assert vlm.encoder.pad_cut_exact is True and lengths[0] == context and max(lengths[1:3]) < context
+        torch.testing.assert_close(got, full.embeddings, rtol=0, atol=PAD_CUT_RTOL * float(full.embeddings.abs().max()))
+    else:  # SigLIP pools the last position: cutting changes the features, so it is never done
+        assert vlm.encoder.pad_cut_exact is False and lengths[2:3] == [context]
+        assert torch.equal(got, full.embeddings)
 
 
 def test_unsupported_architecture_is_named():
