@@ -319,3 +319,22 @@ def test_cli_offers_the_library_neighbour_distances():
     action = next(a for a in build_parser()._subparsers._group_actions[0].choices["active-learning"]._actions
                   if a.dest == "neighbour_distance")
     assert tuple(action.choices) == NEIGHBOUR_DISTANCES and action.default == "cosine"
+
+
+def test_the_learner_knobs_reach_the_learner(setup):
+    """``run_active_learning``'s prior weight, steps and lr are the learner's: 0 steps (or lr 0, or a huge
+    prior weight) leave the deterministic prediction at zero-shot after labels; plain fine-tuning moves it."""
+    vlm, data = setup
+
+    def map_accuracies(**knobs: float) -> list[float]:
+        config = ActiveLearningConfig(k=8, rounds=1, seeds=(0,), strategies=("random",), sanity=False, **knobs)
+        payload = run_active_learning(vlm, data, config)
+        assert {k: payload["settings"][k] for k in knobs} == knobs
+        return [r["map_accuracy"] for r in payload["rows"]]
+
+    zero = map_accuracies(steps=0)
+    assert zero[0] == zero[1]
+    assert map_accuracies(lr=0.0, steps=20) == zero
+    assert map_accuracies(prior_weight=1e9, steps=20, lr=0.01) == zero
+    moved = map_accuracies(prior_weight=0.0, steps=200, lr=0.05)
+    assert moved[0] == zero[0] and moved[1] != zero[1]
