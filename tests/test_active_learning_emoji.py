@@ -10,10 +10,13 @@ import torch
 
 from tools import emoji
 from tools.emoji_active_learning import (
+    SHIFTS,
     TARGET_STYLES,
     colour_complement,
     domain_parts,
+    edge_sketch,
     pool_records,
+    screen_shift,
     target_domain_split,
 )
 
@@ -106,3 +109,49 @@ def test_colour_complement_keeps_greys_and_luma_and_undoes_itself():
     torch.testing.assert_close(colour_complement(y), x)
     red = colour_complement(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)).flatten()
     torch.testing.assert_close(red, torch.tensor([0.0, 0.598, 0.598]))  # red -> cyan, clipped at 0
+
+
+def test_edge_sketch_draws_dark_edges_on_white():
+    flat = torch.full((1, 3, 6, 6), 0.3)
+    torch.testing.assert_close(edge_sketch(flat), torch.ones(1, 3, 6, 6))
+    step = torch.zeros(1, 3, 6, 6)
+    step[..., 3:] = 1.0  # black left half, white right half: a vertical edge between columns 2 and 3
+    out = edge_sketch(step)[0, 0]
+    assert (out[:, [2, 3]] == 0).all() and (out[:, [0, 5]] == 1).all()
+    assert set(SHIFTS) >= {"complement", "none"} and SHIFTS["none"](step) is step
+
+
+def test_screen_shift_reads_validation_only(tiny_vlm):
+    """With no learning (0 steps) every screened figure is the zero-shot validation accuracy; test labels play
+    no part."""
+    from conftest import PROMPTS, random_posterior
+
+    import bayesvlm_explain as bx
+    from bayesvlm_explain.adapters import Features
+    from bayesvlm_explain.evaluation.active_learning import ActiveLearningData, map_accuracy
+
+    vlm = bx.BayesVLM(tiny_vlm.model, tiny_vlm.tokenizer, tiny_vlm.preprocess, device="cpu", name="tiny")
+    vlm.posterior = random_posterior(vlm, prior_precision=5.0, seed=3, scale=0.2)
+    gen = torch.Generator().manual_seed(0)
+
+    def feats(n: int) -> Features:
+        acts = torch.randn(n, vlm.adapter.image.weight.shape[1], generator=gen, dtype=torch.float64)
+        return Features(acts, vlm.adapter.image.project(acts).detach())
+
+    pool, val, test = feats(20), feats(10), feats(6)
+    labels = torch.randint(0, 4, (20,), generator=gen)
+    val_labels = torch.randint(0, 4, (10,), generator=gen)
+    data = ActiveLearningData(pool, labels, val, test, torch.zeros(6).long(), vlm.encode_prompts(PROMPTS), PROMPTS,
+                              val=val, val_labels=val_labels, pool_in_target=torch.arange(20) < 8)
+    zero = map_accuracy(vlm, torch.zeros(vlm.adapter.image.dim_out, vlm.adapter.image.dim_in, dtype=torch.float64),
+                        val, val_labels, data.txt)
+    still = screen_shift(vlm, data, (0.0, 0, 0.01), budget=4, seeds=(0, 1))
+    assert still == {"zero_shot": zero, "random_target": zero, "random_in_domain": zero, "all_target": zero}
+    fitted = screen_shift(vlm, data, (0.0, 200, 0.05), budget=4, seeds=(0, 1))
+    assert fitted["zero_shot"] == zero and fitted["all_target"] != zero
+    relabelled = ActiveLearningData(pool, labels, val, test, torch.ones(6).long(), data.txt, PROMPTS, val=val,
+                                    val_labels=val_labels, pool_in_target=data.pool_in_target)
+    assert screen_shift(vlm, relabelled, (0.0, 200, 0.05), budget=4, seeds=(0, 1)) == fitted
+    with pytest.raises(ValueError, match="validation split"):
+        screen_shift(vlm, ActiveLearningData(pool, labels, val, test, torch.zeros(6).long(), data.txt, PROMPTS),
+                     (0.0, 0, 0.01))

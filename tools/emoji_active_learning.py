@@ -70,9 +70,33 @@ def colour_complement(x: torch.Tensor) -> torch.Tensor:
     return (2.0 * g - x).clamp(0.0, 1.0)
 
 
-SHIFTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"complement": colour_complement,
-                                                              "none": lambda x: x}
-"""The target domain's shift, applied after augmentation (``"none"``: the drawings as they are)."""
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _low_contrast(x: torch.Tensor, factor: float = 0.5) -> torch.Tensor:
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * factor + mean).clamp(0.0, 1.0)
+
+
+def edge_sketch(x: torch.Tensor) -> torch.Tensor:
+    """Grey line drawing of images ``[B, 3, S, S]`` in [0, 1]: ``1 − |Sobel(luma)|`` (clipped), dark edges on
+    white."""
+    g = torch.nn.functional.pad(_luma(x), (1, 1, 1, 1), mode="replicate")
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).view(1, 1, 3, 3)
+    gx, gy = torch.nn.functional.conv2d(g, kx), torch.nn.functional.conv2d(g, kx.transpose(2, 3))
+    return (1.0 - (gx.square() + gy.square()).sqrt().clamp(0.0, 1.0)).expand(-1, 3, -1, -1)
+
+
+SHIFTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "complement": colour_complement,
+    "complement_low_contrast": lambda x: _low_contrast(colour_complement(x)),
+    "invert": lambda x: 1.0 - x,
+    "sketch": edge_sketch,
+    "none": lambda x: x,
+}
+"""The target domain's shift, applied after augmentation (``"none"``: the drawings as they are); the
+experiment's is ``"complement"``, the others are the candidates :func:`screen_shift` compared it with."""
 
 
 def target_domain_split(records: Sequence[Any], seed: int = 0, *, test: int = 2, val: int = 1
@@ -216,6 +240,35 @@ def memorisation_control(vlm: Any, data: ActiveLearningData, knobs: tuple[float,
             "zero_shot_other_drawings": map_accuracy(vlm, zero, data.test, data.test_labels, data.txt)}
 
 
+def screen_shift(vlm: Any, data: ActiveLearningData, knobs: tuple[float, int, float], budget: int = 50,
+                 seeds: Sequence[int] = (0, 1, 2)) -> dict[str, float]:
+    """How learnable a target domain is, on **validation** only (the shift is chosen by it): MAP accuracy
+    zero-shot, after ``budget`` random target-domain / in-domain pool labels (mean over ``seeds``) and after
+    every target-domain pool label. A usable shift lowers the zero-shot accuracy and lets target labels lift
+    it clearly above in-domain ones."""
+    from bayesvlm_explain.evaluation.active_learning import fit_learner, map_accuracy
+
+    if data.val is None or data.val_labels is None or data.pool_in_target is None:
+        raise ValueError("screening a shift needs the validation split and pool_in_target")
+
+    def val_accuracy(idx: torch.Tensor | None) -> float:
+        if idx is None:
+            delta = torch.zeros(vlm.adapter.image.dim_out, vlm.adapter.image.dim_in, dtype=torch.float64)
+        else:
+            support = Features(data.pool.activations[idx], data.pool.embeddings[idx])
+            delta = fit_learner(vlm, support, data.pool_labels[idx], data.txt, knobs, update=False).delta
+        return map_accuracy(vlm, delta, data.val, data.val_labels, data.txt)
+
+    def random_labels(index: torch.Tensor) -> float:
+        return sum(val_accuracy(index[torch.randperm(index.numel(), generator=torch.Generator().manual_seed(s))
+                                      [:budget]]) for s in seeds) / len(seeds)
+
+    everything = torch.arange(data.pool_labels.numel())
+    target, in_domain = everything[data.pool_in_target], everything[~data.pool_in_target]
+    return {"zero_shot": val_accuracy(None), "random_target": random_labels(target),
+            "random_in_domain": random_labels(in_domain), "all_target": val_accuracy(target)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Choose the learner's knobs on validation, run the sanity checks, then every strategy and seed on the
     emoji data; write ``active_learning.json``, ``.md`` and ``.png``.
@@ -232,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shift", default="complement", choices=tuple(SHIFTS), help="the target domain's shift")
     p.add_argument("--pool-styles", default=None, help="comma-separated in-domain pool styles (default: training)")
     p.add_argument("--cache", default=None, help="emoji data cache (default ~/.cache/bayesvlm_explain/emoji)")
+    p.add_argument("--screen", default=None, metavar="SHIFTS",
+                   help="only compare comma-separated shifts on validation (screen_shift at the knobs "
+                        "--prior-weight/--steps/--lr) and print the table")
     own, rest = p.parse_known_args(argv)
     if "--knob-grid" not in rest:
         rest += ["--knob-grid", DEFAULT_KNOB_GRID]
@@ -240,8 +296,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     vlm = _load(args)
     feature_cache = args.feature_cache or str(Path.home() / ".cache" / "bayesvlm_explain" / "features")
     targets = own.target_styles.split(",")
+    pool_styles = own.pool_styles.split(",") if own.pool_styles else None
+    if own.screen:
+        knobs = (args.prior_weight, args.steps, args.lr)
+        print(f"validation MAP accuracy, learner {knobs}: shift | zero shot | 50 random target | "
+              "50 random in-domain | all target")
+        for shift in own.screen.split(","):
+            r = screen_shift(vlm, emoji_active_learning_data(vlm, targets, shift=shift, cache_dir=own.cache,
+                                                             feature_cache=feature_cache, pool_styles=pool_styles),
+                             knobs)
+            print(f"| {shift} | {r['zero_shot']:.3f} | {r['random_target']:.3f} | {r['random_in_domain']:.3f} | "
+                  f"{r['all_target']:.3f} |", flush=True)
+        return 0
     data = emoji_active_learning_data(vlm, targets, shift=own.shift, cache_dir=own.cache, feature_cache=feature_cache,
-                                      pool_styles=own.pool_styles.split(",") if own.pool_styles else None)
+                                      pool_styles=pool_styles)
     payload = run_active_learning(vlm, data, config_from_arguments(args), progress=lambda line: print(line, flush=True))
     payload["settings"].update(model=vlm.name, target_style=f"the {own.shift} shift of " + ", ".join(targets))
     st = payload["settings"]
