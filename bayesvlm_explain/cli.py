@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knob-grid", default=None,
                    help="learner settings prior_weight:steps:lr, comma-separated, to choose from on a validation "
                         "split (needs one; the library's run_active_learning with ActiveLearningData.val)")
+    p.add_argument("--neighbour-distance", choices=["cosine", "wasserstein"], default="cosine",
+                   help="targeted strategy: map targets to pool images by cosine or the 2-Wasserstein distance "
+                        "of the embedding posteriors (the paper's default)")
     p.add_argument("--no-sanity", action="store_true",
                    help="skip the learner's sanity runs (support-set fit, ceilings) before the strategies")
     p.set_defaults(func=cmd_active_learning)

@@ -14,7 +14,9 @@ underflows, unlike the reference's B9).
   the *same* draws for pool and targets. The reference drew pool and target logits independently (B4),
   which makes every EPIG ≈ 0 up to Monte Carlo bias; here sharing the draws is part of the contract.
 * :func:`targeted_picks`: the paper's targeted strategies: the best-scored *target* inputs, each mapped to
-  its nearest still unlabelled pool input (cosine of the embeddings).
+  its nearest still unlabelled pool input, by :func:`neighbour_distances`: ``"cosine"`` (of the mean
+  embeddings) or ``"wasserstein"`` (the squared 2-Wasserstein distance between the Gaussian embedding
+  posteriors, the reference's default ``--knn_method``, method.md §6).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
 
 SCORES: tuple[str, ...] = ("map_entropy", "entropy", "bald", "epig")
 """The pool scores :func:`pool_scores` computes."""
+
+NEIGHBOUR_DISTANCES: tuple[str, ...] = ("cosine", "wasserstein")
+"""The distances :func:`neighbour_distances` offers for mapping targets to pool inputs."""
 
 
 def _check_draws(probs: torch.Tensor, name: str) -> None:
@@ -113,33 +118,71 @@ def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> 
     return torch.sort(masked, descending=True, stable=True).indices[:k]
 
 
-def targeted_picks(target_scores: torch.Tensor, target_embeddings: torch.Tensor, pool_embeddings: torch.Tensor,
-                   k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+def cosine_distances(target_embeddings: torch.Tensor, pool_embeddings: torch.Tensor) -> torch.Tensor:
+    """``1 − cos`` of every target [M, D] and pool [N, D] embedding: [M, N] in [0, 2]."""
+    t = torch.nn.functional.normalize(target_embeddings.double(), dim=-1)
+    return 1.0 - t @ torch.nn.functional.normalize(pool_embeddings.double(), dim=-1).T
+
+
+def wasserstein_distances(target_mean: torch.Tensor, target_scale: torch.Tensor, pool_mean: torch.Tensor,
+                          pool_scale: torch.Tensor, trace: float) -> torch.Tensor:
+    """Squared 2-Wasserstein distances [M, N] between Gaussian embeddings ``N(μ, s·B̃⁻¹)`` of the targets
+    (``target_mean`` [M, D], ``target_scale`` [M] = ``s``) and the pool ([N, D], [N]); ``trace`` = tr(B̃⁻¹).
+
+    Under the Kronecker posterior an image's embedding has covariance ``s·B̃⁻¹`` with ``s = x̃ᵀÃ⁻¹x̃``; two
+    such covariances are proportional, so ``W₂² = ||μ₁ − μ₂||² + tr(B̃⁻¹)(√s₁ − √s₂)²`` exactly. The reference
+    keeps only the diagonal, ``||μ₁ − μ₂||² + ||σ₁ − σ₂||²`` with ``σ_d = √(s β_d)``, which is the same value
+    (method.md §6, §3.1). Means are the un-normalised embeddings."""
+    if target_scale.shape != target_mean.shape[:1] or pool_scale.shape != pool_mean.shape[:1]:
+        raise ValueError(f"scales must be [M] and [N] for means [M, D] and [N, D], got {tuple(target_scale.shape)}, "
+                         f"{tuple(pool_scale.shape)} for {tuple(target_mean.shape)}, {tuple(pool_mean.shape)}")
+    if trace < 0 or (target_scale < 0).any() or (pool_scale < 0).any():
+        raise ValueError("variance scales and the trace must be non-negative")
+    mean_part = torch.cdist(target_mean.double(), pool_mean.double()).square()
+    spread = target_scale.double().sqrt()[:, None] - pool_scale.double().sqrt()[None, :]
+    return mean_part + trace * spread.square()
+
+
+def neighbour_distances(vlm: BayesVLM, target: Any, pool: Any, distance: str = "cosine") -> torch.Tensor:
+    """Distances [M, N] from the target to the pool image features (``Features``) under ``vlm``:
+    ``"cosine"`` (:func:`cosine_distances` of the mean embeddings, blind to the posterior) or ``"wasserstein"``
+    (:func:`wasserstein_distances` of the embedding posteriors under ``vlm``'s image posterior)."""
+    if distance == "cosine":
+        return cosine_distances(target.embeddings, pool.embeddings)
+    if distance != "wasserstein":
+        raise ValueError(f"unknown neighbour distance {distance!r}; expected one of {NEIGHBOUR_DISTANCES}")
+    side = vlm.require_posterior().image
+    augment = vlm.adapter.image.augment
+    trace = float(side.covariance_factors()[1].diagonal().sum())
+    return wasserstein_distances(target.embeddings, side.input_scales(augment(target.activations.double())),
+                                 pool.embeddings, side.input_scales(augment(pool.activations.double())), trace)
+
+
+def targeted_picks(target_scores: torch.Tensor, distances: torch.Tensor, k: int,
+                   exclude: torch.Tensor | None = None) -> torch.Tensor:
     """``k`` distinct pool indices: the targets in decreasing score, each mapped to its nearest available pool
-    input (highest cosine of the embeddings; a pool input already taken or in ``exclude`` is skipped).
+    input (smallest distance; a pool input already taken or in ``exclude`` is skipped).
 
     Args:
         target_scores: [M] scores of the target inputs (higher = more useful to cover).
-        target_embeddings: [M, D]; pool_embeddings: [N, D].
+        distances: [M, N] from every target to every pool input (:func:`neighbour_distances`).
         k: how many pool inputs to return (at most the number available; targets are reused in score
             order when there are fewer than ``k``).
     """
-    if target_scores.ndim != 1 or target_embeddings.shape[0] != target_scores.shape[0]:
-        raise ValueError(f"target_scores [M] and target_embeddings [M, D] disagree: {tuple(target_scores.shape)} "
-                         f"vs {tuple(target_embeddings.shape)}")
-    n = pool_embeddings.shape[0]
+    if target_scores.ndim != 1 or distances.ndim != 2 or distances.shape[0] != target_scores.shape[0]:
+        raise ValueError(f"target_scores [M] and distances [M, N] disagree: {tuple(target_scores.shape)} "
+                         f"vs {tuple(distances.shape)}")
+    n = distances.shape[1]
     taken = torch.zeros(n, dtype=torch.bool)
     if exclude is not None and len(exclude):
         taken[exclude] = True
     if k > int((~taken).sum()):
         raise ValueError(f"cannot select {k} of {int((~taken).sum())} available inputs")
-    cos = torch.nn.functional.normalize(target_embeddings.double(), dim=-1) @ \
-        torch.nn.functional.normalize(pool_embeddings.double(), dim=-1).T  # [M, N]
     order = torch.sort(target_scores.double(), descending=True, stable=True).indices
     picks: list[int] = []
     while len(picks) < k:
         for t in order.tolist():
-            j = int(cos[t].masked_fill(taken, -math.inf).argmax())
+            j = int(distances[t].double().masked_fill(taken, math.inf).argmin())
             picks.append(j)
             taken[j] = True
             if len(picks) == k:

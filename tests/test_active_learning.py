@@ -32,7 +32,7 @@ from bayesvlm_explain.evaluation.active_learning import (
 )
 from bayesvlm_explain.fitting import update_posterior
 from bayesvlm_explain.marglik import factor_eigenvalues, log_marginal_likelihood_grad
-from bayesvlm_explain.selection import epig
+from bayesvlm_explain.selection import NEIGHBOUR_DISTANCES, epig, neighbour_distances
 
 
 def features(vlm: bx.BayesVLM, n: int, seed: int) -> Features:
@@ -281,3 +281,60 @@ def test_random_strategy_takes_every_remaining_input_once(setup):
     firsts = {int(select_batch(vlm, "random", pool, targets, data.txt, 1, torch.zeros(0, dtype=torch.long), 8,
                                torch.Generator().manual_seed(s))[0]) for s in range(40)}
     assert firsts == set(range(6))  # every input can come first
+
+
+def test_targeted_strategy_by_wasserstein_matches_the_uncertainty_too(setup):
+    """Two pool inputs with the target's mean embedding but different activations (so different posterior
+    spreads): cosine cannot tell them apart (the first wins), the 2-Wasserstein distance takes the one whose
+    activation, and so spread, is the target's (distance 0)."""
+    vlm, data = setup
+    p = vlm.adapter.image.weight.shape[1]
+    gen = torch.Generator().manual_seed(5)
+    acts = torch.randn(3, p, generator=gen, dtype=torch.float64) * torch.tensor([[0.1], [3.0], [1.0]],
+                                                                                dtype=torch.float64)
+    emb = data.txt.embeddings[:3].clone()
+    emb[1] = emb[0]
+    pool = Features(acts, emb)
+    target = Features(acts[1:2], emb[:1])
+    dist = neighbour_distances(vlm, target, pool, "wasserstein")
+    assert float(dist[0, 1]) == pytest.approx(0.0, abs=1e-12) and float(dist[0, 0]) > 0.01
+    none = torch.zeros(0, dtype=torch.long)
+    pick = {d: select_batch(vlm, "targeted_map_entropy", pool, target, data.txt, 1, none, 8,
+                            torch.Generator().manual_seed(0), d).tolist() for d in NEIGHBOUR_DISTANCES}
+    assert pick == {"cosine": [0], "wasserstein": [1]}
+    # the spread term is tr(B̃⁻¹)(√s₁ − √s₂)² with s = x̃ᵀÃ⁻¹x̃, from the model's image posterior
+    side = vlm.require_posterior().image
+    s = side.input_scales(vlm.adapter.image.augment(acts))
+    expected = float(side.covariance_factors()[1].trace()) * (s[1].sqrt() - s[0].sqrt()).square()
+    assert float(dist[0, 0]) == pytest.approx(float(expected), rel=1e-9)
+    with pytest.raises(ValueError, match="unknown neighbour distance"):
+        neighbour_distances(vlm, target, pool, "euclid")
+    with pytest.raises(ValueError, match="unknown neighbour distance"):
+        run_active_learning(vlm, data, ActiveLearningConfig(neighbour_distance="euclid"))
+
+
+def test_cli_offers_the_library_neighbour_distances():
+    from bayesvlm_explain.cli import build_parser
+
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["active-learning"]._actions
+                  if a.dest == "neighbour_distance")
+    assert tuple(action.choices) == NEIGHBOUR_DISTANCES and action.default == "cosine"
+
+
+def test_the_learner_knobs_reach_the_learner(setup):
+    """``run_active_learning``'s prior weight, steps and lr are the learner's: 0 steps (or lr 0, or a huge
+    prior weight) leave the deterministic prediction at zero-shot after labels; plain fine-tuning moves it."""
+    vlm, data = setup
+
+    def map_accuracies(**knobs: float) -> list[float]:
+        config = ActiveLearningConfig(k=8, rounds=1, seeds=(0,), strategies=("random",), sanity=False, **knobs)
+        payload = run_active_learning(vlm, data, config)
+        assert {k: payload["settings"][k] for k in knobs} == knobs
+        return [r["map_accuracy"] for r in payload["rows"]]
+
+    zero = map_accuracies(steps=0)
+    assert zero[0] == zero[1]
+    assert map_accuracies(lr=0.0, steps=20) == zero
+    assert map_accuracies(prior_weight=1e9, steps=20, lr=0.01) == zero
+    moved = map_accuracies(prior_weight=0.0, steps=200, lr=0.05)
+    assert moved[0] == zero[0] and moved[1] != zero[1]

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from bayesvlm_explain.selection import bald, epig, map_entropy, predictive_entropy, targeted_picks, top_k
+from bayesvlm_explain.selection import (
+    bald,
+    cosine_distances,
+    epig,
+    map_entropy,
+    predictive_entropy,
+    targeted_picks,
+    top_k,
+    wasserstein_distances,
+)
 
 
 def _onehots(labels: list[int], c: int) -> torch.Tensor:
@@ -84,12 +93,55 @@ def test_targeted_picks_map_the_best_targets_to_their_nearest_free_pool_inputs()
     pool = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.1]], dtype=torch.float64)
     targets = torch.tensor([[0.1, 1.0], [1.0, 0.05]], dtype=torch.float64)
     scores = torch.tensor([0.2, 0.9])  # target 1 first
-    assert targeted_picks(scores, targets, pool, 1).tolist() == [0]
-    assert targeted_picks(scores, targets, pool, 2).tolist() == [0, 1]
-    assert targeted_picks(scores, targets, pool, 2, exclude=torch.tensor([0])).tolist() == [2, 1]
+    dist = cosine_distances(targets, pool)
+    assert targeted_picks(scores, dist, 1).tolist() == [0]
+    assert targeted_picks(scores, dist, 2).tolist() == [0, 1]
+    assert targeted_picks(scores, dist, 2, exclude=torch.tensor([0])).tolist() == [2, 1]
     # more picks than targets: the targets are visited again in score order, never repeating a pool input
-    assert targeted_picks(scores, targets, pool, 4).tolist() == [0, 1, 2, 3]
+    assert targeted_picks(scores, dist, 4).tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="cannot select 4 of 3"):
-        targeted_picks(scores, targets, pool, 4, exclude=torch.tensor([1]))
+        targeted_picks(scores, dist, 4, exclude=torch.tensor([1]))
     with pytest.raises(ValueError, match="disagree"):
-        targeted_picks(scores[:1], targets, pool, 1)
+        targeted_picks(scores[:1], dist, 1)
+
+
+def test_cosine_distances_known_values():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    b = torch.tensor([[3.0, 0.0], [1.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    r = 1 - 1 / math.sqrt(2)
+    torch.testing.assert_close(cosine_distances(a, b), torch.tensor([[0.0, r, 2.0], [1.0, r, 1.0]],
+                                                                    dtype=torch.float64))
+
+
+def _sqrtm(m: torch.Tensor) -> torch.Tensor:
+    w, v = torch.linalg.eigh(m)
+    return v @ torch.diag(w.clamp_min(0).sqrt()) @ v.T
+
+
+def test_wasserstein_distance_is_the_gaussian_w2_and_the_references_diagonal_form():
+    """Against the general formula W2² = |Δμ|² + tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½) for covariances s·B⁻¹, and
+    against the reference's diagonal form |Δμ|² + |σ1 − σ2|² (method.md §6)."""
+    gen = torch.Generator().manual_seed(0)
+    d = 4
+    root = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    b_inv = root @ root.T + 0.1 * torch.eye(d, dtype=torch.float64)
+    mu_t, mu_p = torch.randn(2, d, generator=gen, dtype=torch.float64), torch.randn(3, d, generator=gen,
+                                                                                    dtype=torch.float64)
+    s_t, s_p = torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([0.1, 2.0, 4.0], dtype=torch.float64)
+    got = wasserstein_distances(mu_t, s_t, mu_p, s_p, float(b_inv.trace()))
+    for i in range(2):
+        for j in range(3):
+            c1, c2 = s_t[i] * b_inv, s_p[j] * b_inv
+            h = _sqrtm(c1)
+            general = (mu_t[i] - mu_p[j]).square().sum() + (c1 + c2 - 2 * _sqrtm(h @ c2 @ h)).trace()
+            diag = (mu_t[i] - mu_p[j]).square().sum() + ((s_t[i] * b_inv.diagonal()).sqrt()
+                                                         - (s_p[j] * b_inv.diagonal()).sqrt()).square().sum()
+            torch.testing.assert_close(got[i, j], general)
+            torch.testing.assert_close(got[i, j], diag)
+    # equal means: only the spread counts; equal spreads: the squared Euclidean distance
+    same = wasserstein_distances(mu_t[:1], torch.tensor([1.0]), mu_t[:1], torch.tensor([4.0]), 3.0)
+    torch.testing.assert_close(same, torch.tensor([[3.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="scales must be"):
+        wasserstein_distances(mu_t, s_p, mu_p, s_p, 1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        wasserstein_distances(mu_t, -s_t, mu_p, s_p, 1.0)

@@ -13,7 +13,8 @@ One run (strategy, seed) starts from the model and its posterior and repeats, ``
    ``epig`` targeted at unlabelled inputs of the target domain, pool and targets drawn jointly by one
    :meth:`BayesVLM.sample_logits_features` call (the reference's B4: independent draws make EPIG noise);
    ``targeted_map_entropy`` (the paper's targeted variant: the targets of highest MAP entropy, each mapped
-   to its nearest pool input) (:mod:`bayesvlm_explain.selection`);
+   to its nearest pool input by cosine or the 2-Wasserstein distance of the embedding posteriors)
+   (:mod:`bayesvlm_explain.selection`);
 2. **adapt** the image projection on the whole support set, from the original weights (:func:`fit_learner`):
    ``steps`` full-batch Adam steps on the zero-shot classification loss against the class prompts
    (softmax cross-entropy, or per-class sigmoid for a SigLIP-style model) plus the posterior as a prior
@@ -51,7 +52,7 @@ from ..adapters import Features
 from ..fitting.update import update_posterior
 from ..options import CHOICES
 from ..posterior import KronPosterior, Posterior
-from ..selection import SCORES, pool_scores, targeted_picks, top_k
+from ..selection import NEIGHBOUR_DISTANCES, SCORES, neighbour_distances, pool_scores, targeted_picks, top_k
 from .evaluate import with_posterior
 from .metrics import calibration_metrics
 
@@ -135,7 +136,8 @@ class ActiveLearningConfig:
     plain fine-tuning). With a ``knob_grid`` of ``(prior_weight, steps, lr)`` and validation data, the
     learner's knobs are the grid's best mean validation accuracy after random labels, over the budgets
     ``knob_budgets`` and the draws ``knob_seeds``, instead. ``sanity`` runs :func:`learner_sanity` at
-    ``sanity_budget`` labels.
+    ``sanity_budget`` labels. ``neighbour_distance`` maps the targeted strategy's targets to pool inputs
+    (``"cosine"`` or ``"wasserstein"``, :func:`~bayesvlm_explain.selection.neighbour_distances`).
     """
 
     k: int = 10
@@ -154,6 +156,7 @@ class ActiveLearningConfig:
     knob_seeds: Sequence[int] = (100, 101, 102)
     sanity: bool = True
     sanity_budget: int = 50
+    neighbour_distance: str = "cosine"
 
     def budgets(self) -> list[int]:
         return [self.k * r for r in range(self.rounds + 1)]
@@ -177,12 +180,13 @@ def parse_knob_grid(text: str) -> list[KnobSetting]:
 def config_from_arguments(args: argparse.Namespace) -> ActiveLearningConfig:
     """The :class:`ActiveLearningConfig` of the ``bayesvlm-explain active-learning`` options (``--k``,
     ``--rounds``, ``--seeds``, ``--strategies``, ``--num-targets``, ``--mc-samples``, ``--steps``, ``--lr``,
-    ``--prior-weight``, ``--pool-fraction``, ``--knob-grid``, ``--no-sanity``)."""
+    ``--prior-weight``, ``--pool-fraction``, ``--knob-grid``, ``--no-sanity``, ``--neighbour-distance``)."""
     return ActiveLearningConfig(
         k=args.k, rounds=args.rounds, seeds=[int(s) for s in args.seeds.split(",")],
         strategies=args.strategies.split(","), num_targets=args.num_targets, num_samples=args.mc_samples,
         steps=args.steps, lr=args.lr, prior_weight=args.prior_weight, pool_fraction=args.pool_fraction,
-        knob_grid=parse_knob_grid(args.knob_grid or ""), sanity=not args.no_sanity)
+        knob_grid=parse_knob_grid(args.knob_grid or ""), sanity=not args.no_sanity,
+        neighbour_distance=args.neighbour_distance)
 
 
 @dataclass
@@ -255,16 +259,18 @@ def map_accuracy(vlm: BayesVLM, delta: torch.Tensor, images: Features, labels: t
 
 
 def select_batch(vlm: BayesVLM, strategy: str, pool: Features, target: Features, txt: Features, k: int,
-                 chosen: torch.Tensor, num_samples: int, generator: torch.Generator) -> torch.Tensor:
+                 chosen: torch.Tensor, num_samples: int, generator: torch.Generator,
+                 neighbour_distance: str = "cosine") -> torch.Tensor:
     """The ``k`` next pool indices (none of ``chosen``) by ``strategy`` under ``vlm`` and its posterior.
 
     ``random``, ``map_entropy``, ``entropy``, ``bald`` and ``epig`` take the top scores of the pool
     (:func:`acquisition_scores`); ``targeted_map_entropy`` scores the targets by MAP entropy and maps the
-    best ones to their nearest pool inputs (:func:`~bayesvlm_explain.selection.targeted_picks`).
+    best ones to their nearest pool inputs (:func:`~bayesvlm_explain.selection.targeted_picks`) by
+    ``neighbour_distance`` (``"cosine"`` or ``"wasserstein"``, :func:`~bayesvlm_explain.selection.neighbour_distances`).
     """
     if strategy == "targeted_map_entropy":
         scores = pool_scores(vlm, target, txt, num_samples, generator, which=("map_entropy",))["map_entropy"]
-        return targeted_picks(scores, target.embeddings, pool.embeddings, k, exclude=chosen)
+        return targeted_picks(scores, neighbour_distances(vlm, target, pool, neighbour_distance), k, exclude=chosen)
     return top_k(acquisition_scores(vlm, strategy, pool, target, txt, num_samples, generator), k, exclude=chosen)
 
 
@@ -406,7 +412,7 @@ def run_strategy(vlm: BayesVLM, data: ActiveLearningData, strategy: str, seed: i
             break
         view = with_posterior(vlm, state.posterior)
         picks = select_batch(view, strategy, state.shift(vlm, pool), state.shift(vlm, target), data.txt, config.k,
-                             chosen, config.num_samples, strategy_gen)
+                             chosen, config.num_samples, strategy_gen, config.neighbour_distance)
         chosen = torch.cat([chosen, picks])
         state = fit_learner(vlm, _rows(pool, chosen), labels[chosen], data.txt, config.knobs)
     return rows
@@ -469,6 +475,9 @@ def run_active_learning(vlm: BayesVLM, data: ActiveLearningData, config: ActiveL
     unknown = [s for s in config.strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; expected some of {STRATEGIES}")
+    if config.neighbour_distance not in NEIGHBOUR_DISTANCES:
+        raise ValueError(f"unknown neighbour distance {config.neighbour_distance!r}; expected one of "
+                         f"{NEIGHBOUR_DISTANCES}")
     if vlm.posterior is None:
         raise ValueError("active learning needs a posterior")
     say = progress or (lambda _line: None)
