@@ -23,6 +23,13 @@ runs other dims, widths, anisotropies and seeds than the default grid, to check 
 
     python benchmarks/bench_moments.py [--draws 20000] [--json benchmarks/bench_moments.json]
     python benchmarks/bench_moments.py --grid heldout --json benchmarks/bench_moments_heldout.json
+    python benchmarks/bench_moments.py --cost    # only the cost side (added to the JSON)
+
+Cost side (``--cost``): in the head, the two second-order terms need two more products with the prompts'
+embeddings, ``(Σ_i² û_n)ᵀ μ_c`` and ``(Σ_t² μ_n)ᵀ μ_c`` (the projected mode's one ``[3N, D] × [D, C]``
+product becomes ``[5N, D] × [D, C]``), besides O(N C) elementwise work. Timed round-robin at N = 32 x
+C = 21,843, D = p_t = 512 (random SPD posterior): the projected head per image batch
+(``image_moments``) and that extra ``[2N, D] × [D, C]`` product alone: a lower bound on the added cost.
 """
 
 from __future__ import annotations
@@ -122,6 +129,28 @@ def _case(d: int, c: int, p: int, width: float, decades: float, aligned: bool, d
     return out
 
 
+def cost_side(rounds: int) -> dict:
+    """The projected head per image batch against the extra product the second-order terms need."""
+    from machine import round_robin
+
+    from bayesvlm_explain.probcos import image_moments, prompt_terms
+
+    n, c, d = 32, 21_843, 512
+    gen = torch.Generator().manual_seed(0)
+    spd = [_factor(d, 1.0, gen) / d for _ in range(3)]
+    txt_mean, txt_act = torch.randn(c, d, generator=gen, dtype=torch.float64), torch.randn(c, d, generator=gen,
+                                                                                              dtype=torch.float64)
+    img = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    scale = torch.rand(n, generator=gen, dtype=torch.float64)
+    terms = prompt_terms(txt_mean, txt_act, spd[0], spd[1], spd[2])
+    extra = torch.randn(2 * n, d, generator=gen, dtype=torch.float64)
+    timed = round_robin({"projected_head": lambda: image_moments(img, scale, terms, 100.0).var,
+                         "extra_product": lambda: extra @ txt_mean.T}, rounds)
+    head, prod = timed["projected_head"][0], timed["extra_product"][0]
+    return {"N": n, "C": c, "D": d, "rounds": rounds, "projected_head_s": round(head, 4),
+            "extra_product_s": round(prod, 4), "lower_bound_ratio": round((head + prod) / head, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=20_000)
@@ -129,8 +158,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("bench_moments.json"))
     ap.add_argument("--grid", choices=list(GRIDS), default="default")
     ap.add_argument("--damping", type=float, default=4.0, help="k of the second-order terms' ρ^k damping")
+    ap.add_argument("--cost", action="store_true", help="only time the cost side; add it to --json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cost:
+        cost = cost_side(rounds=7)
+        print(json.dumps(cost))
+        old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        args.json.write_text(json.dumps({**old, "second_order_cost": {**cost, "machine": machine_info()}},
+                                        indent=1) + "\n")
+        return
     d, c, p, anisotropies, widths, offset = GRIDS[args.grid]
     cases = []
     for decades in anisotropies:
