@@ -169,7 +169,7 @@ def main() -> None:
                                         indent=1) + "\n")
         return
     d, c, p, anisotropies, widths, offset = GRIDS[args.grid]
-    cases = []
+    cases: list[dict] = []
     for decades in anisotropies:
         for aligned in (True, False):
             for width in widths:

@@ -53,7 +53,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from machine import machine_info, round_robin  # benchmarks/machine.py (this folder is on sys.path)
@@ -65,7 +68,7 @@ if str(REPO) not in sys.path:
 from bayesvlm_explain.estimation import input_factor, output_factor, output_factor_naive  # noqa: E402
 
 SETTINGS = {"infonce": {"tau": 100.0, "bias": None}, "sigmoid": {"tau": 110.0, "bias": -12.0}}
-PRECISIONS: dict[str, dict[str, torch.dtype]] = {
+PRECISIONS: dict[str, dict[str, Any]] = {  # keyword arguments of output_factor
     "float64": {},  # the library default: float64 logits and moments
     "mixed": {"moment_dtype": torch.float32},  # the fit's choice (fitting/accumulate.py)
     "float32": {"compute_dtype": torch.float32},
@@ -275,8 +278,8 @@ def fit_table(args: argparse.Namespace) -> dict:
     data["saturated_sigma1.5"] = (img[:B], img + 1.5 * torch.randn(C, args.dim, generator=g))
     act = torch.randn(full, 768, generator=g)  # the input factor of a whole class batch (p = 768)
     xs, ys = data["unsaturated"]
-    cases = {f"B_{name}": (lambda kw=kw: output_factor(xs, ys, 100.0, chunk_size=512, **kw))
-             for name, kw in PRECISIONS.items()}
+    cases: dict[str, Callable[[], torch.Tensor]] = {
+        f"B_{name}": partial(output_factor, xs, ys, 100.0, chunk_size=512, **kw) for name, kw in PRECISIONS.items()}
     cases["A_float64"] = lambda: input_factor(act, bias=False)
     cases["A_float32"] = lambda: torch.cat([c.T @ c for c in act.split(4096)]).view(-1, 768, 768).double().sum(0)
     print(f"# fit table: C={C}, {B} sources timed (x{full / B:g} to a class batch), D={args.dim}", flush=True)

@@ -85,7 +85,7 @@ def _image_features(vlm: bx.BayesVLM, n: int, batch: int, seed: int) -> tuple[Fe
     """Features of ``n`` images: ``min(batch, n)`` random images through the real tower, tiled to ``n`` rows
     with a 1% random scale per row; and the encoder seconds measured for those images."""
     k = min(batch, n)
-    images = torch.randn(k, 3, *vlm.image_size, generator=torch.Generator().manual_seed(seed))
+    images = torch.randn(k, 3, *(vlm.image_size or (224, 224)), generator=torch.Generator().manual_seed(seed))
     t, _, enc = _timed(lambda: vlm.encode_images(images), 1)
     reps = math.ceil(n / k)
     scale = 1 + 0.01 * torch.randn(k * reps, 1, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
