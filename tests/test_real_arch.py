@@ -126,7 +126,10 @@ def test_fit_on_synthetic_pairs_matches_direct_activation_factor(b32):
     # A_img = Σ f̃ f̃ᵀ / √N over the pairs (method.md §2.2), from an independent encoding
     act = vlm.adapter.image.augment(vlm.encode_images(pics).activations)
     torch.testing.assert_close(post.image.A, act.T @ act / 64**0.5, rtol=1e-4, atol=1e-6 * post.image.A.abs().max())
-    assert torch.linalg.eigvalsh(post.image.B).min() > -1e-9 * post.image.B.abs().max()
+    # PSD up to the fit's float32 moments (docs/fitting.md): this B is rank-deficient (64 pairs), and its
+    # null space carries their round-off, measured -4.4e-8 of the largest eigenvalue (float64: ~1e-15)
+    eig = torch.linalg.eigvalsh(post.image.B)
+    assert eig.min() > -1e-7 * eig.max()
     assert report is not None and post.image.prior_precision > 0
 
 
