@@ -68,12 +68,12 @@ def _check_likelihood(likelihood: str) -> None:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
 
-def _compute_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
+def _compute_dtype(compute_dtype: torch.dtype | None, name: str = "compute_dtype") -> torch.dtype:
     """The dtype of the O(bCD) work: float64 unless float32 is asked for (see ``docs/numerics.md``)."""
     if compute_dtype is None:
         return torch.float64
     if compute_dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+        raise ValueError(f"{name} must be torch.float32 or torch.float64, got {compute_dtype}")
     return compute_dtype
 
 
@@ -150,11 +150,17 @@ class OutputFactorStream:
         likelihood: ``"infonce"`` (CLIP) or ``"sigmoid"`` (SigLIP).
         logit_bias: scalar or [C] bias added to the logits (SigLIP), or None.
         chunk_size: source rows per chunk in :meth:`add`.
-        compute_dtype: dtype of the [b, C] arrays (logits, probabilities) and of the GEMMs that reduce
-            over C; default float64 whatever the input dtype (exact to float64 round-off).
+        compute_dtype: dtype of the [b, C] arrays (logits, probabilities), of the logit GEMM
+            ``X̂ Ŷᵀ`` and of T1; default float64 whatever the input dtype (exact to float64 round-off).
             ``torch.float32`` is ≈ 1.5× faster but carries τ·(float32 round-off) into the logits
             (measured errors in ``docs/numerics.md``). Every sum over sources and every D×D term is
             float64 in both cases.
+        moment_dtype: dtype of the two probability-weighted GEMMs over the candidates,
+            ``Σ_c π'_c ŷ_c`` and ``Σ_c π'_c δ_c ŷ_c`` (two of the three O(bCD) products); default: the
+            compute dtype. ``torch.float32`` with float64 logits (the fit's choice, ``docs/fitting.md``)
+            stays within ≈ 2e-7 of the float64 result even when the softmax saturates: the weights are
+            float64-exact probabilities, non-negative, and enter B without further cancellation, so
+            float32 costs only its own round-off, not τ times it.
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class OutputFactorStream:
         logit_bias: float | torch.Tensor | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compute_dtype: torch.dtype | None = None,
+        moment_dtype: torch.dtype | None = None,
     ) -> None:
         _check_likelihood(likelihood)
         if candidates.ndim != 2:
@@ -179,6 +186,13 @@ class OutputFactorStream:
         self.yhat64 = F.normalize(candidates.detach().to(torch.float64), dim=-1)  # Ŷ [C, D]
         self.device = self.yhat64.device
         self.yhat = self.yhat64.to(self.dtype)  # Ŷ in the compute dtype (the same tensor for float64)
+        self.moment_dtype = _compute_dtype(moment_dtype or self.dtype, "moment_dtype")
+        # The probability-weighted GEMMs run on the candidates centred at their mean m (float64), and m is
+        # added back in float64: Σ π'_c ŷ_c = Σ π'_c (ŷ_c − m) + s m. Exact in exact arithmetic; in float32
+        # the round-off then scales with the candidates' spread, not their length, which matters when they
+        # cluster (P = I − x̂x̂ᵀ and the pivot then cancel most of ŷ_c).
+        self.center = self.yhat64.mean(0)  # m [D]
+        self.yhat_m = (self.yhat64 - self.center).to(self.moment_dtype)  # Ŷ − 1mᵀ [C, D]
         C, D = self.yhat.shape
         self.bias = _bias_tensor(logit_bias, C, self.device, self.dtype)
         f64: dict[str, Any] = {"device": self.device, "dtype": torch.float64}
@@ -219,21 +233,27 @@ class OutputFactorStream:
 
         self.omega += (pi.T @ inv_r2.to(self.dtype)).to(torch.float64)  # ω += Σ_i π'_i / r_i²
         pd = pi * delta  # π' ⊙ δ
-        nx = (pd @ self.yhat).to(torch.float64)  # Σ_c π'_c δ_c ŷ_c  [b, D]
         t = pd.sum(1, dtype=torch.float64)  # t_i = Σ_c π'_ic δ_ic = x̂_iᵀ u_i
+        nx = self._weighted(pd, t)  # Σ_c π'_c δ_c ŷ_c  [b, D]
         q = pd.mul_(delta).sum(1, dtype=torch.float64)  # q_i = Σ_c π'_ic δ_ic² = x̂_iᵀ N_i x̂_i
         del pd, delta, cos
         # sym(x̂ (q x̂ − 2 N x̂)ᵀ) / r² = (x̂ᵀN x̂) x̂ x̂ᵀ − x̂ (N x̂)ᵀ − (N x̂) x̂ᵀ, all over r²
         left, right = [xhat64], [(q[:, None] * xhat64).sub_(nx, alpha=2.0).mul_(inv_r2[:, None])]
         if infonce:
             yk = self.yhat64[k]  # ŷ_{k_i}  [b, D]
-            a = (pi @ self.yhat).to(torch.float64)  # a_i = Σ_{c≠k} p_c ŷ_c
             s = pi.sum(1, dtype=torch.float64)  # s_i = Σ_{c≠k} p_c = 1 − p_k
+            a = self._weighted(pi, s)  # a_i = Σ_{c≠k} p_c ŷ_c
             right[0].add_(yk * (2.0 * t * inv_r2)[:, None])  # N_i x̂_i = Σ_c π'_c δ_c e_c = nx − t ŷ_k
             g = (a - s[:, None] * yk - t[:, None] * xhat64) * r64.reciprocal()[:, None]  # P_i u_i / r_i
             left += [yk, g]  # sym(ŷ_k (s ŷ_k − 2a)ᵀ) / r² − g gᵀ
             right += [(s[:, None] * yk).sub_(a, alpha=2.0).mul_(inv_r2[:, None]), -g]
         self.rest += torch.cat(left).T @ torch.cat(right)  # one [D, 3b] × [3b, D] GEMM (b for sigmoid)
+
+    def _weighted(self, weights: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """``Σ_c weights_ic ŷ_c`` [b, D] float64, given ``total_i = Σ_c weights_ic``: the GEMM on the centred
+        candidates in ``moment_dtype``, the centre added back in float64."""
+        centred = weights.to(self.moment_dtype) @ self.yhat_m
+        return torch.addr(centred.to(torch.float64), total, self.center)
 
     @torch.no_grad()
     def result(self) -> torch.Tensor:
@@ -257,6 +277,7 @@ def output_factor(
     logit_bias: float | torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     compute_dtype: torch.dtype | None = None,
+    moment_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``Σ_i H_i`` [D, D] (float64) for un-normalised sources [B, D] against candidates [C, D].
 
@@ -264,7 +285,8 @@ def output_factor(
     form (T1 once per candidate set, the other sums per source chunk; :class:`OutputFactorStream`),
     float64 by default whatever the input dtype, stable log-softmax / log-sigmoid, symmetrised.
     ``logit_scale`` is τ (not log τ); ``logit_bias`` is a scalar or [C] vector or None. Λ does not
-    depend on the labels for either likelihood (§2.1), so none are needed.
+    depend on the labels for either likelihood (§2.1), so none are needed. ``compute_dtype`` and
+    ``moment_dtype``: see :class:`OutputFactorStream`.
     Cost O(BCD + BD² + CD²); memory O(chunk·C + CD + D²).
     """
     _check_pair(sources, candidates)
@@ -275,6 +297,7 @@ def output_factor(
         logit_bias=logit_bias,
         chunk_size=chunk_size,
         compute_dtype=compute_dtype,
+        moment_dtype=moment_dtype,
     )
     stream.add(sources)
     return stream.result()
@@ -363,7 +386,7 @@ class KFACAccumulator:
         dim_out: D, the embedding dim.
         bias: whether the layer has a bias (a constant-1 input column is appended last).
         likelihood: ``"infonce"`` or ``"sigmoid"``.
-        chunk_size, compute_dtype: passed to :class:`OutputFactorStream`.
+        chunk_size, compute_dtype, moment_dtype: passed to :class:`OutputFactorStream`.
         device: where the float64 sums live (default CPU).
     """
 
@@ -379,6 +402,7 @@ class KFACAccumulator:
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compute_dtype: torch.dtype | None = None,
+        moment_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         _check_likelihood(likelihood)
@@ -388,6 +412,7 @@ class KFACAccumulator:
         self.likelihood = likelihood
         self.chunk_size = int(chunk_size)
         self.compute_dtype = compute_dtype
+        self.moment_dtype = moment_dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         p = self.dim_in + int(self.bias)
         self.A_sum = torch.zeros(p, p, dtype=torch.float64, device=self.device)
@@ -436,6 +461,7 @@ class KFACAccumulator:
             logit_bias=logit_bias,
             chunk_size=self.chunk_size,
             compute_dtype=self.compute_dtype,
+            moment_dtype=self.moment_dtype,
         )
         a_part = input_factor(activations, bias=self.bias)
         self.A_sum += a_part.to(self.device)

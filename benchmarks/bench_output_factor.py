@@ -25,12 +25,20 @@ the rest unrelated captions (cos ≈ 0.15 ± 0.04), source norms in [8, 12].
 Saturation table (InfoNCE, τ = 100, in-process; docs/numerics.md): float32 images [C, D] ~ N(0, 1) and
 captions = images + σ·noise, the first B images as sources. As σ falls the softmax saturates
 (1 − p_k → 0). Reported: max|B|, the largest off-pivot mass 1 − p_k, the relative error of the default
-path (float64 compute) and of float32 compute against the float64 naive oracle on the same float32
-inputs (or, where the naive loop is skipped, against the default path), the smallest eigenvalue over
-the largest, and the two fast paths' times.
+path (float64 compute), of the fit's mixed path (float64 logits, float32 probability-weighted moments:
+``moment_dtype=torch.float32``) and of float32 compute against the float64 naive oracle on the same
+float32 inputs (or, where the naive loop is skipped, against the default path), the smallest eigenvalue
+over the largest, and the three fast paths' times.
+
+Fit table (``--fit-sources``; one side of one class batch of the reference's C = 32,768): the output
+factor of B sources against 32,768 candidates in the three precisions and the input factor
+``Σ ããᵀ`` (p = 768) in float64 and float32, timed round-robin (one warm-up call, then ``--fit-rounds``
+rounds) and extrapolated linearly to 32,768 sources; errors against the float64 path, on the
+unsaturated synthetic class batch above and on a saturated one (σ = 1.5).
 
     python benchmarks/bench_output_factor.py                       # D=512, B=256, C=1024, 4096, 32768
     python benchmarks/bench_output_factor.py --json                # writes bench_output_factor.json
+    python benchmarks/bench_output_factor.py --only-fit --json     # only the fit table (kept rows reused)
 """
 
 from __future__ import annotations
@@ -45,18 +53,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
-from machine import machine_info  # benchmarks/machine.py (run as a script: this folder is on sys.path)
+from machine import machine_info, round_robin  # benchmarks/machine.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bayesvlm_explain.estimation import output_factor, output_factor_naive  # noqa: E402
+from bayesvlm_explain.estimation import input_factor, output_factor, output_factor_naive  # noqa: E402
 
 SETTINGS = {"infonce": {"tau": 100.0, "bias": None}, "sigmoid": {"tau": 110.0, "bias": -12.0}}
+PRECISIONS: dict[str, dict[str, Any]] = {  # keyword arguments of output_factor
+    "float64": {},  # the library default: float64 logits and moments
+    "mixed": {"moment_dtype": torch.float32},  # the fit's choice (fitting/accumulate.py)
+    "float32": {"compute_dtype": torch.float32},
+}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -201,9 +217,9 @@ def saturation_row(C: int, B: int, D: int, sigma: float, naive: bool, seed: int)
     tau = 100.0
     times = {}
     out = {}
-    for name, cd in (("float64", None), ("float32", torch.float32)):
+    for name, kw in PRECISIONS.items():
         t0 = time.perf_counter()
-        out[name] = output_factor(x, y, tau, compute_dtype=cd)
+        out[name] = output_factor(x, y, tau, **kw)
         times[name] = time.perf_counter() - t0
     ref = output_factor_naive(x, y, tau) if naive else out["float64"]
     z = tau * torch.nn.functional.normalize(x.double(), dim=1) @ torch.nn.functional.normalize(y.double(), dim=1).T
@@ -219,9 +235,12 @@ def saturation_row(C: int, B: int, D: int, sigma: float, naive: bool, seed: int)
         "max_abs_B": float(ref.abs().max()),
         "max_off_pivot_mass": float(off_pivot.max()),
         "rel_err_default": rel(out["float64"], ref) if naive else None,
+        "rel_err_mixed": rel(out["mixed"], ref),
         "rel_err_float32_compute": rel(out["float32"], ref),
         "min_eig_over_max_default": float(eig.min() / eig.max()),
+        "min_eig_over_max_mixed": float(torch.linalg.eigvalsh(out["mixed"]).min() / eig.max()),
         "fast_default_s": times["float64"],
+        "fast_mixed_s": times["mixed"],
         "fast_float32_compute_s": times["float32"],
     }
 
@@ -231,8 +250,8 @@ def saturation_table(args: argparse.Namespace) -> list[dict]:
     cases += [(args.sat_large, args.sat_large_sources, s, False) for s in args.sat_large_sigmas]
     print(f"# saturation (InfoNCE, tau=100, captions = images + sigma*noise, float32 inputs, D={args.dim})")
     print(
-        f"{'C':>6} {'B':>5} {'sigma':>5} | {'max|B|':>8} {'1-p_k':>8} | {'err f64':>8} {'err f32':>8} "
-        f"{'mineig/max':>10} | {'f64 s':>6} {'f32 s':>6}"
+        f"{'C':>6} {'B':>5} {'sigma':>5} | {'max|B|':>8} {'1-p_k':>8} | {'err f64':>8} {'err mix':>8} "
+        f"{'err f32':>8} {'mineig/max':>10} | {'f64 s':>6} {'mix s':>6} {'f32 s':>6}"
     )
     rows = []
     for C, B, sigma, naive in cases:
@@ -241,11 +260,44 @@ def saturation_table(args: argparse.Namespace) -> list[dict]:
         e64 = f"{row['rel_err_default']:8.1e}" if row["rel_err_default"] is not None else f"{'(ref)':>8}"
         print(
             f"{C:>6} {B:>5} {sigma:5.1f} | {row['max_abs_B']:8.1e} {row['max_off_pivot_mass']:8.1e} | {e64} "
-            f"{row['rel_err_float32_compute']:8.1e} {row['min_eig_over_max_default']:10.1e} | "
-            f"{row['fast_default_s']:6.2f} {row['fast_float32_compute_s']:6.2f}",
+            f"{row['rel_err_mixed']:8.1e} {row['rel_err_float32_compute']:8.1e} "
+            f"{row['min_eig_over_max_default']:10.1e} | {row['fast_default_s']:6.2f} {row['fast_mixed_s']:6.2f} "
+            f"{row['fast_float32_compute_s']:6.2f}",
             flush=True,
         )
     return rows
+
+
+def fit_table(args: argparse.Namespace) -> dict:
+    """One side of one class batch at C = 32,768 in each precision (module docstring), extrapolated."""
+    C, B, full = 32_768, args.fit_sources, 32_768
+    x, y = make_data(B, C, args.dim, args.seed)
+    data = {"unsaturated": (x.float(), y.float())}
+    g = torch.Generator().manual_seed(args.seed)
+    img = torch.randn(C, args.dim, generator=g)
+    data["saturated_sigma1.5"] = (img[:B], img + 1.5 * torch.randn(C, args.dim, generator=g))
+    act = torch.randn(full, 768, generator=g)  # the input factor of a whole class batch (p = 768)
+    xs, ys = data["unsaturated"]
+    cases: dict[str, Callable[[], torch.Tensor]] = {
+        f"B_{name}": partial(output_factor, xs, ys, 100.0, chunk_size=512, **kw) for name, kw in PRECISIONS.items()}
+    cases["A_float64"] = lambda: input_factor(act, bias=False)
+    cases["A_float32"] = lambda: torch.cat([c.T @ c for c in act.split(4096)]).view(-1, 768, 768).double().sum(0)
+    print(f"# fit table: C={C}, {B} sources timed (x{full / B:g} to a class batch), D={args.dim}", flush=True)
+    timed = round_robin(cases, args.fit_rounds)
+    out: dict = {"C": C, "sources_timed": B, "extrapolated_to": full, "rounds": args.fit_rounds, "rows": {}}
+    for name, (sec, _) in timed.items():
+        scale = full / B if name.startswith("B_") else 1.0
+        out["rows"][name] = {"seconds": round(sec, 3), "seconds_per_class_batch_side": round(sec * scale, 1)}
+        print(f"{name:>12}: {sec:8.3f} s -> {sec * scale:7.1f} s per side per class batch", flush=True)
+    ref_a = timed["A_float64"][1]
+    out["rel_err_A_float32"] = rel(timed["A_float32"][1], ref_a)
+    for label, (xx, yy) in data.items():
+        ref = output_factor(xx, yy, 100.0)
+        for name, kw in PRECISIONS.items():
+            if name != "float64":
+                out[f"rel_err_B_{name}_{label}"] = rel(output_factor(xx, yy, 100.0, **kw), ref)
+    print(json.dumps({k: v for k, v in out.items() if k.startswith("rel_err")}), flush=True)
+    return out
 
 
 def main() -> None:
@@ -264,6 +316,9 @@ def main() -> None:
     ap.add_argument("--sat-large", type=int, default=32768, help="C of the saturation rows without the oracle")
     ap.add_argument("--sat-large-sources", type=int, default=1024, help="B of those rows")
     ap.add_argument("--sat-large-sigmas", type=float, nargs="*", default=[8.0, 1.5], help="σ of those rows")
+    ap.add_argument("--fit-sources", type=int, default=4096, help="sources timed in the fit table (C = 32,768)")
+    ap.add_argument("--fit-rounds", type=int, default=2, help="round-robin rounds of the fit table")
+    ap.add_argument("--only-fit", action="store_true", help="run only the fit table; keep the JSON's other parts")
     ap.add_argument(
         "--json",
         nargs="?",
@@ -288,7 +343,16 @@ def main() -> None:
         f"torch={torch.__version__} cpu_count={os.cpu_count()}"
     )
     torch.set_num_threads(args.threads)
+    if args.only_fit:
+        fit = fit_table(args)
+        if args.json:
+            old = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+            old.setdefault("meta", {})["machine_fit"] = machine_info()
+            Path(args.json).write_text(json.dumps({**old, "fit": fit}, indent=2))
+            print(f"# wrote {args.json}")
+        return
     saturation = saturation_table(args)
+    fit = fit_table(args)
     rows = []
     hdr = (
         f"{'C':>6} {'lik':>8} {'dtype':>7} | {'fast s':>8} {'naive s':>9} {'ratio':>7} | "
@@ -348,7 +412,8 @@ def main() -> None:
             "memory_method": sorted({r["memory_method"] for r in rows}),
             "time_metric": "fast: best of repeats after a first call; naive: single call",
         }
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "saturation": saturation}, indent=2))
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "saturation": saturation, "fit": fit},
+                                              indent=2))
         print(f"# wrote {args.json}")
 
 

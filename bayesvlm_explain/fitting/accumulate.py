@@ -3,9 +3,12 @@
 ``num_candidates // shard_size`` consecutive shards form one *class batch*; within it each image is
 scored against all its captions (InfoNCE or sigmoid) and vice versa, and ``Σ ããᵀ`` and ``Σ H`` are
 accumulated in float64 (:class:`~bayesvlm_explain.estimation.KFACAccumulator`) from the float32 feature
-cache: ``Σ H`` is computed in float64 (the default ``compute_dtype``), because float32 logits carry
-τ·(float32 round-off) into B: up to 6.5e-6 relative measured in the saturated regime, above the
-1e-6 bound that docs/numerics.md sets.
+cache. Precision of ``Σ H`` (:data:`FIT_MOMENT_DTYPE`, docs/fitting.md): the logits ``τ X̂ Ŷᵀ`` and the
+probabilities stay float64 (the default ``compute_dtype``), because float32 logits carry
+τ·(float32 round-off) into B: up to 6.5e-6 relative measured in the saturated regime, above the 1e-6
+bound that docs/numerics.md sets. The two probability-weighted GEMMs (``moment_dtype``) run in float32:
+their non-negative weights carry no such factor (≤ 2e-7 relative measured, saturated or not) and they
+are two of the three O(BCD) products.
 
 **The last class batch, when short of ``num_candidates`` items, is dropped** (its usable pairs are
 counted as ``partial_class_batch``): its softmax would run over fewer candidates, which puts its
@@ -39,6 +42,9 @@ from .files import CorruptFileError, load_checked, save_checked
 from .report import FitReport
 
 log = logging.getLogger(__name__)
+
+FIT_MOMENT_DTYPE = torch.float32
+"""``moment_dtype`` of the fit's output factors (module notes); the logits stay float64."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class Totals:
     @classmethod
     def empty(cls, adapter: Any) -> Totals:
         return cls({side: KFACAccumulator(proj.weight.shape[1], proj.dim_out, bias=proj.bias is not None,
-                                          likelihood=adapter.likelihood)
+                                          likelihood=adapter.likelihood, moment_dtype=FIT_MOMENT_DTYPE)
                     for side, proj in (("image", adapter.image), ("text", adapter.text))})
 
     def add_batch(self, feats: dict[str, torch.Tensor], metas: list[dict[str, Any]], adapter: Any,
