@@ -10,14 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import Features, ModelAdapter
-from .encoding import ALGEBRA_DTYPE
 from .options import check_option
 from .posterior import Posterior
 from .probcos import CosineMoments, PromptTerms, cosine_moments, image_moments, prompt_terms
 
 FLOAT32_ERROR = 1e-5
-"""Bound on the relative error of the float32 head's logit variances against float64 at ViT-B/32 dims
-(the measured worst case is far below it: tests/test_real_arch.py, docs/numerics.md)."""
+"""Bound on the relative error of the float32 head's logit variances, means and probit probabilities against
+float64 (the measured worst case is about 1e-6: tests/test_head.py, docs/numerics.md)."""
+HEAD_DTYPE = torch.float64
+"""The head's default precision. float32 (``dtype=torch.float32``) stays within :data:`FLOAT32_ERROR` of float64
+except for nearly parallel image and prompt embeddings in the projected mode (docs/numerics.md); the default
+stays float64 until the library's float64 comparisons are moved to an explicit dtype (issue 22)."""
 
 
 class MomentHead:
@@ -30,14 +33,14 @@ class MomentHead:
         adapter: the model's adapter (bias columns, logit scale and bias).
         variance: ``"projected"``, ``"expected_norm"`` (``"exact"``) or ``"diagonal"``.
         device: where the algebra runs.
-        dtype: the algebra's precision: ``torch.float64`` (default) or ``torch.float32``. The covariance
-            factors are always inverted in float64 and then rounded; float32 then costs at most
-            :data:`FLOAT32_ERROR` relative error in the logit variances at ViT-B/32 dims (measured,
-            docs/numerics.md) and is about 2x faster on the per-class moments.
+        dtype: the algebra's precision: :data:`HEAD_DTYPE` (float64) by default, or ``torch.float32``. The
+            covariance factors are always inverted in float64 and then rounded; float32 then costs at most
+            :data:`FLOAT32_ERROR` relative error in the logit moments where image and prompt embeddings are
+            not nearly parallel (measured, tests/test_head.py, docs/numerics.md).
     """
 
     def __init__(self, posterior: Posterior, adapter: ModelAdapter, *, variance: str = "projected",
-                 device: torch.device | str = "cpu", dtype: torch.dtype = ALGEBRA_DTYPE) -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = HEAD_DTYPE) -> None:
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.variance = check_option("variance", variance)
@@ -80,8 +83,8 @@ class MomentHead:
         return self.moments(*self.image_inputs(img), *self.text_inputs(txt))
 
     def map_logits(self, img: Features, txt: Features) -> torch.Tensor:
-        """Deterministic logits ``τ cos(μ_n, μ_c) + b`` [N, C] (float64)."""
-        return map_logits(self.adapter, img, txt)
+        """Deterministic logits ``τ cos(μ_n, μ_c) + b`` [N, C] in the head's dtype."""
+        return map_logits(self.adapter, img, txt).to(self.dtype)
 
 
 def map_logits(adapter: ModelAdapter, img: Features, txt: Features) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 
 from .adapters import Features, ModelAdapter
 from .encoding import ALGEBRA_DTYPE, Encoder
-from .head import MomentHead, map_logits
+from .head import HEAD_DTYPE, MomentHead, map_logits
 from .inputs import check_prompts
 from .loading import load_open_clip
 from .options import Link, MargLikMode, Objective, check_option
@@ -42,7 +42,8 @@ class BayesVLM:
         preprocess: the eval image transform (PIL image -> [3, H, W] tensor).
         posterior: a :class:`Posterior` (or a path to one); may be set later via ``vlm.posterior``.
         device: where the encoders run (default: CUDA if available, else CPU). On CUDA the encoders run
-            under float16 autocast; the posterior algebra always runs in float64 on the CPU.
+            under float16 autocast; the posterior factors are inverted in float64 on the CPU, and the head
+            runs in float64 (``dtype=torch.float32`` on request, :meth:`predict`).
         batch_size: images/prompts per encoder call.
         prompt_cache_size: how many prompt encodings to keep (LRU).
     """
@@ -236,9 +237,9 @@ class BayesVLM:
         return self.encoder.encode_prompts(prompts)
 
     def head(self, variance: str = "projected", device: torch.device | str = "cpu",
-             dtype: torch.dtype = ALGEBRA_DTYPE) -> MomentHead:
-        """The posterior algebra (features -> logit moments) used by :meth:`predict` and the explanations;
-        ``dtype=torch.float32`` for the faster head (:class:`MomentHead`)."""
+             dtype: torch.dtype = HEAD_DTYPE) -> MomentHead:
+        """The posterior algebra (features -> logit moments) used by :meth:`predict` and the explanations
+        (:class:`MomentHead`): float64 by default, ``dtype=torch.float32`` for the faster head."""
         return MomentHead(self.require_posterior(), self.adapter, variance=variance, device=device, dtype=dtype)
 
     # -- prediction ------------------------------------------------------------------------------
@@ -249,20 +250,20 @@ class BayesVLM:
     def predict_features(
         self, img: Features, txt: Features, prompts: list[str], *,
         predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
-        link: Link | None = None, seed: int | None = 0,
+        link: Link | None = None, seed: int | None = 0, dtype: torch.dtype = HEAD_DTYPE,
     ) -> Prediction:
         """:meth:`predict` on already-encoded features (float64, CPU)."""
         check_option("predictive", predictive)
         link = class_link(self.adapter.likelihood) if link is None else link
         check_option("link", link)
-        head = self.head(variance)
+        head = self.head(variance, dtype=dtype)
         return Prediction(head(img, txt), head.map_logits(img, txt), list(prompts), method=predictive,
                           num_samples=num_samples, link=link, seed=seed)
 
     def predict(
         self, images: Any, prompts: str | Sequence[str], *,
         predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
-        link: Link | None = None, seed: int | None = 0,
+        link: Link | None = None, seed: int | None = 0, dtype: torch.dtype = HEAD_DTYPE,
     ) -> Prediction:
         """Probabilistic logits and predictive probabilities of ``images`` against ``prompts``.
 
@@ -278,6 +279,9 @@ class BayesVLM:
             link: how logits become probabilities: ``None`` (default) the model's own class link (a
                 softmax over prompts for CLIP, the sigmoids renormalised over prompts for SigLIP),
                 ``"softmax"``, ``"normalized_sigmoid"``, or ``"sigmoid"`` per pair.
+            dtype: the head's precision (:data:`~bayesvlm_explain.head.HEAD_DTYPE`, float64, by default);
+                ``torch.float32`` is within 1e-5 relative of it (docs/numerics.md) and faster at large
+                label sets. The prediction's tensors come in this dtype.
         Returns:
             a :class:`Prediction` with ``mean``, ``var``, ``cov`` and the three variance parts.
         """
@@ -285,7 +289,7 @@ class BayesVLM:
         self.require_posterior()
         return self.predict_features(self.encode_images(images), self.encode_prompts(prompts), prompts,
                                      predictive=predictive, num_samples=num_samples, variance=variance,
-                                     link=link, seed=seed)
+                                     link=link, seed=seed, dtype=dtype)
 
     def sample_logits(
         self, images: Any, prompts: str | Sequence[str], num_samples: int = 256,

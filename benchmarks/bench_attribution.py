@@ -210,10 +210,13 @@ def token_rows(vlm: Any, image: torch.Tensor, repeats: int, steps: int = 16) -> 
 
 def explain_rows(vlm: Any, unit: Any, repeats: int) -> list[dict[str, Any]]:
     """The studio's Explain view on one 320×240 image and the 8 prompts (IG at 8 and 32 steps, saliency),
-    round-robin with ``unit`` (one forward+backward pass of the image target), so ratios share the load."""
+    round-robin with ``unit`` (one forward+backward pass of the image target), so ratios share the load.
+    One :class:`BaselineCache` serves every call, as the page keeps one (its first call, the warm-up, encodes
+    the grey image)."""
     import numpy as np
     from PIL import Image
 
+    from bayesvlm_explain.explain.attribution import BaselineCache
     from bayesvlm_explain.ui.tabs.explain import FAST_STEPS, PRECISE_STEPS, explain_prompt
 
     path = Path("/tmp") / f"bench_attribution_{time.time_ns()}.png"
@@ -221,9 +224,10 @@ def explain_rows(vlm: Any, unit: Any, repeats: int) -> list[dict[str, Any]]:
     settings = {"ig_fast": ("integrated_gradients", FAST_STEPS), "ig_precise": ("integrated_gradients", PRECISE_STEPS),
                 "saliency": ("saliency", FAST_STEPS)}
     cases: dict[str, Any] = {"unit": unit}
+    cache = BaselineCache()
     for name, (method, steps) in settings.items():
         cases[name] = lambda method=method, steps=steps: explain_prompt(
-            vlm, str(path), "\n".join(PROMPTS), method=method, steps=steps).json
+            vlm, str(path), "\n".join(PROMPTS), method=method, steps=steps, baseline_cache=cache).json
     try:
         timed_cases = round_robin(cases, repeats)
     finally:

@@ -1,7 +1,8 @@
 """Benchmark: the studio's answer time as a user's client sees it, split into library time, app overhead
 and the floor that Gradio and the client cost whatever the app does.
 
-The studio runs on the bundled model in a separate process (``studio_server.py --timings``). Two clients in
+The studio runs on the bundled model (or ``--model ViT-B-32``: random weights, the built-in posterior) in a
+separate process (``studio_server.py --timings``). Two clients in
 this process measure the round trip, image upload included:
 
 * ``gradio_client`` (``Client.predict``), the Python client the README shows;
@@ -21,6 +22,7 @@ same two clients give the **floor**: what a request costs in Gradio and the clie
   (library: the same plus the pixel and token attributions).
 
     python benchmarks/bench_studio.py [--repeats 15] [--threads 2] [--json benchmarks/bench_studio.json]
+    python benchmarks/bench_studio.py --model ViT-B-32 --steps 8 --repeats 7 --json benchmarks/bench_studio_vitb32.json
 
 Warm (two calls of each first), medians. Not a test: prints a table and exits 0.
 """
@@ -91,13 +93,20 @@ def median_ms(call: Callable[[], Any], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def measure(server: StudioServer, image: str, prompts: list[str], repeats: int) -> dict[str, dict[str, float]]:
+def _answer(outputs: Any) -> Any:
+    """The JSON answer among an endpoint's outputs, without its wall times (which differ per call)."""
+    answer = next((o for o in outputs if isinstance(o, dict) and "seconds" in o), outputs[-1])
+    return {k: v for k, v in answer.items() if k != "seconds"} if isinstance(answer, dict) else answer
+
+
+def measure(server: StudioServer, image: str, prompts: list[str], repeats: int,
+            steps: int = 16) -> dict[str, dict[str, float]]:
     """Round trips of both clients on both endpoints, with the server's own timings of the same requests."""
     from gradio_client import Client, handle_file
 
     gc, http = Client(server.url, verbose=False), HttpClient(server.url)
     text = "\n".join(prompts)
-    explain_args = (text, prompts[3], "image-side variance of the prompt", "integrated gradients", 16)
+    explain_args = (text, prompts[3], "image-side variance of the prompt", "integrated gradients", steps)
     calls = {
         "/predict": {"gradio_client": lambda: gc.predict(handle_file(image), text, api_name="/predict"),
                      "HTTP": lambda: http.predict("/predict", http.upload(image), text, None)},
@@ -106,7 +115,7 @@ def measure(server: StudioServer, image: str, prompts: list[str], repeats: int) 
     }
     rows: dict[str, dict[str, float]] = {}
     for name, clients in calls.items():
-        assert clients["gradio_client"]()[-1] == clients["HTTP"]()[-1], f"{name}: the two clients disagree"
+        assert _answer(clients["gradio_client"]()) == _answer(clients["HTTP"]()), f"{name}: the two clients disagree"
         row: dict[str, float] = {}
         for client, call in clients.items():
             server.timings()
@@ -125,15 +134,20 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--model", default="bundled",
+                        help="'bundled', or an open_clip architecture with random weights (e.g. ViT-B-32)")
+    parser.add_argument("--steps", type=int, default=16, help="integrated-gradients steps of /explain")
     args = parser.parse_args()
     image = bundled_examples()[2][0]
     prompts = load_label_space().prompts()[:10]
-    with StudioServer("--threads", str(args.threads), "--timings") as server:
-        real = measure(server, image, prompts, args.repeats)
-    with StudioServer("--threads", str(args.threads), "--replay") as server:
-        floor = measure(server, image, prompts, args.repeats)
+    common = ("--threads", str(args.threads), "--model", args.model)
+    with StudioServer(*common, "--timings") as server:
+        real = measure(server, image, prompts, args.repeats, args.steps)
+    with StudioServer(*common, "--replay") as server:
+        floor = measure(server, image, prompts, args.repeats, args.steps)
     load = os.getloadavg()[0]
-    print(f"bundled model, CPU, {args.threads} threads, load average {load:.1f}; medians of {args.repeats}")
+    print(f"{args.model} model, CPU, {args.threads} threads, load average {load:.1f}; medians of {args.repeats}; "
+          f"/explain IG {args.steps} steps")
     print("| endpoint | client | round trip | handler | library | figure (PNG) | app overhead | floor (replay) |"
           " above the floor |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -145,7 +159,8 @@ def main() -> int:
                   f"{'-' if fig is None else f'{fig:.0f} ms'} | {rt - handler:.0f} ms | {low:.0f} ms | "
                   f"{rt - low:.0f} ms |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_info(), "load_average": load, "threads": args.threads,
+        Path(args.json).write_text(json.dumps({"machine": machine_info(), "model": args.model, "steps": args.steps,
+                                               "load_average": load, "threads": args.threads,
                                                "repeats": args.repeats, "rows": real, "floor": floor},
                                               indent=1) + "\n")
     return 0

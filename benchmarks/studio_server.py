@@ -121,12 +121,19 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=16)
     parser.add_argument("--timings", action="store_true")
     parser.add_argument("--replay", action="store_true", help="views answer every call with their first answer")
+    parser.add_argument("--model", default="bundled",
+                        help="'bundled', or an open_clip architecture with random weights (bench_attribution.build)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     timings = Timings()
     if args.timings or args.replay:
         instrument(timings, args.replay)
-    vlm = bx.BayesVLM.from_pretrained(device="cpu")  # the bundled model
+    if args.model == "bundled":
+        vlm = bx.BayesVLM.from_pretrained(device="cpu")
+    else:
+        from bench_attribution import build  # random weights, the shipped posterior where there is one
+
+        vlm = build(args.model)
     app = build_app(vlm, examples=bundled_examples(), max_queue=args.max_queue, per_client=args.per_client)
     app.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True)
     print(f"URL {app.local_url}", flush=True)

@@ -189,6 +189,50 @@ def test_batched_ig_equals_unbatched_and_baselines_broadcast(tiny_vlm):
     torch.testing.assert_close(full.attributions, small.attributions, rtol=1e-4, atol=1e-7)
 
 
+def test_ig_end_values_from_the_callers_encoding_and_the_baseline_cache(tiny_vlm, monkeypatch):
+    """IG's end values need no pass of the image tower when the caller passes the images' encoding and the
+    grey baseline is cached; the results equal the uncached ones, and an edited weight re-encodes the grey."""
+    from bayesvlm_explain.explain.attribution import BaselineCache
+
+    x = random_images(tiny_vlm, 2, seed=5)
+    plain = UncertaintyAttribution(tiny_vlm, "image_variance").attribute(x, PROMPTS, prompt_index=1, n_steps=16)
+    tower = tiny_vlm.adapter.image
+    calls: list[int] = []
+    original = type(tower).features
+    monkeypatch.setattr(type(tower), "features", lambda self, inp, *a, **k: calls.append(inp.shape[0])
+                        or original(self, inp, *a, **k))
+    cache = BaselineCache()
+    ua = UncertaintyAttribution(tiny_vlm, "image_variance", baseline_cache=cache)
+    feats = tiny_vlm.encode_images(x)
+    calls.clear()
+    first = ua.attribute(x, PROMPTS, prompt_index=1, n_steps=16, features=feats)
+    assert calls == [32, 1]  # the 16 steps of both images in one pass, then the grey image once
+    calls.clear()
+    again = ua.attribute(x, PROMPTS, prompt_index=1, n_steps=16, features=feats)
+    assert calls == [32] and len(cache) == 1  # only the integration: both end values without the tower
+    for res in (first, again):
+        torch.testing.assert_close(res.attributions, plain.attributions, rtol=0, atol=0)
+        torch.testing.assert_close(res.target_values, plain.target_values, rtol=1e-6, atol=0)
+        torch.testing.assert_close(res.baseline_values, plain.baseline_values, rtol=1e-6, atol=0)
+        _assert_complete(res)
+    # another model state (an in-place edit of a weight) is another cache entry, encoded afresh
+    param = next(tiny_vlm.model.visual.parameters())
+    saved = param.detach().clone()
+    with torch.no_grad():
+        param.mul_(1.5)
+    try:
+        calls.clear()
+        edited = ua.attribute(x, PROMPTS, prompt_index=1, n_steps=16)
+        assert calls == [32, 2, 1] and len(cache) == 2  # integration, the inputs (no encoding given), the grey
+        assert not torch.allclose(edited.baseline_values, plain.baseline_values, rtol=1e-4, atol=0)
+        _assert_complete(edited)
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    with pytest.raises(ValueError, match="features of 2 images given for 1 images"):
+        ua.attribute(x[:1], PROMPTS, features=feats)
+
+
 def test_input_validation(tiny_vlm):
     x = random_images(tiny_vlm, 1)
     with pytest.raises(ValueError, match="unknown target"):
@@ -307,6 +351,24 @@ def test_token_attribution_cut_after_end_token_equals_full_context(fixture, cut,
     torch.testing.assert_close(fast.scores, full.scores, rtol=1e-4, atol=1e-6 * float(full.scores.abs().max()))
     assert fast.target_value == full.target_value
     assert fast.baseline_value == pytest.approx(full.baseline_value, rel=1e-6)
+
+
+def test_token_attribution_passes_of_the_text_tower(tiny_vlm, monkeypatch):
+    """On the CPU the prompt's full-context value is the encoder's cached encoding: the full context costs one
+    pass (the baseline), then the cut ends one pass of both, then the integration."""
+    image = tiny_vlm.encode_images(random_images(tiny_vlm, 1))
+    prompt = "a photo of a striped cat"
+    tiny_vlm.encode_prompts([prompt])  # cached, as after the prediction
+    tower = tiny_vlm.adapter.text
+    calls: list[tuple[int, ...]] = []
+    original = type(tower).features
+    monkeypatch.setattr(type(tower), "features", lambda self, inp, *a, **k: calls.append(tuple(inp.shape))
+                        or original(self, inp, *a, **k))
+    res = TokenAttribution(tiny_vlm).attribute(image, prompt, n_steps=8)
+    context, n = tiny_vlm.tokenize([prompt]).shape[1], len(res.tokens)
+    assert calls == [(1, context), (2, n), (8, n)]
+    pred = tiny_vlm.predict_features(image, tiny_vlm.encode_prompts([prompt]), [prompt])
+    assert res.target_value == float(pred.var_text[0, 0])
 
 
 def test_token_attribution_validation(tiny_vlm):

@@ -18,13 +18,16 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from ..adapters import adapter_for
+from ..adapters import Features, adapter_for
 from ..inputs import check_prompts
 from ..options import CHOICES, ENTROPY_TARGETS, MOMENT_TARGETS, Link, PixelMethod, check_option
 from ..predictive import class_link
@@ -95,6 +98,48 @@ class AttributionResult:
         return patch_sum(self.attributions, size)
 
 
+def model_state(model: torch.nn.Module) -> tuple[Hashable, ...]:
+    """A cheap key that changes whenever a parameter or buffer of ``model`` is edited, replaced or reloaded:
+    identity, storage pointer and in-place version counter of each tensor (no data is read)."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+class BaselineCache:
+    """Image-tower features of constant baseline images (integrated gradients' default grey image), kept per
+    model state, so that ``target(baseline)`` for IG's completeness gap costs no pass of the image tower once
+    a baseline of that size and value has been encoded.
+
+    Owned by its caller (the studio's Explain page keeps one; pass it to :class:`UncertaintyAttribution`);
+    nothing is cached globally. The key holds :func:`model_state`, so edited or reloaded weights are never
+    served stale features; the posterior and prompts are not part of the features, so the target is always
+    computed afresh from them. Thread-safe; keeps the ``size`` most recent entries.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[Hashable, ...], Features] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def features(self, model: torch.nn.Module, baseline: torch.Tensor,
+                 encode: Callable[[torch.Tensor], Features]) -> Features:
+        """``encode(baseline)`` [1, ...] for one constant baseline image [1, C, H, W], cached."""
+        key = (model_state(model), tuple(baseline.shape), baseline.dtype, str(baseline.device),
+               float(baseline.flatten()[0]))
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        feats = encode(baseline)
+        with self._lock:
+            self._entries[key] = feats
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return feats
+
+
 class UncertaintyAttribution:
     """Attribute an uncertainty target of a :class:`BayesVLM` to input pixels.
 
@@ -113,6 +158,8 @@ class UncertaintyAttribution:
         variance: ``"projected"``, ``"expected_norm"`` or ``"diagonal"`` moments, as in ``BayesVLM.predict``.
         internal_batch_size: images per forward/backward pass in the attribution methods
             (default ``vlm.batch_size``).
+        baseline_cache: a :class:`BaselineCache` the caller keeps across calls (the image-tower features of
+            IG's constant baselines); default a fresh one per instance.
     """
 
     def __init__(
@@ -126,6 +173,7 @@ class UncertaintyAttribution:
         link: Link | None = None,
         variance: str = "projected",
         internal_batch_size: int | None = None,
+        baseline_cache: BaselineCache | None = None,
     ) -> None:
         if not callable(target):
             check_option("target", target)
@@ -143,6 +191,7 @@ class UncertaintyAttribution:
         self.link = link
         self.variance = variance
         self.internal_batch_size = internal_batch_size or vlm.batch_size
+        self.baseline_cache = BaselineCache() if baseline_cache is None else baseline_cache
 
     @property
     def target_name(self) -> str:
@@ -158,6 +207,12 @@ class UncertaintyAttribution:
 
         Rows are independent (row b depends only on image b), as the captum methods require.
         """
+        return _through_tower(self.vlm, self.feature_target(prompts, prompt_index))
+
+    def feature_target(self, prompts: str | Sequence[str], prompt_index: int = 0) -> Callable[[Features],
+                                                                                               torch.Tensor]:
+        """The target as a map of image-tower features (:class:`Features` of B images) -> values [B]
+        (float64): :meth:`target_function` after the tower."""
         prompts = check_prompts(prompts)
         if self._uses_prompt_index() and not 0 <= prompt_index < len(prompts):
             raise IndexError(f"prompt_index {prompt_index} out of range for {len(prompts)} prompts")
@@ -167,21 +222,20 @@ class UncertaintyAttribution:
         noise = None
         if isinstance(self.target, str) and self.target in ENTROPY_TARGETS and self.predictive == "mc":
             noise = standard_draws(head, txt_mean, txt_act, self.num_samples, self.seed)
-        image_proj = vlm.adapter.image
         target, k = self.target, prompt_index if self._uses_prompt_index() else None
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            feats = image_proj.features(x)
+        def of_features(feats: Features) -> torch.Tensor:
             img_mean, img_scale = head.image_inputs(feats)
             m = head.moments(img_mean, img_scale, txt_mean, txt_act)
             out = evaluate_target(target, m, k, noise=noise, predictive=self.predictive, link=self.link)
-            if out.shape != (x.shape[0],):
-                raise ValueError(f"target returned shape {tuple(out.shape)}; expected [{x.shape[0]}]")
+            rows = feats.embeddings.shape[0]
+            if out.shape != (rows,):
+                raise ValueError(f"target returned shape {tuple(out.shape)}; expected [{rows}]")
             if torch.is_grad_enabled() and not out.requires_grad:  # image-independent: exact zero gradient
                 out = out + 0.0 * img_mean.sum(-1)
             return out
 
-        return forward
+        return of_features
 
     # -- attribution ---------------------------------------------------------------------------------
     def attribute(
@@ -200,6 +254,7 @@ class UncertaintyAttribution:
         sliding_window: int | tuple[int, int] | None = None,
         strides: int | tuple[int, int] | None = None,
         abs: bool = False,
+        features: Features | None = None,
     ) -> AttributionResult:
         """Attribute the target of each image to its preprocessed pixels.
 
@@ -216,6 +271,10 @@ class UncertaintyAttribution:
             baselines: IG/occlusion reference in preprocessed space: None (zeros, i.e. the normalisation
                 mean colour), a float, or a tensor [N or 1, 3, H, W].
             abs: absolute gradients for saliency/smoothgrad (default: signed).
+            features: the images' encoding (``vlm.encode_images`` of the same images) when the caller has it:
+                the target at the input is then computed from it, without another pass of the image tower.
+                Used on the CPU only, where the encoder runs the tower in float32 as the attribution does
+                (on CUDA it runs under float16 autocast, whose rounding would enter ``delta``).
         Returns:
             an :class:`AttributionResult` with ``attributions`` [N, 3, H, W].
         """
@@ -226,11 +285,17 @@ class UncertaintyAttribution:
         prompts = check_prompts(prompts)
         vlm = self.vlm
         x = vlm.preprocess_images(images).to(vlm.device).clone()
+        if features is not None and features.embeddings.shape[0] != x.shape[0]:
+            raise ValueError(f"features of {features.embeddings.shape[0]} images given for {x.shape[0]} images")
         ibs = internal_batch_size or self.internal_batch_size
         patch = vlm.adapter.patch_size
+        of_features = self.feature_target(prompts, prompt_index)
         with torch.enable_grad():
-            run = _Run(self.target_function(prompts, prompt_index), x, self._baselines(baselines, x), ibs,
-                       max(1, ibs // x.shape[0]))
+            run = _Run(_through_tower(vlm, of_features), x, self._baselines(baselines, x), ibs,
+                       max(1, ibs // x.shape[0]), of_features,
+                       features if vlm.device.type == "cpu" else None,
+                       self.baseline_cache if baselines is None or isinstance(baselines, int | float) else None,
+                       vlm)
             if method == "integrated_gradients":
                 attr, target_values, extra = _integrated_gradients(run, n_steps)
             elif method == "saliency":
@@ -276,19 +341,56 @@ class UncertaintyAttribution:
         return b.expand_as(x).contiguous()
 
 
+def _through_tower(vlm: BayesVLM, of_features: Callable[[Features], torch.Tensor]) -> Callable[[torch.Tensor],
+                                                                                               torch.Tensor]:
+    """``of_features`` after the image tower: preprocessed images [B, 3, H, W] -> values [B]."""
+    image_proj = vlm.adapter.image
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return of_features(image_proj.features(x))
+
+    return forward
+
+
 @dataclass
 class _Run:
-    """One attribution call: the target map, inputs [N, 3, H, W], baselines, and batch sizes."""
+    """One attribution call: the target map (of pixels and of features), inputs [N, 3, H, W], baselines,
+    batch sizes, and where the end values come from (the caller's encoding, the baseline cache)."""
 
     forward: Callable[[torch.Tensor], torch.Tensor]
     x: torch.Tensor
     base: torch.Tensor
     batch: int  # images per target evaluation
     per_eval: int  # perturbed copies per evaluation (SmoothGrad, occlusion)
+    of_features: Callable[[Features], torch.Tensor]
+    features: Features | None  # the inputs' encoding, if the caller has it (CPU)
+    cache: BaselineCache | None  # for a constant baseline
+    vlm: BayesVLM
 
     def values(self, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return _batched(self.forward, inputs, self.batch)
+
+    def input_values(self) -> torch.Tensor:
+        """The target [N] at the inputs: from the caller's encoding if given, else one pass of the tower."""
+        if self.features is None:
+            return self.values(self.x)
+        with torch.no_grad():
+            return self.of_features(self.features)
+
+    def baseline_values(self) -> torch.Tensor:
+        """The target [N] at the baselines; a constant baseline is encoded once (per model state) in the cache."""
+        if self.cache is None:
+            return self.values(self.base)
+        tower = self.vlm.adapter.image
+
+        def encode(b: torch.Tensor) -> Features:
+            with torch.no_grad():
+                return tower.features(b)
+
+        feats = self.cache.features(self.vlm.model, self.base[:1], encode)
+        with torch.no_grad():
+            return self.of_features(feats).expand(self.x.shape[0]).clone()
 
 
 def _batched(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
@@ -305,7 +407,7 @@ def _integrated_gradients(run: _Run, n_steps: int) -> Computed:
     ig = IntegratedGradients(run.forward, multiply_by_inputs=True)
     attr = ig.attribute(run.x, baselines=run.base, n_steps=n_steps, method="gausslegendre",
                         internal_batch_size=max(run.batch, run.x.shape[0]))
-    values, base_values = run.values(torch.cat([run.x, run.base])).split(run.x.shape[0])  # one pass for both ends
+    values, base_values = run.input_values(), run.baseline_values()  # no pass of the tower where cached/given
     delta = attr.to(values.dtype).sum(dim=(1, 2, 3)) - (values - base_values)
     return attr, values, {"n_steps": n_steps, "delta": delta, "baseline_values": base_values}
 
@@ -334,7 +436,7 @@ def _smoothgrad(run: _Run, nt_samples: int, stdevs: float | None, noise_seed: in
         attr = NoiseTunnel(Saliency(run.forward)).attribute(
             x.requires_grad_(), nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=run.per_eval,
             stdevs=std, abs=abs)
-    return attr, run.values(x), {"nt_samples": nt_samples, "stdevs": std, "noise_seed": noise_seed}
+    return attr, run.input_values(), {"nt_samples": nt_samples, "stdevs": std, "noise_seed": noise_seed}
 
 
 def _occlusion(run: _Run, window: tuple[int, int], stride: tuple[int, int]) -> Computed:
@@ -344,7 +446,7 @@ def _occlusion(run: _Run, window: tuple[int, int], stride: tuple[int, int]) -> C
         attr = Occlusion(run.forward).attribute(
             run.x, sliding_window_shapes=(run.x.shape[1], *window), strides=(run.x.shape[1], *stride),
             baselines=run.base, perturbations_per_eval=run.per_eval)
-    return attr, run.values(run.x), {"sliding_window": window, "strides": stride}
+    return attr, run.input_values(), {"sliding_window": window, "strides": stride}
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:

@@ -132,19 +132,27 @@ class TokenAttribution:
         layer = vlm.adapter.token_embedding
         text_proj, target = vlm.adapter.text, self.target
 
-        def ends(seq: torch.Tensor, base: torch.Tensor) -> Ends:
-            """Embeddings of the prompt and its baseline, and the target at both ([2]), in one pass."""
-            with torch.no_grad():
-                emb, base_emb = layer(seq), layer(base)
-                return emb, base_emb, forward(torch.cat([emb, base_emb]), seq)
-
-        def forward(emb: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-            feats = text_proj.features(seq.expand(emb.shape[0], -1), token_embeddings=emb)
+        def of_features(feats: Features) -> torch.Tensor:
             txt_mean, txt_act = head.text_inputs(feats)
             m = head.moments(img_mean, img_scale, txt_mean, txt_act)  # 1 image × B prompts
             return moment_values(m, target)[0]  # [B]
 
-        emb, base_emb, ends_full = ends(tokens, baseline)
+        def forward(emb: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+            return of_features(text_proj.features(seq.expand(emb.shape[0], -1), token_embeddings=emb))
+
+        def ends(seq: torch.Tensor, base: torch.Tensor, prompt_value: torch.Tensor | None = None) -> Ends:
+            """Embeddings of the prompt and its baseline, and the target at both ([2]), in one pass (only the
+            baseline's when the prompt's value is given)."""
+            with torch.no_grad():
+                emb, base_emb = layer(seq), layer(base)
+                if prompt_value is None:
+                    return emb, base_emb, forward(torch.cat([emb, base_emb]), seq)
+                return emb, base_emb, torch.cat([prompt_value, forward(base_emb, seq)])
+
+        # On the CPU the prompt's full-context value comes from the encoder's cached encoding (the same tower
+        # run, no autocast), so the full context costs one pass, for the baseline.
+        cached = of_features(vlm.encode_prompts([prompt])).detach() if vlm.device.type == "cpu" else None
+        emb, base_emb, ends_full = ends(tokens, baseline, cached)
         cut = _cut_ends(ends, tokens, baseline, length, ends_full)
         if cut is not None:
             tokens, (emb, base_emb, ends_cut) = tokens[:, :length], cut

@@ -25,6 +25,7 @@ from ..views import (
 from .base import StudioContext
 
 if TYPE_CHECKING:
+    from ...explain.attribution import BaselineCache
     from ...model import BayesVLM
 
 NOTE = (
@@ -63,11 +64,12 @@ class ExplainResult:
 
 def explain_prompt(vlm: BayesVLM, image: Any, prompts_text: str, prompt: str | None = None,
                    target: str = "image_variance", method: str = "integrated_gradients", steps: float = FAST_STEPS,
-                   num_samples: int = 500) -> ExplainResult:
+                   num_samples: int = 500, baseline_cache: BaselineCache | None = None) -> ExplainResult:
     """The Explain view: pixel attribution of ``target`` for ``prompt`` (any of the prompts; default the
     most probable) and the prompt's token scores of its text-side variance.
 
-    The image is encoded once, for the prediction and the token attribution. Returns an
+    The image is encoded once, for the prediction, the pixel attribution's end value and the token attribution;
+    ``baseline_cache`` (kept by the page across calls) holds the grey image's encoding. Returns an
     :class:`ExplainResult`; its JSON holds ``entropy``/``aleatoric``/``epistemic`` (nats), the prompt's
     variance and its ``shares``, the attribution totals, the ``tokens`` (``token``, ``score``, ``special``)
     and ``seconds`` (wall time of the whole call, of the pixel and of the token attribution).
@@ -97,8 +99,9 @@ def explain_prompt(vlm: BayesVLM, image: Any, prompts_text: str, prompt: str | N
     total, alea, epi = entropy_parts(pred)
     # both checked against the studio's choices above
     t_pixels = time.perf_counter()
-    attr = UncertaintyAttribution(vlm, target=cast(PixelTarget, target), num_samples=num_samples).attribute(
-        x, prompts, prompt_index=k, method=cast(PixelMethod, method), n_steps=int(steps))
+    attr = UncertaintyAttribution(vlm, target=cast(PixelTarget, target), num_samples=num_samples,
+                                  baseline_cache=baseline_cache).attribute(
+        x, prompts, prompt_index=k, method=cast(PixelMethod, method), n_steps=int(steps), features=feats)
     t_tokens = time.perf_counter()
     tok = TokenAttribution(vlm, target="text_variance").attribute(feats, prompts[k], n_steps=int(steps))
     t_figure = time.perf_counter()
@@ -171,6 +174,9 @@ def page(ctx: StudioContext) -> None:
     """The Explain tab's components and its ``/explain`` endpoint."""
     import gradio as gr
 
+    from ...explain.attribution import BaselineCache
+
+    baselines = BaselineCache()  # the grey image's encoding, shared by this page's calls
     # min_width: the longest choice ("image-side variance of the prompt") is shown whole; the row wraps
     with gr.Row(equal_height=True):
         prompt_pick = gr.Dropdown(choices=["", *ctx.default_prompts.splitlines()], value="",
@@ -197,7 +203,7 @@ def page(ctx: StudioContext) -> None:
 
     def run(image: Any, prompts_text: str, prompt: str, target: str, method: str, steps: float) -> tuple:
         out = explain_prompt(ctx.vlm, image, prompts_text, prompt, EXPLAIN_TARGETS.get(target, target),
-                             EXPLAIN_METHODS.get(method, method), steps)
+                             EXPLAIN_METHODS.get(method, method), steps, baseline_cache=baselines)
         return out.summary, out.figure, out.tokens, out.json, out.overlay
 
     def label(steps: float) -> Any:
