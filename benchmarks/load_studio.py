@@ -155,7 +155,8 @@ class Hostile:
             while not self.stop.is_set():
                 start = time.perf_counter()
                 r = http.post(f"{self.url}gradio_api/call/select",
-                              json={"data": [self.bomb, "a cat\na dog", None, None]})  # pool, prompts, targets, scale
+                              # pool, prompts, targets, labelled zip, learner knobs (prior weight, steps, lr), scale
+                              json={"data": [self.bomb, "a cat\na dog", None, None, 0.01, 100, 0.01, None]})
                 if r.status_code != 200:
                     self.count(f"bomb_{r.status_code}")
                     time.sleep(0.1)

@@ -206,6 +206,22 @@ def test_studio_in_a_browser(tmp_path):
             assert grid_column(page, picks, 0) == [str(r + 1) for r in range(len(pool))]
             for col in (1, 3, 5):  # entropy, BALD and EPIG each rank every pool image once
                 assert sorted(grid_column(page, picks, col)) == sorted(pool)
+            expect(page.locator("#select-summary")).to_contain_text("no learner ran")
+            # the labelled zip of Calibrate: a folder no prompt names is refused, by name
+            page.locator("#select-labelled input[type=file]").set_input_files(labelled_zip)
+            expect(page.locator("#select-labelled")).to_contain_text("emoji-classes")
+            page.locator("#select-btn").click()
+            toast = page.get_by_test_id("toast-body").first
+            expect(toast).to_contain_text("matches no prompt", timeout=120_000)
+            toast.wait_for(state="detached", timeout=15_000)
+            # with a prompt for every folder the learner runs first, and the pool is ranked under its model
+            page.locator("#prompts textarea").fill(
+                "\n".join(PROMPT_TEMPLATE.format(label=x) for x in dict.fromkeys(labelled.values())))
+            page.locator("#select-btn").click()
+            expect(page.locator("#select-summary")).to_contain_text("Ranked under the adapted model",
+                                                                    timeout=120_000)
+            expect(page.locator("#select-summary")).to_contain_text(
+                f"Learner on {2 * len(labelled)} labelled images of {len(labelled)} classes")
             shots["select"] = page.screenshot(full_page=True)
             expect(page.get_by_test_id("toast-body")).to_have_count(0)  # no error on the way
 

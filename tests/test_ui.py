@@ -346,6 +346,17 @@ LABELLED = {**{f"set/red_square/{i}.png": (180 + 10 * i, 20 * i, 10) for i in ra
             "set/blue_circle/broken.png": b"not an image"}
 
 
+def counted(vlm: bx.BayesVLM, pairs: int = 40) -> bx.BayesVLM:
+    """A view of ``vlm`` (left untouched) whose posterior, a copy, records ``pairs`` training pairs: what the
+    Select tab's learner needs to update it with labels."""
+    from bayesvlm_explain.evaluation.evaluate import with_posterior
+
+    post = vlm.posterior.copy()
+    for side in post.sides().values():
+        side.num_pairs = pairs
+    return with_posterior(vlm, post)
+
+
 def test_calibrate_reports_the_library_evaluation_of_the_zip(tiny_vlm, tmp_path):
     from matplotlib.figure import Figure
 
@@ -429,6 +440,7 @@ def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
     for k, v in ref.items():
         assert [by_name[f"p{i}.png"][k] for i in range(7)] == pytest.approx(v.tolist(), rel=1e-9, abs=1e-12)
         assert p["ranking"][k] == [f"p{int(i)}.png" for i in torch.sort(v, descending=True, stable=True).indices]
+    assert p["learner"] == {"ran": False} and "no learner ran" in out.summary
     assert all(0 <= e["bald"] <= e["entropy"] + 1e-12 and e["epig"] >= 0 for e in p["scores"])
     assert max(e["epig"] for e in p["scores"]) > 1e-4  # joint draws: EPIG is not collapsed to zero
     assert [r[1] for r in out.rows] == p["ranking"]["entropy"] and len(out.rows[0]) == len(
@@ -449,24 +461,39 @@ def test_select_ranks_the_pool_by_joint_draws(tiny_vlm, tmp_path):
 def test_calibrate_and_select_served(tiny_vlm, tmp_path, capfd):
     from gradio_client import Client, handle_file
 
-    app = build_app(tiny_vlm)
+    vlm = counted(tiny_vlm)  # the learner updates a posterior that records its pairs
+    app = build_app(vlm)
     app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         client = Client(app.local_url, verbose=False)
         z = _zip(tmp_path / "shapes.zip", LABELLED)
         summary, plot, payload = client.predict(handle_file(z), "a photo of a {}.", api_name="/calibrate")
         assert payload["images"] == 8 and payload["classes"] == ["blue circle", "red square"] and plot
-        summary, table, csv_file, sel = client.predict(handle_file(z), "a red square\na blue circle", None,
-                                                       api_name="/select")
+        # /select: pool, prompts, EPIG targets, labelled zip, prior weight, steps, lr, then the posterior scale
+        summary, table, csv_file, sel = client.predict(handle_file(z), "a red square\na blue circle", None, None,
+                                                       0.01, 100, 0.01, None, api_name="/select")
         assert sel["images"] == 8 and len(table["data"]) == 8 and table["headers"] == views.SELECT_HEADERS
-        assert open(csv_file).read().startswith("image,folder,entropy")
+        assert open(csv_file).read().startswith("image,folder,entropy") and sel["learner"] == {"ran": False}
+        pool = _zip(tmp_path / "pool.zip", {f"p{i}.png": (25 * i, 255 - 25 * i, (70 * i) % 256) for i in range(5)})
+        summary, table, csv_file, sel = client.predict(handle_file(pool), "a red square\na blue circle", None,
+                                                       handle_file(z), 0.01, 30, 0.01, None, api_name="/select")
+        direct = tabs.select.select_archive(vlm, pool, "a red square\na blue circle", None, z, 0.01, 30, 0.01)
+        assert sel["learner"]["ran"] and sel["learner"]["labels"] == 8 and sel["learner"]["steps"] == 30
+        assert sel["ranking"] == direct.json["ranking"] and "adapted model" in summary
+        assert [e["epig"] for e in sel["scores"]] == pytest.approx([e["epig"] for e in direct.json["scores"]])
+        with pytest.raises(Exception, match="shapes.zip: class folder 'blue circle' matches no prompt"):
+            client.predict(handle_file(pool), "a cat\na dog", None, handle_file(z), 0.01, 30, 0.01, None,
+                           api_name="/select")
+        with pytest.raises(Exception, match="lr must be"):
+            client.predict(handle_file(pool), "a cat\na dog", None, None, 0.01, 30, 5.0, None, api_name="/select")
         evil = tmp_path / "evil.zip"
         import zipfile
 
         with zipfile.ZipFile(evil, "w") as zf:
             zf.writestr("../../escape.png", b"x")
         for name, args in {"/calibrate": (handle_file(str(evil)), "a {}"),
-                           "/select": (handle_file(str(evil)), "a cat\na dog", None)}.items():
+                           "/select": (handle_file(str(evil)), "a cat\na dog", None, None, 0.01, 100, 0.01)
+                           }.items():
             with pytest.raises(Exception, match="evil.zip: entry .* '..' path component") as err:
                 client.predict(*args, api_name=name)
             assert "/tmp" not in str(err.value) and "Traceback" not in str(err.value)

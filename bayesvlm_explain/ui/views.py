@@ -36,6 +36,11 @@ SELECT_HEADERS = ["rank", "entropy: image", "entropy (nats)", "BALD: image", "BA
                   "EPIG (nats)", "MAP entropy: image", "MAP entropy (nats)"]
 SELECT_CSV_HEADERS = ["image", "folder", "entropy", "bald", "epig", "map_entropy", "rank_entropy", "rank_bald",
                       "rank_epig", "rank_map_entropy"]
+LEARNER_KNOBS = (0.01, 100, 0.01)
+"""Select's learner by default, ``(prior weight, Adam steps, learning rate)``: the emoji experiment's choice on
+its validation split (docs/evaluation.md, "Learner knobs")."""
+LEARNER_LIMITS = {"prior weight": (0.0, 1000.0), "steps": (0, 1000), "lr": (1e-6, 1.0)}
+"""Allowed ranges of the learner knobs (steps: whole numbers; 0 steps is the posterior update alone)."""
 RECOMMENDED: Predictive = "mc"  # the predictive shown first; the deterministic one is shown beside it
 NUM_SAMPLES = 1000
 TABLE_HEADERS = ["prompt", "p (MC)", "p (det.)", "logit mean", "logit std", "image share", "text share",
