@@ -165,7 +165,7 @@ def test_fit_at_real_dims_with_a_saturated_softmax_matches_the_naive_oracle(b32,
     n, c, sigma = 384, 128, 1.5
     gen = torch.Generator().manual_seed(7)
     vlm = bx.BayesVLM(b32.model, b32.tokenizer, b32.preprocess, None, device="cpu", name=b32.name)
-    monkeypatch.setattr(b32.model, "logit_scale", torch.nn.Parameter(torch.tensor(math.log(100.0))))
+    monkeypatch.setattr(b32.model.logit_scale, "data", torch.tensor(math.log(100.0)))  # restored afterwards
     tau = vlm.adapter.logit_scale  # exp of a float32 parameter: 100 + 8e-6, which moves B by 3e-6 here
     w_img, w_txt = (vlm.adapter.image.weight.double(), vlm.adapter.text.weight.double())
     img_act = torch.randn(n, 768, generator=gen, dtype=torch.float64)
