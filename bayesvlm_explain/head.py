@@ -6,6 +6,9 @@ evaluated at the input equals the number ``predict`` reports.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Literal, TypeVar
+
 import torch
 import torch.nn.functional as F
 
@@ -17,39 +20,83 @@ from .probcos import CosineMoments, PromptTerms, cosine_moments, image_moments, 
 FLOAT32_ERROR = 1e-5
 """Bound on the relative error of the float32 head's logit variances, means and probit probabilities against
 float64 (the measured worst case is about 1e-6: tests/test_head.py, docs/numerics.md)."""
-HEAD_DTYPE = torch.float64
-"""The head's default precision. float32 (``dtype=torch.float32``) stays within :data:`FLOAT32_ERROR` of float64
-except for nearly parallel image and prompt embeddings in the projected mode (docs/numerics.md); the default
-stays float64 until the library's float64 comparisons are moved to an explicit dtype (issue 22)."""
+AUTO_COSINE_LIMIT = 0.9
+"""Above this largest ``|cos(μ_n, μ_c)|`` of a call the ``"auto"`` head computes in float64. The float32
+projected variance loses about ``1e-6 / (1 − cos²)`` relative (its projection cancels for nearly parallel
+embeddings): measured 3.9e-6 at cosine 0.9 and 4.9e-5 at 0.99 (tests/test_head.py), so 1e-5 is passed near
+cosine 0.95; 0.9 leaves a factor 2.5. CLIP's image-prompt cosines are about 0.2–0.4."""
+HeadDtype = torch.dtype | Literal["auto"]
+"""``torch.float32``, ``torch.float64``, or ``"auto"`` (float32 arithmetic unless a call's embeddings come
+closer than :data:`AUTO_COSINE_LIMIT`, then float64; results in float64 either way)."""
+HEAD_DTYPE: HeadDtype = "auto"
+"""The head's default precision (docs/numerics.md): float32 where it stays within :data:`FLOAT32_ERROR` of
+float64, float64 above :data:`AUTO_COSINE_LIMIT`; ``dtype=torch.float64`` or ``torch.float32`` forces one."""
+
+_T = TypeVar("_T")
+
+
+def _cast(obj: _T, dtype: torch.dtype) -> _T:
+    """A copy of a dataclass of tensors (e.g. :class:`CosineMoments`) with every floating tensor in ``dtype``."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            changes[f.name] = value.to(dtype)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[f.name] = _cast(value, dtype)
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def auto_dtype(img_mean: torch.Tensor, txt_mean: torch.Tensor) -> torch.dtype:
+    """The ``"auto"`` head's arithmetic for N image [N, D] and C prompt [C, D] embeddings: float64 when any
+    ``|cos(μ_n, μ_c)|`` exceeds :data:`AUTO_COSINE_LIMIT`, else float32."""
+    with torch.no_grad():
+        cos = F.normalize(img_mean.float(), dim=-1) @ F.normalize(txt_mean.float(), dim=-1).T
+        parallel = cos.numel() > 0 and float(cos.abs().max()) > AUTO_COSINE_LIMIT
+    return torch.float64 if parallel else torch.float32
 
 
 class MomentHead:
     """The posterior algebra between tower features and logit moments, for one posterior and variance mode.
 
-    Holds ``B̃_img⁻¹``, ``Ã_txt⁻¹`` and ``B̃_txt⁻¹`` (in ``dtype``, on ``device``). All maps are differentiable.
+    Holds ``B̃_img⁻¹``, ``Ã_txt⁻¹`` and ``B̃_txt⁻¹`` (in each arithmetic dtype it may use, on ``device``). All
+    maps are differentiable.
 
     Args:
         posterior: the two projections' posterior.
         adapter: the model's adapter (bias columns, logit scale and bias).
         variance: ``"projected"``, ``"expected_norm"`` (``"exact"``) or ``"diagonal"``.
         device: where the algebra runs.
-        dtype: the algebra's precision: :data:`HEAD_DTYPE` (float64) by default, or ``torch.float32``. The
-            covariance factors are always inverted in float64 and then rounded; float32 then costs at most
+        dtype: the algebra's precision: :data:`HEAD_DTYPE` (``"auto"``) by default: float32 arithmetic,
+            float64 for a call whose embeddings are nearly parallel (:func:`auto_dtype`), results in float64
+            (:attr:`dtype`). ``torch.float32`` or ``torch.float64`` forces one (results in it). The covariance
+            factors are always inverted in float64 and then rounded; float32 then costs at most
             :data:`FLOAT32_ERROR` relative error in the logit moments where image and prompt embeddings are
             not nearly parallel (measured, tests/test_head.py, docs/numerics.md).
+
+    Attributes:
+        dtype: the dtype of everything the head returns (float64 for ``"auto"``).
+        requested_dtype: the ``dtype`` argument.
+        last_dtype: the arithmetic dtype of the latest moments call (``None`` before the first).
     """
 
     def __init__(self, posterior: Posterior, adapter: ModelAdapter, *, variance: str = "projected",
-                 device: torch.device | str = "cpu", dtype: torch.dtype = HEAD_DTYPE) -> None:
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+                 device: torch.device | str = "cpu", dtype: HeadDtype = HEAD_DTYPE) -> None:
+        if not (dtype == "auto" or dtype in (torch.float32, torch.float64)):
+            raise ValueError(f"dtype must be 'auto', torch.float32 or torch.float64, got {dtype}")
         self.variance = check_option("variance", variance)
         self.posterior = posterior
         self.adapter = adapter
         self.device = torch.device(device)
-        self.dtype = dtype
-        _, self.b_inv_img = posterior.image.covariance_factors(self.device, dtype)
-        self.a_inv_txt, self.b_inv_txt = posterior.text.covariance_factors(self.device, dtype)
+        self.requested_dtype: HeadDtype = dtype
+        self.dtype: torch.dtype = torch.float64 if dtype == "auto" else dtype  # type: ignore[assignment]
+        self.last_dtype: torch.dtype | None = None
+        self._factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for dt in ((torch.float32, torch.float64) if dtype == "auto" else (self.dtype,)):
+            _, b_inv_img = posterior.image.covariance_factors(self.device, dt)
+            a_inv_txt, b_inv_txt = posterior.text.covariance_factors(self.device, dt)
+            self._factors[dt] = (b_inv_img, b_inv_txt, a_inv_txt)
+        self.b_inv_img, self.b_inv_txt, self.a_inv_txt = self._factors[self.dtype]
         self.logit_scale = adapter.logit_scale
         self.logit_bias = adapter.logit_bias
 
@@ -63,11 +110,20 @@ class MomentHead:
         return (feats.embeddings.to(self.device, self.dtype),
                 self.adapter.text.augment(feats.activations.to(self.device, self.dtype)))
 
+    def compute_dtype(self, img_mean: torch.Tensor, txt_mean: torch.Tensor) -> torch.dtype:
+        """The arithmetic dtype of a call on these embeddings ([N, D], [C, D]); records it in :attr:`last_dtype`."""
+        dt = auto_dtype(img_mean, txt_mean) if self.requested_dtype == "auto" else self.dtype
+        self.last_dtype = dt
+        return dt
+
     def moments(self, img_mean: torch.Tensor, img_scale: torch.Tensor, txt_mean: torch.Tensor,
                 txt_act: torch.Tensor) -> CosineMoments:
-        """:func:`cosine_moments` of N images [N, D] against C prompts [C, D] with this posterior."""
-        return cosine_moments(img_mean, img_scale, txt_mean, txt_act, self.b_inv_img, self.b_inv_txt,
-                              self.a_inv_txt, self.logit_scale, self.logit_bias, variance=self.variance)
+        """:func:`cosine_moments` of N images [N, D] against C prompts [C, D] with this posterior (in
+        :attr:`dtype`; computed in :meth:`compute_dtype`)."""
+        dt = self.compute_dtype(img_mean, txt_mean)
+        mom = cosine_moments(img_mean.to(dt), img_scale.to(dt), txt_mean.to(dt), txt_act.to(dt),
+                             *self._factors[dt], self.logit_scale, self.logit_bias, variance=self.variance)
+        return mom if dt == self.dtype else _cast(mom, self.dtype)
 
     def prompt_terms(self, txt: Features) -> PromptTerms:
         """The prompt side of the moments for C prompts' features (compute once per label set)."""
@@ -75,8 +131,14 @@ class MomentHead:
                             variance=self.variance)
 
     def image_moments(self, img: Features, terms: PromptTerms) -> CosineMoments:
-        """Moments of N images' features against prompts already reduced by :meth:`prompt_terms`."""
-        return image_moments(*self.image_inputs(img), terms, self.logit_scale, self.logit_bias)
+        """Moments of N images' features against prompts already reduced by :meth:`prompt_terms` (in
+        :attr:`dtype`; the ``"auto"`` head rounds the float64 terms to float32 where :meth:`compute_dtype` allows)."""
+        img_mean, img_scale = self.image_inputs(img)
+        dt = self.compute_dtype(img_mean, terms.txt_mean)
+        if dt == self.dtype:
+            return image_moments(img_mean, img_scale, terms, self.logit_scale, self.logit_bias)
+        mom = image_moments(img_mean.to(dt), img_scale.to(dt), _cast(terms, dt), self.logit_scale, self.logit_bias)
+        return _cast(mom, self.dtype)
 
     def __call__(self, img: Features, txt: Features) -> CosineMoments:
         """Moments of N images' features against C prompts' features."""
