@@ -7,6 +7,7 @@ evaluated at the input equals the number ``predict`` reports.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -26,8 +27,8 @@ projected variance loses about ``1e-6 / (1 − cos²)`` relative (its projection
 embeddings): measured 3.9e-6 at cosine 0.9 and 4.9e-5 at 0.99 (tests/test_head.py), so 1e-5 is passed near
 cosine 0.95; 0.9 leaves a factor 2.5. CLIP's image-prompt cosines are about 0.2–0.4."""
 HeadDtype = torch.dtype | Literal["auto"]
-"""``torch.float32``, ``torch.float64``, or ``"auto"`` (float32 arithmetic unless a call's embeddings come
-closer than :data:`AUTO_COSINE_LIMIT`, then float64; results in float64 either way)."""
+"""``torch.float32``, ``torch.float64``, or ``"auto"`` (float32 arithmetic, redone in float64 for a projected-mode
+call whose embeddings come closer than :data:`AUTO_COSINE_LIMIT`; results in float64 either way)."""
 HEAD_DTYPE: HeadDtype = "auto"
 """The head's default precision (docs/numerics.md): float32 where it stays within :data:`FLOAT32_ERROR` of
 float64, float64 above :data:`AUTO_COSINE_LIMIT`; ``dtype=torch.float64`` or ``torch.float32`` forces one."""
@@ -47,13 +48,15 @@ def _cast(obj: _T, dtype: torch.dtype) -> _T:
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 
 
-def auto_dtype(img_mean: torch.Tensor, txt_mean: torch.Tensor) -> torch.dtype:
-    """The ``"auto"`` head's arithmetic for N image [N, D] and C prompt [C, D] embeddings: float64 when any
-    ``|cos(μ_n, μ_c)|`` exceeds :data:`AUTO_COSINE_LIMIT`, else float32."""
+def near_parallel(mom: CosineMoments) -> bool:
+    """True when projected-mode moments [N, C] pair an image and a prompt whose embeddings have
+    ``|cos(μ_n, μ_c)|`` above :data:`AUTO_COSINE_LIMIT`: ``cos = ûᵀm̂_c / ||m̂_c||`` from the moments' own
+    terms (O(N C + C D)). The other variance modes have no projection to cancel: always False."""
+    if mom.projection is None:
+        return False
     with torch.no_grad():
-        cos = F.normalize(img_mean.float(), dim=-1) @ F.normalize(txt_mean.float(), dim=-1).T
-        parallel = cos.numel() > 0 and float(cos.abs().max()) > AUTO_COSINE_LIMIT
-    return torch.float64 if parallel else torch.float32
+        cos = mom.projection.alpha / mom.txt_mean_scaled.norm(dim=-1)
+        return bool((cos.abs() > AUTO_COSINE_LIMIT).any())
 
 
 class MomentHead:
@@ -68,7 +71,8 @@ class MomentHead:
         variance: ``"projected"``, ``"expected_norm"`` (``"exact"``) or ``"diagonal"``.
         device: where the algebra runs.
         dtype: the algebra's precision: :data:`HEAD_DTYPE` (``"auto"``) by default: float32 arithmetic,
-            float64 for a call whose embeddings are nearly parallel (:func:`auto_dtype`), results in float64
+            redone in float64 for a call whose embeddings are nearly parallel (:func:`near_parallel`; projected
+            mode only), results in float64
             (:attr:`dtype`). ``torch.float32`` or ``torch.float64`` forces one (results in it). The covariance
             factors are always inverted in float64 and then rounded; float32 then costs at most
             :data:`FLOAT32_ERROR` relative error in the logit moments where image and prompt embeddings are
@@ -97,6 +101,7 @@ class MomentHead:
             a_inv_txt, b_inv_txt = posterior.text.covariance_factors(self.device, dt)
             self._factors[dt] = (b_inv_img, b_inv_txt, a_inv_txt)
         self.b_inv_img, self.b_inv_txt, self.a_inv_txt = self._factors[self.dtype]
+        self._terms32: tuple[PromptTerms, PromptTerms] | None = None  # (float64 terms, their float32 copy)
         self.logit_scale = adapter.logit_scale
         self.logit_bias = adapter.logit_bias
 
@@ -110,20 +115,23 @@ class MomentHead:
         return (feats.embeddings.to(self.device, self.dtype),
                 self.adapter.text.augment(feats.activations.to(self.device, self.dtype)))
 
-    def compute_dtype(self, img_mean: torch.Tensor, txt_mean: torch.Tensor) -> torch.dtype:
-        """The arithmetic dtype of a call on these embeddings ([N, D], [C, D]); records it in :attr:`last_dtype`."""
-        dt = auto_dtype(img_mean, txt_mean) if self.requested_dtype == "auto" else self.dtype
-        self.last_dtype = dt
-        return dt
+    def _run(self, compute: Callable[[torch.dtype], CosineMoments]) -> CosineMoments:
+        """``compute(dtype)`` in the forced dtype, or (``"auto"``) in float32, again in float64 when
+        :func:`near_parallel`; the result in :attr:`dtype`, the arithmetic used in :attr:`last_dtype`."""
+        if self.requested_dtype != "auto":
+            self.last_dtype = self.dtype
+            return compute(self.dtype)
+        mom = compute(torch.float32)
+        self.last_dtype = torch.float64 if near_parallel(mom) else torch.float32
+        return compute(torch.float64) if self.last_dtype == torch.float64 else _cast(mom, torch.float64)
 
     def moments(self, img_mean: torch.Tensor, img_scale: torch.Tensor, txt_mean: torch.Tensor,
                 txt_act: torch.Tensor) -> CosineMoments:
         """:func:`cosine_moments` of N images [N, D] against C prompts [C, D] with this posterior (in
-        :attr:`dtype`; computed in :meth:`compute_dtype`)."""
-        dt = self.compute_dtype(img_mean, txt_mean)
-        mom = cosine_moments(img_mean.to(dt), img_scale.to(dt), txt_mean.to(dt), txt_act.to(dt),
-                             *self._factors[dt], self.logit_scale, self.logit_bias, variance=self.variance)
-        return mom if dt == self.dtype else _cast(mom, self.dtype)
+        :attr:`dtype`)."""
+        return self._run(lambda dt: cosine_moments(
+            img_mean.to(dt), img_scale.to(dt), txt_mean.to(dt), txt_act.to(dt), *self._factors[dt],
+            self.logit_scale, self.logit_bias, variance=self.variance))
 
     def prompt_terms(self, txt: Features) -> PromptTerms:
         """The prompt side of the moments for C prompts' features (compute once per label set)."""
@@ -132,13 +140,22 @@ class MomentHead:
 
     def image_moments(self, img: Features, terms: PromptTerms) -> CosineMoments:
         """Moments of N images' features against prompts already reduced by :meth:`prompt_terms` (in
-        :attr:`dtype`; the ``"auto"`` head rounds the float64 terms to float32 where :meth:`compute_dtype` allows)."""
+        :attr:`dtype`; the ``"auto"`` head rounds the float64 terms to float32 once per label set)."""
         img_mean, img_scale = self.image_inputs(img)
-        dt = self.compute_dtype(img_mean, terms.txt_mean)
-        if dt == self.dtype:
-            return image_moments(img_mean, img_scale, terms, self.logit_scale, self.logit_bias)
-        mom = image_moments(img_mean.to(dt), img_scale.to(dt), _cast(terms, dt), self.logit_scale, self.logit_bias)
-        return _cast(mom, self.dtype)
+
+        def compute(dt: torch.dtype) -> CosineMoments:
+            return image_moments(img_mean.to(dt), img_scale.to(dt), self._terms_in(terms, dt), self.logit_scale,
+                                 self.logit_bias)
+
+        return self._run(compute)
+
+    def _terms_in(self, terms: PromptTerms, dtype: torch.dtype) -> PromptTerms:
+        """``terms`` in ``dtype`` (the float32 copy of the latest float64 terms is kept)."""
+        if terms.txt_mean.dtype == dtype:
+            return terms
+        if self._terms32 is None or self._terms32[0] is not terms:
+            self._terms32 = (terms, _cast(terms, dtype))
+        return self._terms32[1]
 
     def __call__(self, img: Features, txt: Features) -> CosineMoments:
         """Moments of N images' features against C prompts' features."""

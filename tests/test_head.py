@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import bayesvlm_explain as bx
-from bayesvlm_explain.head import AUTO_COSINE_LIMIT, FLOAT32_ERROR, HEAD_DTYPE, auto_dtype
+from bayesvlm_explain.head import AUTO_COSINE_LIMIT, FLOAT32_ERROR, HEAD_DTYPE
 from bayesvlm_explain.posterior import Posterior
 from bayesvlm_explain.predictive import probit_probs
 from bayesvlm_explain.pretrained.registry import known_posterior_dir
@@ -55,33 +55,33 @@ def _turned(txt: bx.Features, towards: torch.Tensor, cos: float) -> bx.Features:
     return bx.Features(txt.activations, emb.norm(dim=-1, keepdim=True) * (cos * u + (1 - cos**2) ** 0.5 * perp))
 
 
-@pytest.mark.parametrize("variance", ["projected", "diagonal"])
+@pytest.mark.parametrize("variance", ["projected", "expected_norm", "diagonal"])
 def test_default_head_is_float32_and_switches_to_float64_above_the_cosine_limit(tiny_vlm, variance):
-    """``dtype="auto"`` (the default): float32 arithmetic at CLIP-like cosines, float64 for a call with an image
-    and a prompt embedding nearly parallel; float64 results either way, equal to the forced head of the dtype
-    it used (whole-batch and per-label-set paths)."""
+    """``dtype="auto"`` (the default): float32 arithmetic at CLIP-like cosines; a projected-mode call with an image
+    and a prompt embedding beyond ``AUTO_COSINE_LIMIT`` is redone in float64 (the other modes have no projection to
+    cancel); float64 results either way, equal to the forced head of the dtype used (both head paths)."""
     from conftest import PROMPTS, random_images
 
     img, txt = tiny_vlm.encode_images(random_images(tiny_vlm, 3)), tiny_vlm.encode_prompts(PROMPTS)
     unit = torch.nn.functional.normalize
     assert float((unit(img.embeddings, dim=-1) @ unit(txt.embeddings, dim=-1).T).abs().max()) < AUTO_COSINE_LIMIT
-    near = _turned(txt, img.embeddings[1], 0.95)
     auto = tiny_vlm.head(variance)
-    assert auto.dtype == torch.float64
+    assert auto.dtype == torch.float64 and auto.last_dtype is None
     forced = {dt: tiny_vlm.head(variance, dtype=dt) for dt in (torch.float32, torch.float64)}
-    for prompts, used in ((txt, torch.float32), (near, torch.float64)):
-        for got, want in ((auto(img, prompts), forced[used](img, prompts)),
-                          (auto.image_moments(img, auto.prompt_terms(prompts)), forced[used](img, prompts))):
+    projected = variance == "projected"
+    cases = [(txt, torch.float32), (_turned(txt, img.embeddings[1], 0.8), torch.float32),
+             (_turned(txt, img.embeddings[1], 0.91), torch.float64 if projected else torch.float32),
+             (_turned(txt, img.embeddings[2], -0.95), torch.float64 if projected else torch.float32)]
+    for prompts, used in cases:
+        want = forced[used](img, prompts)
+        for got in (auto(img, prompts), auto.image_moments(img, auto.prompt_terms(prompts))):
             assert auto.last_dtype == used
             assert got.mean.dtype == got.var.dtype == torch.float64
-            torch.testing.assert_close(got.var, want.var.double(), rtol=1e-12 if used == torch.float64 else 1e-6,
-                                       atol=0)
-            torch.testing.assert_close(got.mean, want.mean.double(), rtol=1e-12 if used == torch.float64 else 1e-6,
-                                       atol=1e-6)
+            rtol = 1e-12 if used == torch.float64 else 1e-6
+            torch.testing.assert_close(got.var, want.var.double(), rtol=rtol, atol=0)
+            torch.testing.assert_close(got.mean, want.mean.double(), rtol=rtol, atol=1e-6)
     pred = tiny_vlm.predict_features(img, txt, PROMPTS, variance=variance, predictive="mc", num_samples=64)
     assert pred.probs.dtype == pred.var.dtype == torch.float64  # the default prediction and its draws: float64
-    assert auto_dtype(img.embeddings, _turned(txt, img.embeddings[0], 0.89).embeddings) == torch.float32
-    assert auto_dtype(img.embeddings, _turned(txt, img.embeddings[0], -0.91).embeddings) == torch.float64
 
 
 @pytest.mark.parametrize("variance", ["projected", "expected_norm", "diagonal"])
