@@ -1,5 +1,6 @@
 """Benchmark: the Bayesian head against the plain zero-shot head at N = 32 images x C = 21,843 prompts, and the
-float32 head against the float64 one (time ratio and error), side by side in one run.
+float32 head and the default ``"auto"`` head against the float64 one (time ratio and error), side by side in one
+run.
 
 ViT-B-32 with random weights and the built-in B/32 posterior; image and text features are random at the real
 dims (the towers are not timed). Each head gets its prompt side once per label set (``prompt_terms``) and is
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         "plain_float64": lambda: plain(img64.embeddings, unit64, tau),
     }
     for variance in ("projected", "diagonal"):
-        for dtype, img, txt in ((torch.float64, img64, txt64), (torch.float32, img32, txt32)):
-            head = vlm.head(variance, dtype=dtype)
+        for dtype, img, txt in ((torch.float64, img64, txt64), (torch.float32, img32, txt32), ("auto", img32, txt32)):
+            head = vlm.head(variance, dtype=dtype)  # "auto": the default (float32 here, results in float64)
             terms = head.prompt_terms(txt)
             name = f"bayes_{variance}_{str(dtype).split('.')[-1]}"
             cases[name] = lambda head=head, img=img, terms=terms: bayes(head, img, terms)
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
              "vs_plain_float64": med[k] / med["plain_float64"]} for k in cases]
     errors = {}
     for variance in ("projected", "diagonal"):
-        a, b = outputs[f"bayes_{variance}_float32"].double(), outputs[f"bayes_{variance}_float64"]
-        errors[variance] = float((a - b).abs().max() / b.abs().max())
+        for kind in ("float32", "auto"):
+            a, b = outputs[f"bayes_{variance}_{kind}"].double(), outputs[f"bayes_{variance}_float64"]
+            errors[variance if kind == "float32" else f"{variance}_auto"] = float((a - b).abs().max() / b.abs().max())
     result = {"images": args.images, "prompts": args.prompts, "repeats": args.repeats, "rows": rows,
               "float32_probit_error_relative": errors, "machine": machine_info()}
     print(markdown(result))

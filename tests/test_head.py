@@ -134,9 +134,14 @@ def test_float32_head_error_at_b32_dims_broad_and_tight(variance, tightness, cos
 def test_float32_projected_variance_near_parallel_embeddings_needs_float64():
     """The documented limit: the projected variance removes each embedding's own direction from the other's,
     which cancels in float32 when an image and a prompt embedding are nearly parallel (cosine 0.99 here:
-    about 4e-5 relative); float64 (``dtype=torch.float64``) keeps it at round-off."""
+    about 4e-5 relative); float64 (``dtype=torch.float64``, or the default ``"auto"`` head, which switches above
+    ``AUTO_COSINE_LIMIT``) keeps it at round-off. The expected-norm and diagonal modes stay within the bound."""
     inputs, tau = _b32_problem(1.0, 0.99)
     m64 = cosine_moments(**inputs, logit_scale=tau)
     err32 = float32_errors(cosine_moments(**{k: v.float() for k, v in inputs.items()}, logit_scale=tau), m64)
     assert err32["var_image"] > FLOAT32_ERROR and err32["var_text"] > FLOAT32_ERROR
     assert err32["mean"] < FLOAT32_ERROR and err32["probit"] < FLOAT32_ERROR  # the probabilities stay within
+    for variance in ("expected_norm", "diagonal"):  # no projection to cancel: these stay within the bound
+        m64 = cosine_moments(**inputs, logit_scale=tau, variance=variance)
+        m32 = cosine_moments(**{k: v.float() for k, v in inputs.items()}, logit_scale=tau, variance=variance)
+        assert max(float32_errors(m32, m64).values()) < FLOAT32_ERROR, variance
