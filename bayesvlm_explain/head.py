@@ -36,27 +36,30 @@ float64, float64 above :data:`AUTO_COSINE_LIMIT`; ``dtype=torch.float64`` or ``t
 _T = TypeVar("_T")
 
 
-def _cast(obj: _T, dtype: torch.dtype) -> _T:
-    """A copy of a dataclass of tensors (e.g. :class:`CosineMoments`) with every floating tensor in ``dtype``."""
+def _cast(obj: _T, dtype: torch.dtype, known: dict[int, torch.Tensor] | None = None) -> _T:
+    """A copy of a dataclass of tensors (e.g. :class:`CosineMoments`) with every floating tensor in ``dtype``;
+    a tensor whose ``id`` is in ``known`` is replaced by that value instead (no copy)."""
+    known = {} if known is None else known
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
         if isinstance(value, torch.Tensor) and value.is_floating_point():
-            changes[f.name] = value.to(dtype)
+            changes[f.name] = known[id(value)] if id(value) in known else value.to(dtype)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes[f.name] = _cast(value, dtype)
+            changes[f.name] = _cast(value, dtype, known)
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 
 
-def near_parallel(mom: CosineMoments) -> bool:
+def near_parallel(mom: CosineMoments, inv_norm: torch.Tensor | None = None) -> bool:
     """True when projected-mode moments [N, C] pair an image and a prompt whose embeddings have
     ``|cos(μ_n, μ_c)|`` above :data:`AUTO_COSINE_LIMIT`: ``cos = ûᵀm̂_c / ||m̂_c||`` from the moments' own
-    terms (O(N C + C D)). The other variance modes have no projection to cancel: always False."""
+    terms (O(N C); ``inv_norm`` [C] = ``1 / ||m̂_c||`` if already known, else O(C D) more). The other variance
+    modes have no projection to cancel: always False."""
     if mom.projection is None:
         return False
     with torch.no_grad():
-        cos = mom.projection.alpha / mom.txt_mean_scaled.norm(dim=-1)
-        return bool((cos.abs() > AUTO_COSINE_LIMIT).any())
+        inv = 1 / mom.txt_mean_scaled.norm(dim=-1) if inv_norm is None else inv_norm
+        return bool(((mom.projection.alpha * inv).abs() > AUTO_COSINE_LIMIT).any())
 
 
 class MomentHead:
@@ -101,7 +104,8 @@ class MomentHead:
             a_inv_txt, b_inv_txt = posterior.text.covariance_factors(self.device, dt)
             self._factors[dt] = (b_inv_img, b_inv_txt, a_inv_txt)
         self.b_inv_img, self.b_inv_txt, self.a_inv_txt = self._factors[self.dtype]
-        self._terms32: tuple[PromptTerms, PromptTerms] | None = None  # (float64 terms, their float32 copy)
+        # the latest float64 prompt terms, their float32 copy, its tensors' float64 originals by id, 1 / ||m̂_c||
+        self._terms32: tuple[PromptTerms, PromptTerms, dict[int, torch.Tensor], torch.Tensor] | None = None
         self.logit_scale = adapter.logit_scale
         self.logit_bias = adapter.logit_bias
 
@@ -115,15 +119,18 @@ class MomentHead:
         return (feats.embeddings.to(self.device, self.dtype),
                 self.adapter.text.augment(feats.activations.to(self.device, self.dtype)))
 
-    def _run(self, compute: Callable[[torch.dtype], CosineMoments]) -> CosineMoments:
+    def _run(self, compute: Callable[[torch.dtype], CosineMoments], known: dict[int, torch.Tensor] | None = None,
+             inv_norm: torch.Tensor | None = None) -> CosineMoments:
         """``compute(dtype)`` in the forced dtype, or (``"auto"``) in float32, again in float64 when
-        :func:`near_parallel`; the result in :attr:`dtype`, the arithmetic used in :attr:`last_dtype`."""
+        :func:`near_parallel`; the result in :attr:`dtype` (float32 tensors found in ``known`` by id are
+        replaced by their float64 originals), the arithmetic used in :attr:`last_dtype`; ``inv_norm``: as in
+        :func:`near_parallel`."""
         if self.requested_dtype != "auto":
             self.last_dtype = self.dtype
             return compute(self.dtype)
         mom = compute(torch.float32)
-        self.last_dtype = torch.float64 if near_parallel(mom) else torch.float32
-        return compute(torch.float64) if self.last_dtype == torch.float64 else _cast(mom, torch.float64)
+        self.last_dtype = torch.float64 if near_parallel(mom, inv_norm) else torch.float32
+        return compute(torch.float64) if self.last_dtype == torch.float64 else _cast(mom, torch.float64, known)
 
     def moments(self, img_mean: torch.Tensor, img_scale: torch.Tensor, txt_mean: torch.Tensor,
                 txt_act: torch.Tensor) -> CosineMoments:
@@ -142,20 +149,22 @@ class MomentHead:
         """Moments of N images' features against prompts already reduced by :meth:`prompt_terms` (in
         :attr:`dtype`; the ``"auto"`` head rounds the float64 terms to float32 once per label set)."""
         img_mean, img_scale = self.image_inputs(img)
+        if terms.txt_mean.dtype != self.dtype:
+            raise ValueError(f"prompt terms in {terms.txt_mean.dtype}, this head's are {self.dtype}")
+        terms32, known, inv_norm = terms, None, None
+        if self.requested_dtype == "auto":
+            if self._terms32 is None or self._terms32[0] is not terms:
+                copy = _cast(terms, torch.float32)
+                originals = {id(getattr(copy, f.name)): getattr(terms, f.name) for f in dataclasses.fields(terms)
+                             if isinstance(getattr(terms, f.name), torch.Tensor)}
+                self._terms32 = (terms, copy, originals, 1 / copy.m_hat.norm(dim=-1))
+            _, terms32, known, inv_norm = self._terms32
 
         def compute(dt: torch.dtype) -> CosineMoments:
-            return image_moments(img_mean.to(dt), img_scale.to(dt), self._terms_in(terms, dt), self.logit_scale,
-                                 self.logit_bias)
+            return image_moments(img_mean.to(dt), img_scale.to(dt), terms32 if dt == torch.float32 else terms,
+                                 self.logit_scale, self.logit_bias)
 
-        return self._run(compute)
-
-    def _terms_in(self, terms: PromptTerms, dtype: torch.dtype) -> PromptTerms:
-        """``terms`` in ``dtype`` (the float32 copy of the latest float64 terms is kept)."""
-        if terms.txt_mean.dtype == dtype:
-            return terms
-        if self._terms32 is None or self._terms32[0] is not terms:
-            self._terms32 = (terms, _cast(terms, dtype))
-        return self._terms32[1]
+        return self._run(compute, known, inv_norm)
 
     def __call__(self, img: Features, txt: Features) -> CosineMoments:
         """Moments of N images' features against C prompts' features."""
