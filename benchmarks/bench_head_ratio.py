@@ -44,6 +44,22 @@ def bayes(head: Any, img: Features, terms: Any) -> torch.Tensor:
     return probit_probs(mom.mean, mom.var)
 
 
+def random_b32(images: int, prompts: int) -> tuple[bx.BayesVLM, Features, Features]:
+    """ViT-B-32 with random weights and the built-in posterior, and random float32 features of ``images`` images
+    and ``prompts`` prompts at its dims (seeded)."""
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    vlm = bx.BayesVLM(model, open_clip.get_tokenizer("ViT-B-32"), None, None, device="cpu", name="ViT-B-32/random")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the built-in posterior was fitted for the trained weights
+        vlm.posterior = bx.Posterior.from_pretrained("ViT-B-32", "laion2b_s34b_b79k")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        act_i, act_t = torch.randn(images, 768, generator=gen), torch.randn(prompts, 512, generator=gen)
+        return (vlm, Features(act_i, vlm.adapter.image.project(act_i)),
+                Features(act_t, vlm.adapter.text.project(act_t)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=32)
@@ -55,17 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if printed_markdown(args, markdown):
         return 0
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    vlm = bx.BayesVLM(model, open_clip.get_tokenizer("ViT-B-32"), None, None, device="cpu", name="ViT-B-32/random")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the built-in posterior was fitted for the trained weights
-        vlm.posterior = bx.Posterior.from_pretrained("ViT-B-32", "laion2b_s34b_b79k")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        act_i, act_t = torch.randn(args.images, 768, generator=gen), torch.randn(args.prompts, 512, generator=gen)
-        img32 = Features(act_i, vlm.adapter.image.project(act_i))
-        txt32 = Features(act_t, vlm.adapter.text.project(act_t))
+    vlm, img32, txt32 = random_b32(args.images, args.prompts)
     img64, txt64 = img32.to("cpu", torch.float64), txt32.to("cpu", torch.float64)
     tau = vlm.adapter.logit_scale
     unit32 = F.normalize(txt32.embeddings, dim=-1)
