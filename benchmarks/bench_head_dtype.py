@@ -9,26 +9,21 @@ not timed); round-robin medians, so a shared machine's load falls on all three a
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 import torch
-from bench_head_ratio import random_b32  # benchmarks/ (run as a script: this folder is on sys.path)
-from machine import add_output_options, machine_info, printed_markdown, round_robin
+from bench_head_ratio import (  # benchmarks/ (run as a script: this folder is on sys.path)
+    b32_arguments,
+    random_b32,
+    reported,
+)
+from machine import printed_markdown, round_robin
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=32)
-    ap.add_argument("--prompts", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
-    add_output_options(ap)
-    args = ap.parse_args(argv)
+    args = b32_arguments(__doc__, 1000, argv)
     if printed_markdown(args, markdown):
         return 0
-    torch.set_num_threads(args.threads)
     vlm, img, txt = random_b32(args.images, args.prompts)
     prompts = [f"prompt {i}" for i in range(args.prompts)]
     dtypes: dict[str, Any] = {"float64": torch.float64, "auto": "auto", "float32": torch.float32}
@@ -38,12 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"dtype": k, "seconds": t, "float64_over_this": timed["float64"][0] / t,
              "probit_error_relative": float((p.double() - ref).abs().max() / ref.abs().max())}
             for k, (t, p) in timed.items()]
-    result = {"images": args.images, "prompts": args.prompts, "repeats": args.repeats, "rows": rows,
-              "machine": machine_info()}
-    print(markdown(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return reported(args, {"rows": rows}, markdown)
 
 
 def markdown(r: dict[str, Any]) -> str:

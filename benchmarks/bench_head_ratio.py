@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import open_clip
@@ -60,17 +61,24 @@ def random_b32(images: int, prompts: int) -> tuple[bx.BayesVLM, Features, Featur
                 Features(act_t, vlm.adapter.text.project(act_t)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def b32_arguments(doc: str | None, prompts: int, argv: list[str] | None) -> argparse.Namespace:
+    """``--images``, ``--prompts`` (default ``prompts``), ``--threads``, ``--repeats`` and the output options;
+    sets the thread count."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=32)
-    ap.add_argument("--prompts", type=int, default=21_843)
+    ap.add_argument("--prompts", type=int, default=prompts)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     add_output_options(ap)
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = b32_arguments(__doc__, 21_843, argv)
     if printed_markdown(args, markdown):
         return 0
-    torch.set_num_threads(args.threads)
     vlm, img32, txt32 = random_b32(args.images, args.prompts)
     img64, txt64 = img32.to("cpu", torch.float64), txt32.to("cpu", torch.float64)
     tau = vlm.adapter.logit_scale
@@ -95,8 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("float32", "auto"):
             a, b = outputs[f"bayes_{variance}_{kind}"].double(), outputs[f"bayes_{variance}_float64"]
             errors[variance if kind == "float32" else f"{variance}_auto"] = float((a - b).abs().max() / b.abs().max())
-    result = {"images": args.images, "prompts": args.prompts, "repeats": args.repeats, "rows": rows,
-              "float32_probit_error_relative": errors, "machine": machine_info()}
+    return reported(args, {"rows": rows, "float32_probit_error_relative": errors}, markdown)
+
+
+def reported(args: argparse.Namespace, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> int:
+    """Add the run's sizes and machine to ``result``, print its ``markdown`` table, write it to ``--json``; 0."""
+    result = {"images": args.images, "prompts": args.prompts, "repeats": args.repeats, **result,
+              "machine": machine_info()}
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
