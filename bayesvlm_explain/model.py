@@ -13,7 +13,7 @@ from torch import nn
 
 from .adapters import Features, ModelAdapter
 from .encoding import ALGEBRA_DTYPE, Encoder
-from .head import HEAD_DTYPE, MomentHead, map_logits
+from .head import HEAD_DTYPE, HeadDtype, MomentHead, map_logits
 from .inputs import check_prompts
 from .loading import load_open_clip
 from .options import Link, MargLikMode, Objective, check_option
@@ -43,7 +43,8 @@ class BayesVLM:
         posterior: a :class:`Posterior` (or a path to one); may be set later via ``vlm.posterior``.
         device: where the encoders run (default: CUDA if available, else CPU). On CUDA the encoders run
             under float16 autocast; the posterior factors are inverted in float64 on the CPU, and the head
-            runs in float64 (``dtype=torch.float32`` on request, :meth:`predict`).
+            runs in float32 where that is within 1e-5 of float64, else float64 (``dtype=`` forces one,
+            :meth:`predict`).
         batch_size: images/prompts per encoder call.
         prompt_cache_size: how many prompt encodings to keep (LRU).
     """
@@ -237,9 +238,10 @@ class BayesVLM:
         return self.encoder.encode_prompts(prompts)
 
     def head(self, variance: str = "projected", device: torch.device | str = "cpu",
-             dtype: torch.dtype = HEAD_DTYPE) -> MomentHead:
+             dtype: HeadDtype = HEAD_DTYPE) -> MomentHead:
         """The posterior algebra (features -> logit moments) used by :meth:`predict` and the explanations
-        (:class:`MomentHead`): float64 by default, ``dtype=torch.float32`` for the faster head."""
+        (:class:`MomentHead`): ``"auto"`` (float32 where safe, results in float64) by default,
+        ``dtype=torch.float64`` or ``torch.float32`` to force one."""
         return MomentHead(self.require_posterior(), self.adapter, variance=variance, device=device, dtype=dtype)
 
     # -- prediction ------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ class BayesVLM:
     def predict_features(
         self, img: Features, txt: Features, prompts: list[str], *,
         predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
-        link: Link | None = None, seed: int | None = 0, dtype: torch.dtype = HEAD_DTYPE,
+        link: Link | None = None, seed: int | None = 0, dtype: HeadDtype = HEAD_DTYPE,
     ) -> Prediction:
         """:meth:`predict` on already-encoded features (float64, CPU)."""
         check_option("predictive", predictive)
@@ -263,7 +265,7 @@ class BayesVLM:
     def predict(
         self, images: Any, prompts: str | Sequence[str], *,
         predictive: PredictiveMethod = "probit", num_samples: int = 1000, variance: str = "projected",
-        link: Link | None = None, seed: int | None = 0, dtype: torch.dtype = HEAD_DTYPE,
+        link: Link | None = None, seed: int | None = 0, dtype: HeadDtype = HEAD_DTYPE,
     ) -> Prediction:
         """Probabilistic logits and predictive probabilities of ``images`` against ``prompts``.
 
@@ -279,9 +281,11 @@ class BayesVLM:
             link: how logits become probabilities: ``None`` (default) the model's own class link (a
                 softmax over prompts for CLIP, the sigmoids renormalised over prompts for SigLIP),
                 ``"softmax"``, ``"normalized_sigmoid"``, or ``"sigmoid"`` per pair.
-            dtype: the head's precision (:data:`~bayesvlm_explain.head.HEAD_DTYPE`, float64, by default);
-                ``torch.float32`` is within 1e-5 relative of it (docs/numerics.md) and faster at large
-                label sets. The prediction's tensors come in this dtype.
+            dtype: the head's precision: ``"auto"`` (:data:`~bayesvlm_explain.head.HEAD_DTYPE`) by default
+                computes the moments in float32 (within 1e-5 relative of float64) unless an image and a prompt
+                embedding are nearly parallel (:data:`~bayesvlm_explain.head.AUTO_COSINE_LIMIT`), then in
+                float64; its prediction's tensors (and Monte Carlo draws) are float64. ``torch.float64`` or
+                ``torch.float32`` forces one, and the prediction's tensors then come in it (docs/numerics.md).
         Returns:
             a :class:`Prediction` with ``mean``, ``var``, ``cov`` and the three variance parts.
         """

@@ -49,6 +49,7 @@ JOINT = "joint"
 """The derived figure: Fisher's combination of the epistemic and input-scale percentiles (:func:`joint_score`)."""
 FILE_NAME = "yardstick.json"
 LEVELS = np.linspace(0.0, 100.0, 101)  # the stored quantile levels, in percent
+REFERENCE_DTYPE = torch.float64  # the head's precision for yardstick figures (docs/numerics.md)
 FORMAT_VERSION = 2  # 2: optional 'joint' quantiles; rules at a fixed false-alarm rate
 
 
@@ -203,12 +204,15 @@ def posterior_signature(vlm: BayesVLM) -> dict[str, Any]:
 
 def measure_figures(vlm: BayesVLM, images: Any | Features, prompts: Sequence[str], num_samples: int = 1000,
                     seed: int = 0, variance: str = "projected") -> dict[str, torch.Tensor]:
-    """``epistemic`` and ``entropy`` (nats, over ``prompts``) and ``input_scale`` per image, each [N]."""
+    """``epistemic`` and ``entropy`` (nats, over ``prompts``) and ``input_scale`` per image, each [N].
+
+    Always in float64 (:data:`REFERENCE_DTYPE`): a yardstick's quantiles are reference figures, and an image is
+    measured the way its reference was."""
     from .explain import decompose_uncertainty
 
     img = images if isinstance(images, Features) else vlm.encode_images(images)
     pred = vlm.predict_features(img, vlm.encode_prompts(list(prompts)), list(prompts), predictive="mc",
-                                num_samples=num_samples, seed=seed, variance=variance)
+                                num_samples=num_samples, seed=seed, variance=variance, dtype=REFERENCE_DTYPE)
     dec = decompose_uncertainty(pred, leave_one_out=False, rank_by="variance")
     scale = vlm.require_posterior().image.input_scales(vlm.adapter.image.augment(img.activations))
     return {"epistemic": dec.epistemic.detach(), "input_scale": scale.detach().reshape(-1),

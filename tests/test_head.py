@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import bayesvlm_explain as bx
-from bayesvlm_explain.head import FLOAT32_ERROR, HEAD_DTYPE
+from bayesvlm_explain.head import AUTO_COSINE_LIMIT, FLOAT32_ERROR, HEAD_DTYPE
 from bayesvlm_explain.posterior import Posterior
 from bayesvlm_explain.predictive import probit_probs
 from bayesvlm_explain.pretrained.registry import known_posterior_dir
@@ -37,14 +37,51 @@ def test_predict_takes_the_head_dtype(tiny_vlm):
     from conftest import PROMPTS, random_images
 
     x = random_images(tiny_vlm, 2)
-    assert tiny_vlm.head().dtype == HEAD_DTYPE
+    assert HEAD_DTYPE == "auto" and tiny_vlm.head().requested_dtype == "auto"
     fast, precise = tiny_vlm.predict(x, PROMPTS, dtype=torch.float32), tiny_vlm.predict(x, PROMPTS, dtype=torch.float64)
     assert fast.var.dtype == fast.probs.dtype == fast.map_probs.dtype == torch.float32
     assert precise.var.dtype == precise.probs.dtype == torch.float64
     err = float32_errors(fast.moments, precise.moments)
     assert max(err.values()) < FLOAT32_ERROR, err
-    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+    with pytest.raises(ValueError, match="dtype must be 'auto', torch.float32 or torch.float64"):
         tiny_vlm.predict(x, PROMPTS, dtype=torch.float16)
+
+
+def _turned(txt: bx.Features, towards: torch.Tensor, cos: float) -> bx.Features:
+    """``txt`` with every prompt embedding turned to cosine ``cos`` with the embedding ``towards`` [D]."""
+    u = torch.nn.functional.normalize(towards, dim=-1)
+    emb = txt.embeddings
+    perp = torch.nn.functional.normalize(emb - (emb @ u)[:, None] * u, dim=-1)
+    return bx.Features(txt.activations, emb.norm(dim=-1, keepdim=True) * (cos * u + (1 - cos**2) ** 0.5 * perp))
+
+
+@pytest.mark.parametrize("variance", ["projected", "expected_norm", "diagonal"])
+def test_default_head_is_float32_and_switches_to_float64_above_the_cosine_limit(tiny_vlm, variance):
+    """``dtype="auto"`` (the default): float32 arithmetic at CLIP-like cosines; a projected-mode call with an image
+    and a prompt embedding beyond ``AUTO_COSINE_LIMIT`` is redone in float64 (the other modes have no projection to
+    cancel); float64 results either way, equal to the forced head of the dtype used (both head paths)."""
+    from conftest import PROMPTS, random_images
+
+    img, txt = tiny_vlm.encode_images(random_images(tiny_vlm, 3)), tiny_vlm.encode_prompts(PROMPTS)
+    unit = torch.nn.functional.normalize
+    assert float((unit(img.embeddings, dim=-1) @ unit(txt.embeddings, dim=-1).T).abs().max()) < AUTO_COSINE_LIMIT
+    auto = tiny_vlm.head(variance)
+    assert auto.dtype == torch.float64 and auto.last_dtype is None
+    forced = {dt: tiny_vlm.head(variance, dtype=dt) for dt in (torch.float32, torch.float64)}
+    projected = variance == "projected"
+    cases = [(txt, torch.float32), (_turned(txt, img.embeddings[1], 0.8), torch.float32),
+             (_turned(txt, img.embeddings[1], 0.91), torch.float64 if projected else torch.float32),
+             (_turned(txt, img.embeddings[2], -0.95), torch.float64 if projected else torch.float32)]
+    for prompts, used in cases:
+        want = forced[used](img, prompts)
+        for got in (auto(img, prompts), auto.image_moments(img, auto.prompt_terms(prompts))):
+            assert auto.last_dtype == used
+            assert got.mean.dtype == got.var.dtype == torch.float64
+            rtol = 1e-12 if used == torch.float64 else 1e-6
+            torch.testing.assert_close(got.var, want.var.double(), rtol=rtol, atol=0)
+            torch.testing.assert_close(got.mean, want.mean.double(), rtol=rtol, atol=1e-6)
+    pred = tiny_vlm.predict_features(img, txt, PROMPTS, variance=variance, predictive="mc", num_samples=64)
+    assert pred.probs.dtype == pred.var.dtype == torch.float64  # the default prediction and its draws: float64
 
 
 @pytest.mark.parametrize("variance", ["projected", "expected_norm", "diagonal"])
@@ -97,9 +134,14 @@ def test_float32_head_error_at_b32_dims_broad_and_tight(variance, tightness, cos
 def test_float32_projected_variance_near_parallel_embeddings_needs_float64():
     """The documented limit: the projected variance removes each embedding's own direction from the other's,
     which cancels in float32 when an image and a prompt embedding are nearly parallel (cosine 0.99 here:
-    about 4e-5 relative); float64 (``dtype=torch.float64``) keeps it at round-off."""
+    about 4e-5 relative); float64 (``dtype=torch.float64``, or the default ``"auto"`` head, which switches above
+    ``AUTO_COSINE_LIMIT``) keeps it at round-off. The expected-norm and diagonal modes stay within the bound."""
     inputs, tau = _b32_problem(1.0, 0.99)
     m64 = cosine_moments(**inputs, logit_scale=tau)
     err32 = float32_errors(cosine_moments(**{k: v.float() for k, v in inputs.items()}, logit_scale=tau), m64)
     assert err32["var_image"] > FLOAT32_ERROR and err32["var_text"] > FLOAT32_ERROR
     assert err32["mean"] < FLOAT32_ERROR and err32["probit"] < FLOAT32_ERROR  # the probabilities stay within
+    for variance in ("expected_norm", "diagonal"):  # no projection to cancel: these stay within the bound
+        m64 = cosine_moments(**inputs, logit_scale=tau, variance=variance)
+        m32 = cosine_moments(**{k: v.float() for k, v in inputs.items()}, logit_scale=tau, variance=variance)
+        assert max(float32_errors(m32, m64).values()) < FLOAT32_ERROR, variance

@@ -62,7 +62,7 @@ def test_covariance_matches_naive_kronecker_isserlis(tiny_vlm):
     vlm = tiny_vlm
     img, txt = _features(vlm)
     img = type(img)(img.activations[:2], img.embeddings[:2])
-    pred = vlm.predict_features(img, txt, PROMPTS, variance="expected_norm")
+    pred = vlm.predict_features(img, txt, PROMPTS, variance="expected_norm", dtype=torch.float64)
     post = vlm.posterior
     a_i, b_i = post.image.covariance_factors()
     a_t, b_t = post.text.covariance_factors()
@@ -98,8 +98,8 @@ def test_covariance_matches_naive_kronecker_isserlis(tiny_vlm):
 def test_diagonal_mode_reproduces_reference_formula_and_differs_from_exact(tiny_vlm):
     vlm = tiny_vlm
     img, txt = _features(vlm)
-    exact = vlm.predict_features(img, txt, PROMPTS, variance="expected_norm")
-    diag = vlm.predict_features(img, txt, PROMPTS, variance="diagonal")
+    exact = vlm.predict_features(img, txt, PROMPTS, variance="expected_norm", dtype=torch.float64)
+    diag = vlm.predict_features(img, txt, PROMPTS, variance="diagonal", dtype=torch.float64)
     post = vlm.posterior
     beta = post.image.covariance_factors()[1].diagonal()
     gamma = post.text.covariance_factors()[1].diagonal()
@@ -202,7 +202,7 @@ def _naive_projected_cov(mu_u, s, sig_i, mu_v, t_mat, sig_t, tau):
 def test_projected_covariance_matches_naive_per_pair_formula(tiny_vlm):
     vlm = tiny_vlm
     img, txt = _features(vlm)
-    pred = vlm.predict_features(img, txt, PROMPTS, variance="projected")
+    pred = vlm.predict_features(img, txt, PROMPTS, variance="projected", dtype=torch.float64)
     post = vlm.posterior
     _, sig_i = post.image.covariance_factors()
     a_t, sig_t = post.text.covariance_factors()

@@ -54,7 +54,7 @@ def test_local_checkpoint_is_the_model_loaded(b32, checkpoint):
 
 
 def test_predict_and_mc_against_gaussian_draws(b32, images):
-    pred = b32.predict(images, PROMPTS, predictive="mc", num_samples=4000)
+    pred = b32.predict(images, PROMPTS, predictive="mc", num_samples=4000, dtype=torch.float64)
     assert pred.mean.shape == (2, 5) and (pred.var > 0).all()
     torch.testing.assert_close(torch.diagonal(pred.cov, dim1=1, dim2=2), pred.var, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(pred.probs.sum(-1), torch.ones(2, dtype=torch.float64))
@@ -64,7 +64,7 @@ def test_predict_and_mc_against_gaussian_draws(b32, images):
     ref = torch.softmax(mvn.sample((20_000,)), -1).mean(0)
     assert (pred.probs - ref).abs().max() < 0.02
     # the per-class head on precomputed prompt terms gives the same moments
-    head = b32.head()
+    head = b32.head(dtype=torch.float64)
     terms = head.prompt_terms(b32.encode_prompts(PROMPTS))
     mom = head.image_moments(b32.encode_images(images), terms)
     torch.testing.assert_close(mom.var, pred.var, rtol=1e-12, atol=0)
@@ -82,7 +82,7 @@ def test_float32_head_error_at_real_dims(b32, variance):
     with torch.no_grad():
         img = Features(img_act, b32.adapter.image.project(img_act))
         txt = Features(txt_act, b32.adapter.text.project(txt_act))
-    m64 = b32.head(variance)(img, txt)
+    m64 = b32.head(variance, dtype=torch.float64)(img, txt)
     m32 = b32.head(variance, dtype=torch.float32)(img, txt)
     assert m32.var.dtype == torch.float32 and m64.var.dtype == torch.float64
     for name in ("var_image", "var_text", "var_interaction"):

@@ -56,6 +56,7 @@ from .augment import augment, load_images, normalise
 METHODS = ("deterministic", "temperature", "bayes_probit", "bayes_mc")
 CONFIDENCE_SCORES = ("max_softmax", "temperature", "bayes_max_prob", "bayes_entropy", "bald")
 OOD_SCORES = ("max_softmax", "map_entropy", "entropy", "bald", "input_scale")
+REFERENCE_DTYPE = torch.float64  # the shipped figures are float64-head reference figures (docs/numerics.md)
 SCORE_MEANING = {
     "max_softmax": "deterministic model's top probability",
     "temperature": "temperature-scaled top probability",
@@ -135,7 +136,8 @@ def posterior_uncertainty(vlm: Any, feats: dict[str, Any], txt: Any, prompts: li
     image input scale ``f̃ᵀÃ⁻¹f̃``, i.e. how much the posterior itself registers the shift."""
     out = {}
     for name, img in feats.items():
-        s = _scores(vlm, vlm.predict_features(img, txt, prompts, num_samples=num_samples), img, num_samples)
+        pred = vlm.predict_features(img, txt, prompts, num_samples=num_samples, dtype=REFERENCE_DTYPE)
+        s = _scores(vlm, pred, img, num_samples)
         out[name] = {"bald": float(s["bald"].mean()), "entropy": float(s["entropy"].mean()),
                      "logit_variance": s["logit_variance"], "image_input_scale": float(s["input_scale"].mean()),
                      "pseudo_count": vlm.posterior.image.pseudo_count}
@@ -184,7 +186,7 @@ def _scale_curve(vlm: Any, splits: dict[str, Split], feats: dict[str, Any], txt:
         point: dict[str, Any] = {"pseudo_count": n, "lambda_image": lam["image"], "lambda_text": lam["text"]}
         for name in ("in_domain", *shifts):
             probs = vlm.predict_features(feats[name], txt, prompts, predictive="mc",
-                                         num_samples=num_samples).probs
+                                         num_samples=num_samples, dtype=REFERENCE_DTYPE).probs
             m = calibration_metrics(probs, splits[name].labels)
             if name == "in_domain":
                 point.update(in_domain_nlpd=m["nlpd"], in_domain_ece=m["ece"], in_domain_accuracy=m["accuracy"])
@@ -252,7 +254,7 @@ def _evaluate(vlm: Any, splits: dict[str, Split], feats: dict[str, Any], txt: An
     scores_by_split: dict[str, dict[str, torch.Tensor]] = {}
     for name in evaluated:
         split = splits[name]
-        pred = vlm.predict_features(feats[name], txt, prompts, num_samples=num_samples)
+        pred = vlm.predict_features(feats[name], txt, prompts, num_samples=num_samples, dtype=REFERENCE_DTYPE)
         s = _scores(vlm, pred, feats[name], num_samples)
         probs = {"deterministic": pred.map_probs, "temperature": torch.softmax(pred.map_logits / temperature, -1),
                  "bayes_probit": pred.predictive("probit"), "bayes_mc": s["mc"]}
