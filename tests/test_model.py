@@ -145,24 +145,30 @@ def test_over_long_prompt_is_truncated_with_a_warning(tiny_vlm):
         tiny_vlm.predict(random_images(tiny_vlm, 1), ["a short prompt"])
 
 
+def _text_tower_calls(vlm: bx.BayesVLM) -> list[tuple[int, int]]:
+    """The token shapes ``(prompts, positions)`` of every later call of ``vlm``'s text tower, appended live."""
+    calls = []
+    original = vlm.adapter.text.features
+
+    def recording(tokens, token_embeddings=None):
+        calls.append(tuple(tokens.shape))
+        return original(tokens, token_embeddings)
+
+    vlm.adapter.text.features = recording
+    return calls
+
+
 def test_prompt_cache_is_used_and_bounded():
     vlm = build_tiny(TINY_CLIP)
     vlm.encoder.prompt_cache.size = 3
     vlm.encoder.pad_cut_exact = True  # one tower call per batch (the check is tested below)
-    calls = []
-    original = vlm.adapter.text.features
-
-    def counting(tokens, token_embeddings=None):
-        calls.append(tokens.shape[0])
-        return original(tokens, token_embeddings)
-
-    vlm.adapter.text.features = counting
+    calls = _text_tower_calls(vlm)
     a = vlm.encode_prompts(["a", "b"])
     b = vlm.encode_prompts(["b", "a"])
-    assert calls == [2]
+    assert [n for n, _ in calls] == [2]
     torch.testing.assert_close(a.embeddings[0], b.embeddings[1])
     vlm.encode_prompts(["c", "d"])
-    assert len(vlm.encoder.prompt_cache) == 3 and calls == [2, 2]
+    assert len(vlm.encoder.prompt_cache) == 3 and [n for n, _ in calls] == [2, 2]
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
@@ -170,18 +176,12 @@ def test_prompt_padding_is_cut_off_only_where_the_features_stay_the_same(family)
     from bayesvlm_explain.encoding import PAD_CUT_RTOL
 
     vlm = build_tiny(TINY_CLIP) if family == "clip" else build_tiny(TINY_SIGLIP, custom_text=True)
-    lengths = []
-    original = vlm.adapter.text.features
-
-    def recording(tokens, token_embeddings=None):
-        lengths.append(tokens.shape[1])
-        return original(tokens, token_embeddings)
-
-    vlm.adapter.text.features = recording
+    calls = _text_tower_calls(vlm)
     context = vlm.context_length
     first = vlm.encode_prompts(PROMPTS)  # the check: the batch both ways
     later = ["a photo of a frog", "a blue car"]
     second = vlm.encode_prompts(later)
+    lengths = [positions for _, positions in calls]  # before the reference call below adds its own
     full = vlm.encoder._text_features(vlm.tokenize(PROMPTS + later))
     got = torch.cat([first.embeddings, second.embeddings])
     if family == "clip":  # causal, pooled at the end token: the padding is never seen
