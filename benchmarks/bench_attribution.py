@@ -185,18 +185,18 @@ def main(argv: list[str] | None = None) -> int:
 def token_rows(vlm: Any, image: torch.Tensor, repeats: int, steps: int = 16) -> dict[str, Any]:
     """Token IG of one prompt with the padding cut off (the default) and on the full context, round-robin."""
     from bayesvlm_explain.explain import TokenAttribution
-    from bayesvlm_explain.explain import tokens as tokens_module
 
     feats = vlm.encode_images(image)
+    vlm.encode_prompts(PROMPTS)  # the encoder's verdict on the padding cut, as after a prediction
     ta = TokenAttribution(vlm)
-    cut_ends = tokens_module._cut_ends
+    verdict = vlm.encoder.pad_cut_exact
 
     def run(cut: bool) -> Any:
-        tokens_module._cut_ends = cut_ends if cut else (lambda *args: None)  # None: the full-context path
+        vlm.encoder.pad_cut_exact = verdict if cut else False  # False: the full-context path
         try:
             return ta.attribute(feats, PROMPTS[0], n_steps=steps)
         finally:
-            tokens_module._cut_ends = cut_ends
+            vlm.encoder.pad_cut_exact = verdict
 
     timed_cases = round_robin({"cut": lambda: run(True), "full": lambda: run(False)}, repeats)
     out: dict[str, Any] = {"steps": steps, "prompt": PROMPTS[0]}

@@ -345,6 +345,10 @@ def test_token_attribution_cut_after_end_token_equals_full_context(fixture, cut,
     fast = TokenAttribution(vlm).attribute(vlm.encode_images(image), prompt, n_steps=16)
     n_tokens, context = len(fast.tokens), vlm.tokenize([prompt]).shape[1]
     assert fast.positions == (n_tokens if cut else context) and n_tokens < context
+    monkeypatch.setattr(vlm.encoder, "pad_cut_exact", None)  # no verdict yet: checked on the call
+    checked = TokenAttribution(vlm).attribute(image, prompt, n_steps=16)
+    assert checked.positions == fast.positions
+    torch.testing.assert_close(checked.scores, fast.scores, rtol=1e-6, atol=1e-9 * float(fast.scores.abs().max()))
     monkeypatch.setattr(tokens_module, "_cut_ends", lambda *args: None)  # the full-context path
     full = TokenAttribution(vlm).attribute(image, prompt, n_steps=16)
     assert full.positions == context and full.tokens == fast.tokens
@@ -353,12 +357,16 @@ def test_token_attribution_cut_after_end_token_equals_full_context(fixture, cut,
     assert fast.baseline_value == pytest.approx(full.baseline_value, rel=1e-6)
 
 
-def test_token_attribution_passes_of_the_text_tower(tiny_vlm, monkeypatch):
-    """On the CPU the prompt's full-context value is the encoder's cached encoding: the full context costs one
-    pass (the baseline), then the cut ends one pass of both, then the integration."""
+@pytest.mark.parametrize("verdict", [True, None, False])
+def test_token_attribution_passes_of_the_text_tower(tiny_vlm, monkeypatch, verdict):
+    """On the CPU the prompt's value is the encoder's cached encoding, so the ends cost one pass, for the
+    baseline: on the prompt's own tokens where the encoder found the padding cut exact; else on the full
+    context, then (no verdict yet) the cut ends checked in one pass of both; then the integration."""
     image = tiny_vlm.encode_images(random_images(tiny_vlm, 1))
     prompt = "a photo of a striped cat"
     tiny_vlm.encode_prompts([prompt])  # cached, as after the prediction
+    assert tiny_vlm.encoder.pad_cut_exact is True  # the tiny CLIP tower is causal, pooled at the end token
+    monkeypatch.setattr(tiny_vlm.encoder, "pad_cut_exact", verdict)
     tower = tiny_vlm.adapter.text
     calls: list[tuple[int, ...]] = []
     original = type(tower).features
@@ -366,7 +374,9 @@ def test_token_attribution_passes_of_the_text_tower(tiny_vlm, monkeypatch):
                         or original(self, inp, *a, **k))
     res = TokenAttribution(tiny_vlm).attribute(image, prompt, n_steps=8)
     context, n = tiny_vlm.tokenize([prompt]).shape[1], len(res.tokens)
-    assert calls == [(1, context), (2, n), (8, n)]
+    expected = {True: [(1, n), (8, n)], None: [(1, context), (2, n), (8, n)], False: [(1, context), (8, context)]}
+    assert calls == expected[verdict]
+    assert res.positions == (context if verdict is False else n)
     pred = tiny_vlm.predict_features(image, tiny_vlm.encode_prompts([prompt]), [prompt])
     assert res.target_value == float(pred.var_text[0, 0])
 

@@ -10,9 +10,11 @@ any padding mask stay put), so kept positions get exactly zero attribution and t
 
 Speed: a causal text tower pooled at the end token (CLIP's) gives the same features whether or not the
 padding after the end token is there, so the integration runs on the prompt's own tokens only (7 instead
-of 77 positions for "a photo of a cat"). This is checked on every call: the cut sequence is used only when
-its target value equals the full sequence's to 1e-6 relative (:data:`CUT_RTOL`); otherwise (a padding mask,
-pooling at the last position, a tower that refuses a shorter sequence) the full context is integrated.
+of 77 positions for "a photo of a cat"). Whether the cut is exact is the encoder's verdict
+(``Encoder.pad_cut_exact``, checked once per encoder on the first prompts it could shorten); before it has
+one, the cut is checked on the call: the cut sequence is used only when its target values equal the full
+sequence's to 1e-6 relative (:data:`CUT_RTOL`). Otherwise (a padding mask, pooling at the last position, a
+tower that refuses a shorter sequence) the full context is integrated.
 
 Targets for image ``n`` and the prompt: ``"text_variance"`` (the logit variance from the text
 projection's posterior, ``w_txt[n]·t̂_c``), ``"image_variance"``, ``"variance"`` and ``"mean"`` (the
@@ -149,14 +151,19 @@ class TokenAttribution:
                     return emb, base_emb, forward(torch.cat([emb, base_emb]), seq)
                 return emb, base_emb, torch.cat([prompt_value, forward(base_emb, seq)])
 
-        # On the CPU the prompt's full-context value comes from the encoder's cached encoding (the same tower
-        # run, no autocast), so the full context costs one pass, for the baseline.
+        # On the CPU the prompt's value comes from the encoder's cached encoding (the same tower run, no
+        # autocast), so only the baseline costs a pass. Where the encoder has already found the padding cut
+        # exact (or not), its verdict is used; else the cut is checked here against the full context.
         cached = of_features(vlm.encode_prompts([prompt])).detach() if vlm.device.type == "cpu" else None
-        emb, base_emb, ends_full = ends(tokens, baseline, cached)
-        cut = _cut_ends(ends, tokens, baseline, length, ends_full)
+        verdict = vlm.encoder.pad_cut_exact if length < tokens.shape[1] else False
+        if verdict:
+            tokens, baseline = tokens[:, :length], baseline[:, :length]
+        emb, base_emb, ends_used = ends(tokens, baseline, cached)
+        reported = float(ends_used[0])  # the prompt's value (on the CPU the encoder's cached one)
+        cut = _cut_ends(ends, tokens, baseline, length, ends_used) if verdict is None else None
         if cut is not None:
-            tokens, (emb, base_emb, ends_cut) = tokens[:, :length], cut
-        value, base_value = (ends_full if cut is None else ends_cut).unbind()
+            tokens, (emb, base_emb, ends_used) = tokens[:, :length], cut
+        value, base_value = ends_used.unbind()
         with torch.enable_grad():
             ig = IntegratedGradients(lambda e: forward(e, tokens), multiply_by_inputs=True)
             attr = ig.attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
@@ -170,7 +177,7 @@ class TokenAttribution:
             scores=scores[:length],
             special=special,
             target=target,
-            target_value=float(ends_full[0]),
+            target_value=reported,
             baseline_value=float(base_value),
             delta=delta,
             positions=int(tokens.shape[1]),
