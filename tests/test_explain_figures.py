@@ -94,3 +94,29 @@ def test_explain_view_returns_the_overlay_at_the_upload_size_and_its_timing(tiny
     a = out.json["attribution"]
     gap = abs(a["delta"]) / abs(a["sum"] - a["delta"])
     assert f"within {100 * gap:.2g}%" in out.summary
+
+
+@pytest.mark.parametrize("patch_size", [(8, 8), None])
+@pytest.mark.parametrize("scale", [1e-7, 1.0, 3e4])
+def test_heatmap_panels_keep_every_label_inside_the_figure(patch_size, scale):
+    """The panels' fixed layout (no layout engine) leaves room for the colour bars' ticks and labels at any
+    magnitude of the map, with one panel or two, and keeps the image boxes apart."""
+    att = scale * torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fig = fx.attribution_panels_figure(torch.rand(3, 32, 32), att, patch_size=patch_size, unit="squared logits")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the PNG renderer
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    inside = fig.bbox.padded(1)
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    assert len(texts) >= 5
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), t.get_text()
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == (2 if patch_size else 1)
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
