@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from .pretrained import package_path
-from .pretrained.registry import BUNDLED
+from .pretrained.registry import BUNDLED_DIR, bundled_dir
 
 __all__ = [
     "BUNDLED_DIR",
@@ -34,16 +33,6 @@ __all__ = [
     "bundled_tokenizer",
     "load_bundled",
 ]
-
-BUNDLED_DIR: Path = package_path(BUNDLED)  # the folder is named after the model
-"""Default location of the shipped model (overridable with ``$BAYESVLM_BUNDLED_DIR``)."""
-
-
-def bundled_dir() -> Path:
-    """The model directory: ``$BAYESVLM_BUNDLED_DIR`` if set, else :data:`BUNDLED_DIR`."""
-    env = os.environ.get("BAYESVLM_BUNDLED_DIR")
-    return Path(env).expanduser().resolve() if env else BUNDLED_DIR
-
 
 def bundled_config(model_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``open_clip_config.json`` with ``text_cfg.hf_tokenizer_name`` made absolute."""

@@ -19,7 +19,7 @@ from bayesvlm_explain.yardstick import Yardstick, build_from_data
 
 def class_folder(root, count: int = 16):
     """The shipped example images, mirrored and rotated, in two class folders (``count`` images)."""
-    examples = bx.pretrained.assets.bundled_examples()
+    examples = bx.pretrained.registry.bundled_examples()
     out = root / "data"
     for i in range(count):
         img = Image.open(examples[i % len(examples)][0]).convert("RGB").rotate(15 * (i // len(examples)))

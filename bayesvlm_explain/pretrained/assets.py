@@ -8,7 +8,6 @@ is loaded and checked against the model and posterior, for any model. An unknown
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from .registry import asset_spec
 if TYPE_CHECKING:
     from ..model import BayesVLM
 
-__all__ = ["ModelAssets", "bundled_examples", "bundled_photo_examples", "load_assets"]
+__all__ = ["ModelAssets", "load_assets"]
 
 
 @dataclass
@@ -106,39 +105,3 @@ def rescaled_assets(vlm: BayesVLM, assets: ModelAssets) -> ModelAssets:
                        yardstick_note=f"No yardstick at n = {n:g} (it was built for n = {built:g}): the "
                                       "out-of-domain verdict is off.")
     return assets
-
-
-def bundled_examples() -> list[list[Any]]:
-    """``[[image_path, prompts_text], ...]`` from the shipped ``examples/examples.json``.
-
-    Each example's prompts are its own label and two other examples' labels, in the bundled template.
-    """
-    from ..bundled import bundled_dir
-    from ..data.labels import PROMPT_TEMPLATE
-
-    index = bundled_dir().parent / "examples" / "examples.json"
-    if not index.is_file():
-        return []
-    items = json.loads(index.read_text()).get("examples", [])
-    labels = [str(item["label"]) for item in items]
-    out = []
-    for i, item in enumerate(items):
-        path = index.parent / str(item["file"]).rsplit("/", 1)[-1]
-        if path.is_file():
-            chosen = [labels[i], labels[(i + 1) % len(labels)], labels[(i + 3) % len(labels)]]
-            out.append([str(path), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in chosen)])
-    return out
-
-
-def bundled_photo_examples() -> list[list[Any]]:
-    """``[[image_path, prompts_text], ...]`` from the shipped ``examples/photos/photos.json``: openly
-    licensed photographs (credits there), each with three of the bundled labels (none of them right)."""
-    from ..bundled import bundled_dir
-    from ..data.labels import PROMPT_TEMPLATE
-
-    index = bundled_dir().parent / "examples" / "photos" / "photos.json"
-    if not index.is_file():
-        return []
-    items = json.loads(index.read_text()).get("examples", [])
-    return [[str(index.parent / str(item["file"])), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in item["labels"])]
-            for item in items if (index.parent / str(item["file"])).is_file()]

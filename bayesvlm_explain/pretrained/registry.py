@@ -9,11 +9,15 @@
   beside the posterior (``bayesvlm-explain yardstick`` writes one).
 
 :data:`BUNDLED` is the name of the offline model shipped in the package; it is the only place that name
-is spelled out.
+is spelled out. Where its folder is (:func:`bundled_dir`) and its studio examples (:func:`bundled_examples`,
+:func:`bundled_photo_examples`) are read here too, so that the registry needs no other module of the package
+but the label set's.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +25,14 @@ from typing import Any
 
 from . import package_path
 
-__all__ = ["BUNDLED", "KNOWN_ASSETS", "KNOWN_POSTERIORS", "AssetSpec", "asset_spec", "known_posterior_dir"]
+__all__ = ["BUNDLED", "BUNDLED_DIR", "KNOWN_ASSETS", "KNOWN_POSTERIORS", "AssetSpec", "asset_spec", "bundled_dir",
+           "bundled_examples", "bundled_photo_examples", "known_posterior_dir"]
 
 BUNDLED = "bundled"
 """Model name of the project's offline emoji CLIP (see :mod:`bayesvlm_explain.bundled`)."""
+
+BUNDLED_DIR: Path = package_path(BUNDLED)  # the folder is named after the model
+"""Default location of the shipped model (overridable with ``$BAYESVLM_BUNDLED_DIR``)."""
 
 KNOWN_POSTERIORS: dict[tuple[str, str], str] = {
     # BayesVLM authors' factors (AaltoML, MIT), 327,680 LAION-400M pairs; λ re-derived (method.md §2.5).
@@ -44,6 +52,46 @@ def known_posterior_dir(model_name: str, pretrained: str | None) -> Path | None:
     The tag is normalised like open_clip does (lower case, ``-`` read as ``_``)."""
     folder = KNOWN_POSTERIORS.get((model_name, _normal_tag(pretrained) or ""))
     return package_path("posteriors", folder) if folder else None
+
+
+def bundled_dir() -> Path:
+    """The bundled model's folder: ``$BAYESVLM_BUNDLED_DIR`` if set, else :data:`BUNDLED_DIR`."""
+    env = os.environ.get("BAYESVLM_BUNDLED_DIR")
+    return Path(env).expanduser().resolve() if env else BUNDLED_DIR
+
+
+def bundled_examples() -> list[list[Any]]:
+    """``[[image_path, prompts_text], ...]`` from the shipped ``examples/examples.json``.
+
+    Each example's prompts are its own label and two other examples' labels, in the bundled template.
+    """
+    from ..data.labels import PROMPT_TEMPLATE
+
+    index = bundled_dir().parent / "examples" / "examples.json"
+    if not index.is_file():
+        return []
+    items = json.loads(index.read_text()).get("examples", [])
+    labels = [str(item["label"]) for item in items]
+    out = []
+    for i, item in enumerate(items):
+        path = index.parent / str(item["file"]).rsplit("/", 1)[-1]
+        if path.is_file():
+            chosen = [labels[i], labels[(i + 1) % len(labels)], labels[(i + 3) % len(labels)]]
+            out.append([str(path), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in chosen)])
+    return out
+
+
+def bundled_photo_examples() -> list[list[Any]]:
+    """``[[image_path, prompts_text], ...]`` from the shipped ``examples/photos/photos.json``: openly
+    licensed photographs (credits there), each with three of the bundled labels (none of them right)."""
+    from ..data.labels import PROMPT_TEMPLATE
+
+    index = bundled_dir().parent / "examples" / "photos" / "photos.json"
+    if not index.is_file():
+        return []
+    items = json.loads(index.read_text()).get("examples", [])
+    return [[str(index.parent / str(item["file"])), "\n".join(PROMPT_TEMPLATE.format(label=x) for x in item["labels"])]
+            for item in items if (index.parent / str(item["file"])).is_file()]
 
 
 @dataclass(frozen=True)
@@ -77,21 +125,7 @@ def _bundled_labels() -> list[str]:
     return list(load_label_space().labels)
 
 
-def _bundled_examples() -> list[list[Any]]:
-    from .assets import bundled_examples
-
-    return bundled_examples()
-
-
-def _bundled_photo_examples() -> list[list[Any]]:
-    from .assets import bundled_photo_examples
-
-    return bundled_photo_examples()
-
-
 def _bundled_posterior_dir() -> Path:
-    from ..bundled import bundled_dir
-
     return bundled_dir() / "posterior"
 
 
@@ -101,7 +135,7 @@ KNOWN_ASSETS: dict[tuple[str, str | None], AssetSpec] = {
         domain="a small model trained on emoji artwork; photographs are outside what it knows",
         licence="weights: trained by this project on openly licensed emoji artwork (credits in "
                 "pretrained/bundled/ATTRIBUTION.md); posterior fitted by this project",
-        labels=_bundled_labels, examples=_bundled_examples, outside_examples=_bundled_photo_examples,
+        labels=_bundled_labels, examples=bundled_examples, outside_examples=bundled_photo_examples,
         posterior_dir=_bundled_posterior_dir),
     ("ViT-B-32", "laion2b_s34b_b79k"): AssetSpec(
         template="a photo of a {}.",

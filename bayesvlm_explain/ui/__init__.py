@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..pretrained.assets import bundled_examples
+from ..pretrained.registry import bundled_examples
 from .tabs.inspect import inspect_image
 from .views import TABLE_HEADERS, parse_prompts
 
