@@ -61,6 +61,24 @@ def grid_column(page, label: str, col: int) -> list[str]:
     return [cells.nth(i).inner_text().strip() for i in range(cells.count())]
 
 
+LABELS_UNDER_BUTTONS = """() => {
+  const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  const out = [];
+  for (const label of document.querySelectorAll('label[data-testid="block-label"]')) {
+    const r = label.getBoundingClientRect();
+    const block = label.closest('.block');
+    if (!r.width || !r.height || !block) continue;
+    for (const b of block.querySelectorAll('button[aria-label], button[title]')) {
+      const q = b.getBoundingClientRect();
+      if (q.width && q.height && q.width < 80 && hit(r, q)) out.push(label.textContent.trim());
+    }
+  }
+  return out;
+}"""
+"""JavaScript: the text of every component label that a small button of its own block (clear, download,
+full screen) covers."""
+
+
 def test_studio_in_a_browser(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -235,6 +253,8 @@ def test_studio_in_a_browser(tmp_path):
                 shots[f"{name}-390"] = page.screenshot(full_page=True)
                 width = page.evaluate("document.documentElement.scrollWidth")
                 assert width <= 400, f"{name} overflows a 390 px screen ({width} px)"
+                covered = page.evaluate(LABELS_UNDER_BUTTONS)
+                assert covered == [], f"{name}: labels run under a button: {covered}"
             browser.close()
         for name, png in shots.items():
             (out / f"studio-{name}.png").write_bytes(png)
