@@ -67,7 +67,7 @@ CSS = """
 .bx-tok small {margin-left: 4px; font-size: 11px; color: #333}
 .bx-special {color: #888; font-style: italic; background: #f4f4f4}
 .bx-tables table {display: block; overflow-x: auto; max-width: 100%}
-.block:has(button[aria-label]) > label[data-testid="block-label"] {max-width: calc(100% - 3rem)}  /* clear of the buttons */
+.block:has(button[aria-label]) > label[data-testid="block-label"] {max-width: calc(100% - 3rem)}
 .bx-tables th, .bx-tables td {white-space: nowrap}
 @media (max-width: 640px) {
   .bx-scroll:not(:has(.bx-scroll))::after, .bx-tables:not(:has(.bx-tables))::after {
