@@ -245,6 +245,8 @@ def test_studio_in_a_browser(tmp_path):
 
             # the same page on a phone: every view stays readable at 390 px
             page.set_viewport_size({"width": 390, "height": 844})
+            name = page.locator("#image-file td.filename").bounding_box()  # the uploaded file's name stays legible
+            assert name is not None and name["width"] >= 60, name
             for tab in TABS:  # the tab row wraps: every tab is shown within the screen's width, no overflow menu
                 box = page.get_by_role("tab", name=tab).bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (tab, box)

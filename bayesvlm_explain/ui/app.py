@@ -68,6 +68,7 @@ CSS = """
 .bx-special {color: #888; font-style: italic; background: #f4f4f4}
 .bx-tables table {display: block; overflow-x: auto; max-width: 100%}
 .block:has(button[aria-label]) > label[data-testid="block-label"] {max-width: calc(100% - 3rem)}
+.file-preview td.download {min-width: 0; width: 5rem}
 .bx-tables th, .bx-tables td {white-space: nowrap}
 @media (max-width: 640px) {
   .bx-scroll:not(:has(.bx-scroll))::after, .bx-tables:not(:has(.bx-tables))::after {
